@@ -1,0 +1,85 @@
+"""Plait: typed, multi-step workflows with saga rollback.
+
+Define a workflow once, implement it with a consumer, run it on any provider::
+
+    from pydantic import BaseModel
+    from plait.core import Workflow, IWorkflowConsumer, StepHandler, StepContext, WorkflowContext
+
+    class Order(BaseModel):
+        order_id: str
+
+    class Charged(BaseModel):
+        charge_id: str
+
+    class Done(BaseModel):
+        charge_id: str
+
+    ProcessOrder = Workflow.define(name="process-order", data=Order, result=Done).steps(
+        lambda s: s.sequential(s.step("charge", Charged))
+    )
+
+    class ProcessOrderWorkflow(IWorkflowConsumer[Order, Done]):
+        def __init__(self) -> None:
+            self.steps = {"charge": StepHandler(execute=self.charge)}
+
+        async def charge(self, ctx: StepContext[Order]) -> Charged:
+            return Charged(charge_id="ch-1")
+
+        async def on_complete(self, ctx: WorkflowContext[Order]) -> Done:
+            return Done(charge_id=ctx.result("charge", Charged).charge_id)
+"""
+
+from plait.core.consumer import IWorkflowConsumer, StepHandler
+from plait.core.context import StepContext, WorkflowContext
+from plait.core.errors import (
+    DefinitionError,
+    FlowConflictError,
+    FlowNotFoundError,
+    PlaitError,
+    ProviderNotStartedError,
+    RemoteError,
+    WorkflowCancelledError,
+    WorkflowCompletionError,
+    WorkflowError,
+    WorkflowNotRegisteredError,
+    WorkflowRollbackError,
+    WorkflowStepError,
+    WorkflowTimeoutError,
+    WorkflowValidationError,
+)
+from plait.core.handle import FlowHandle, FlowStatus
+from plait.core.options import Backoff, ConsumerOptions
+from plait.core.provider import WorkflowExecutor, WorkflowLifecycle, WorkflowProvider
+from plait.core.workflow import Step, StepGroup, Workflow, WorkflowDefinition
+
+__all__ = [
+    "Backoff",
+    "ConsumerOptions",
+    "DefinitionError",
+    "FlowConflictError",
+    "FlowHandle",
+    "FlowNotFoundError",
+    "FlowStatus",
+    "IWorkflowConsumer",
+    "PlaitError",
+    "ProviderNotStartedError",
+    "RemoteError",
+    "Step",
+    "StepContext",
+    "StepGroup",
+    "StepHandler",
+    "Workflow",
+    "WorkflowCancelledError",
+    "WorkflowCompletionError",
+    "WorkflowContext",
+    "WorkflowDefinition",
+    "WorkflowError",
+    "WorkflowExecutor",
+    "WorkflowLifecycle",
+    "WorkflowNotRegisteredError",
+    "WorkflowProvider",
+    "WorkflowRollbackError",
+    "WorkflowStepError",
+    "WorkflowTimeoutError",
+    "WorkflowValidationError",
+]

@@ -1,0 +1,278 @@
+"""Running the engine's actions against a consumer: the part of execution every provider shares.
+
+A :class:`Runner` binds a definition, its consumer and options. Its ``run_*`` methods build the context, await
+the handler (under the step timeout), validate what it returns and turn the outcome into the engine event to
+feed back. Providers decide only where and when these run: in a task, in an arq job, in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import traceback
+import uuid
+from collections.abc import Iterable
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from plait.core.consumer import IWorkflowConsumer, check_consumer
+from plait.core.context import StepContext, WorkflowContext
+from plait.core.engine import (
+    CompleteFailed,
+    CompleteSucceeded,
+    Engine,
+    ErrorHandled,
+    ErrorRecord,
+    FlowState,
+    RollbackFailed,
+    RollbackSucceeded,
+    StepFailed,
+    StepSucceeded,
+    build_error,
+)
+from plait.core.errors import DefinitionError, FlowConflictError, WorkflowValidationError
+from plait.core.options import ConsumerOptions
+from plait.core.workflow import WorkflowDefinition
+
+__all__ = [
+    "FlowView",
+    "Runner",
+    "check_same_flow",
+    "error_record",
+    "new_flow_id",
+    "resolve_timeout",
+    "validate_data",
+]
+
+D = TypeVar("D", bound=BaseModel)
+R = TypeVar("R", bound=BaseModel)
+
+_log = logging.getLogger("plait.runner")
+
+
+def new_flow_id() -> str:
+    """A fresh flow id: ``flow-`` and 32 hex digits."""
+    return f"flow-{uuid.uuid4().hex}"
+
+
+def validate_data(definition: WorkflowDefinition[D, Any], data: object) -> D:
+    """Validates ``data`` (a model instance or a mapping) against the definition's ``data`` model.
+
+    Raises:
+        WorkflowValidationError: naming the workflow and pydantic's problems.
+    """
+    model = definition.data
+    if type(data) is model:
+        return data  # exactly the model: pydantic validated it when it was built
+    try:
+        if isinstance(data, BaseModel):
+            data = data.model_dump()
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise WorkflowValidationError(definition.name, error) from error
+
+
+def check_same_flow(state: FlowState, workflow: str, data: object) -> None:
+    """Raises :class:`FlowConflictError` unless an existing flow is of ``workflow`` with ``data`` (JSON)."""
+    if state.workflow != workflow:
+        raise FlowConflictError(state.flow_id, f"for workflow '{state.workflow}', not '{workflow}'")
+    if state.data != data:
+        raise FlowConflictError(state.flow_id, "with different data")
+
+
+def resolve_timeout(*candidates: float | None) -> float | None:
+    """The first of ``candidates`` that is not ``None`` (``execute()``'s, the consumer's, the provider's)."""
+    for value in candidates:
+        if value is not None:
+            return value
+    return None
+
+
+def error_record(error: BaseException) -> ErrorRecord:
+    """An exception as plain data: qualified type name, message and formatted traceback."""
+    kind = type(error)
+    module = kind.__module__
+    name = kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
+    return {
+        "type": name,
+        "message": str(error),
+        "traceback": "".join(traceback.format_exception(error)),
+    }
+
+
+class FlowView(Generic[D]):
+    """A flow's data and results as models, validated from the state's JSON once and then cached.
+
+    In-process providers keep one per flow (so nothing is validated twice); remote providers build one per job.
+    """
+
+    __slots__ = ("_data", "definition", "exceptions", "models", "state")
+
+    def __init__(self, definition: WorkflowDefinition[D, Any], state: FlowState, data: D | None = None) -> None:
+        self.definition = definition
+        self.state = state
+        self._data = data
+        self.models: dict[str, BaseModel] = {}
+        self.exceptions: dict[tuple[str, str | None], BaseException] = {}
+
+    @property
+    def data(self) -> D:
+        """The validated input model."""
+        if self._data is None:
+            self._data = self.definition.data.model_validate(self.state.data)
+        return self._data
+
+    def results(self, names: Iterable[str]) -> dict[str, BaseModel]:
+        """The output models of those of ``names`` that completed."""
+        recorded = self.state.results
+        models = self.models
+        out: dict[str, BaseModel] = {}
+        for name in names:
+            if name in recorded:
+                model = models.get(name)
+                if model is None:
+                    model = models[name] = self.definition.step(name).output.model_validate(recorded[name])
+                out[name] = model
+        return out
+
+
+class Runner(Generic[D, R]):
+    """A workflow with its consumer: builds the engine and runs the actions it asks for.
+
+    Args:
+        definition: the workflow definition.
+        consumer: the consumer instance implementing its steps.
+        options: the consumer's options; ``None`` for the defaults.
+        provider_id: the running provider's id, shown in contexts and logs.
+        step_timeout: the provider's default step timeout, used when ``options.step_timeout`` is ``None``.
+
+    Raises:
+        DefinitionError: the consumer does not match the definition.
+    """
+
+    __slots__ = ("consumer", "definition", "engine", "options", "provider_id", "step_timeout")
+
+    def __init__(
+        self,
+        definition: WorkflowDefinition[D, R],
+        consumer: IWorkflowConsumer[D, R],
+        options: ConsumerOptions | None = None,
+        *,
+        provider_id: str = "",
+        step_timeout: float | None = None,
+    ) -> None:
+        if options is not None and not isinstance(options, ConsumerOptions):
+            raise DefinitionError(
+                f"Options of workflow '{definition.name}' must be ConsumerOptions, got {type(options).__name__}"
+            )
+        self.definition = definition
+        self.consumer = consumer
+        self.options = options or ConsumerOptions()
+        self.engine = Engine(definition, self.options, check_consumer(definition, consumer))
+        self.provider_id = provider_id
+        self.step_timeout = resolve_timeout(self.options.step_timeout, step_timeout)
+
+    def view(self, state: FlowState, data: D | None = None) -> FlowView[D]:
+        """A :class:`FlowView` of ``state``."""
+        return FlowView(self.definition, state, data)
+
+    def _context(self, view: FlowView[D], step: str, attempt: int, names: Iterable[str]) -> StepContext[D]:
+        state = view.state
+        return StepContext(
+            flow_id=state.flow_id,
+            workflow=state.workflow,
+            data=view.data,
+            results=view.results(names),
+            meta=state.meta,
+            provider_id=self.provider_id,
+            step_name=step,
+            attempt=attempt,
+        )
+
+    def _workflow_context(self, view: FlowView[D]) -> WorkflowContext[D]:
+        state = view.state
+        return WorkflowContext(
+            flow_id=state.flow_id,
+            workflow=state.workflow,
+            data=view.data,
+            results=view.results(self.definition.step_names),
+            meta=state.meta,
+            provider_id=self.provider_id,
+        )
+
+    async def _call(self, what: str, fn: Any, *args: object) -> Any:
+        timeout = self.step_timeout
+        if timeout is None:
+            out = fn(*args)
+            return await out if inspect.isawaitable(out) else out
+        try:
+            async with asyncio.timeout(timeout):
+                out = fn(*args)
+                return await out if inspect.isawaitable(out) else out
+        except TimeoutError as error:
+            raise TimeoutError(f"{what} timed out after {timeout:g}s") from error
+
+    async def run_step(self, view: FlowView[D], step: str, attempt: int) -> StepSucceeded | StepFailed:
+        """Runs attempt ``attempt`` of ``step``; returns the event to hand to the engine."""
+        ctx = self._context(view, step, attempt, self.engine.visible_steps(step))
+        try:
+            out = await self._call(f"Step '{step}'", self.consumer.steps[step].execute, ctx)
+        except Exception as error:
+            view.exceptions["step", step] = error
+            return StepFailed(step, attempt, error_record(error), True, error)
+        output_model = self.definition.step(step).output
+        try:
+            model = out if type(out) is output_model else output_model.model_validate(_plain(out))
+        except ValidationError as error:
+            # A handler that returns the wrong shape will do so again: fail without retrying.
+            view.exceptions["step", step] = error
+            record = error_record(error)
+            record["message"] = f"invalid output for {output_model.__name__}: {error}"
+            return StepFailed(step, attempt, record, False, error)
+        view.models[step] = model
+        return StepSucceeded(step, attempt, model.model_dump(mode="json"), model)
+
+    async def run_rollback(self, view: FlowView[D], step: str, attempt: int) -> RollbackSucceeded | RollbackFailed:
+        """Runs attempt ``attempt`` of ``step``'s rollback (it sees every completed result)."""
+        rollback = self.consumer.steps[step].rollback
+        if rollback is None:  # pragma: no cover - the engine only asks for rollbacks that exist
+            return RollbackSucceeded(step, attempt)
+        ctx = self._context(view, step, attempt, self.definition.step_names)
+        try:
+            await self._call(f"Rollback of step '{step}'", rollback, ctx)
+        except Exception as error:
+            view.exceptions["rollback", step] = error
+            return RollbackFailed(step, attempt, error_record(error), error)
+        return RollbackSucceeded(step, attempt)
+
+    async def run_complete(self, view: FlowView[D]) -> CompleteSucceeded | CompleteFailed:
+        """Calls ``on_complete`` and validates its result."""
+        ctx = self._workflow_context(view)
+        result_model = self.definition.result
+        try:
+            out = await self._call("on_complete", self.consumer.on_complete, ctx)
+            model = out if type(out) is result_model else result_model.model_validate(_plain(out))
+        except Exception as error:
+            view.exceptions["complete", None] = error
+            record = error_record(error)
+            if isinstance(error, ValidationError):
+                record["message"] = f"invalid result for {result_model.__name__}: {error}"
+            return CompleteFailed(record, error)
+        return CompleteSucceeded(model.model_dump(mode="json"), model)
+
+    async def run_on_error(self, view: FlowView[D]) -> ErrorHandled:
+        """Calls ``on_error`` with the flow's error; an exception there is logged and swallowed."""
+        ctx = self._workflow_context(view)
+        error = build_error(view.state, view.exceptions)
+        try:
+            await self._call("on_error", self.consumer.on_error, ctx, error)
+        except Exception:
+            ctx.log.exception("on_error raised; the flow still fails with its original error")
+        return ErrorHandled()
+
+
+def _plain(value: object) -> object:
+    # A model of another class (say, a handler's own model with the same fields) validates through its data.
+    return value.model_dump() if isinstance(value, BaseModel) else value

@@ -380,6 +380,30 @@ class Engine:
                 return self._interrupt(state, {"kind": KIND_CANCELLED, "reason": event.reason})
         raise TypeError(f"Not an engine event: {event!r}")  # pragma: no cover - guarded by the type checker
 
+    def abort(self, state: FlowState, reason: str) -> list[Action]:
+        """Ends a flow as ``cancelled`` at once, without running its rollbacks.
+
+        The last resort of a provider that can no longer run anything (a process shutting down after its grace
+        periods). Completed steps are left as they are, so providers log it loudly.
+        """
+        if state.status.is_terminal:
+            return []
+        running = tuple(n for n, r in state.steps.items() if r["status"] in (RUNNING, COMPENSATING))
+        for name in running:
+            if state.steps[name]["status"] == RUNNING:
+                state.steps[name]["status"] = CANCELLED
+        if state.error is None or state.error["kind"] != KIND_CANCELLED:
+            state.error = {
+                "kind": KIND_CANCELLED,
+                "step": None,
+                "type": "",
+                "message": "",
+                "traceback": "",
+                "reason": f"{reason} (aborted without rollback)",
+            }
+        state.rollbacks = []
+        return [CancelRunning(running, complete=state.phase == "complete"), *self._finish(state, FlowStatus.CANCELLED)]
+
     # -- internals --
 
     def _enter_stage(self, state: FlowState, stage: int) -> list[Action]:

@@ -1,0 +1,19 @@
+# Shared by the scripts in this folder: installs what the project needs on a fresh machine, quietly.
+
+setup_uv_workspace() {
+    if ! command -v uv >/dev/null 2>&1; then
+        echo "== installing uv"
+        python3 -m pip install --quiet uv
+    fi
+    echo "== installing the workspace"
+    uv sync --frozen --quiet
+}
+
+setup_redis_server() {
+    if ! command -v redis-server >/dev/null 2>&1; then
+        echo "== installing redis-server (Debian package)"
+        if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
+    fi
+}

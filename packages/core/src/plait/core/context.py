@@ -56,8 +56,9 @@ class WorkflowContext(Generic[D_co]):
         self.flow_id = flow_id
         self.workflow = workflow
         self.data = data
-        self.results: Mapping[str, BaseModel] = MappingProxyType(dict(results))
-        self.meta: Mapping[str, str] = MappingProxyType(dict(meta))
+        # Read-only views, not copies: providers hand over a fresh results dict and never mutate meta.
+        self.results: Mapping[str, BaseModel] = MappingProxyType(results)
+        self.meta: Mapping[str, str] = MappingProxyType(meta)
         self.correlation_id: str = meta.get("correlation_id") or flow_id
         self.provider_id = provider_id
         self._log: logging.LoggerAdapter[logging.Logger] | None = None

@@ -317,24 +317,34 @@ class InProcessWorkflowProvider:
                 flow.tasks[key] = asyncio.create_task(self._run(flow, action, key))
 
     async def _run(self, flow: _Flow, action: Action, key: str) -> None:
-        """Runs ``action`` and then, while the engine asks for exactly one more, runs that one too."""
+        """Runs ``action``, then keeps running the first of the actions the engine asks for next.
+
+        Only the others get tasks of their own: a sequential flow runs in one task, a parallel group of n
+        steps in n.
+        """
         engine = flow.runner.engine
+        tasks = flow.tasks
+        me = asyncio.current_task()
         try:
             while True:
                 event = await self._perform(flow, action)
-                if flow.tasks.get(key) is not asyncio.current_task():
+                if tasks.get(key) is not me:
                     return  # cancelled by the engine while finishing; its event is stale
-                del flow.tasks[key]
+                del tasks[key]
                 actions = engine.handle(flow.state, event)
-                follow = actions[0] if len(actions) == 1 else None
-                if follow is None or isinstance(follow, (Finish, CancelRunning)):
+                if not actions:
+                    return
+                follow = actions[0]
+                if isinstance(follow, (Finish, CancelRunning)):
                     self._dispatch(flow, actions)
                     return
+                if len(actions) > 1:
+                    self._dispatch(flow, actions[1:])
                 action, key = follow, _key(follow)
-                flow.tasks[key] = asyncio.current_task()  # type: ignore[assignment]
+                tasks[key] = me  # type: ignore[assignment]  # me is this very task
         except asyncio.CancelledError:
-            if flow.tasks.get(key) is asyncio.current_task():
-                del flow.tasks[key]
+            if tasks.get(key) is me:
+                del tasks[key]
             raise
         except Exception as error:  # a bug in Plait itself: do not leave the caller waiting
             _log.exception("Internal error while running flow %s", flow.state.flow_id)

@@ -1,0 +1,164 @@
+"""In-process provider throughput against a hand-written baseline, measured in the same run.
+
+The workload is the 5-step order shape (validate -> charge -> [email || sms] -> finalize) with no-op handlers.
+The baseline awaits the same handlers directly (the parallel group with ``asyncio.gather``) and validates their
+outputs and the result with pydantic: what the flow would cost with no workflow engine at all. Both run the same
+number of flows in batches of concurrent flows, alternating rounds so that a noisy neighbour hits both.
+
+Run: ``uv run python bench/inprocess.py [--flows N] [--batch B] [--rounds K]``. Prints flows/s of both, the
+per-flow cost ratio, and exits 0 (targets are reported, not enforced: these machines are shared and noisy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+
+from pydantic import BaseModel
+
+from plait.core import IWorkflowConsumer, StepContext, StepHandler, Workflow, WorkflowContext
+from plait.providers.inprocess import InProcessWorkflowProvider
+
+
+class Order(BaseModel):
+    order_id: str
+    amount: float
+
+
+class Validated(BaseModel):
+    ok: bool
+
+
+class Charged(BaseModel):
+    charge_id: str
+
+
+class Sent(BaseModel):
+    sent: bool
+
+
+class Finalized(BaseModel):
+    done: bool
+
+
+class OrderResult(BaseModel):
+    charge_id: str
+
+
+ProcessOrder = Workflow.define(name="bench-order", data=Order, result=OrderResult).steps(
+    lambda s: (
+        s.sequential(s.step("validate", Validated))
+        .sequential(s.step("charge", Charged))
+        .parallel(s.step("email", Sent), s.step("sms", Sent))
+        .sequential(s.step("finalize", Finalized))
+    )
+)
+
+
+class OrderWorkflow(IWorkflowConsumer[Order, OrderResult]):
+    """No-op handlers: the benchmark measures the engine, not the work."""
+
+    def __init__(self) -> None:
+        self.steps = {
+            "validate": StepHandler(execute=self.validate),
+            "charge": StepHandler(execute=self.charge, rollback=self.refund),
+            "email": StepHandler(execute=self.send),
+            "sms": StepHandler(execute=self.send),
+            "finalize": StepHandler(execute=self.finalize),
+        }
+
+    async def validate(self, ctx: StepContext[Order]) -> Validated:
+        return Validated(ok=True)
+
+    async def charge(self, ctx: StepContext[Order]) -> Charged:
+        return Charged(charge_id="ch-1")
+
+    async def refund(self, ctx: StepContext[Order]) -> None:
+        return None
+
+    async def send(self, ctx: StepContext[Order]) -> Sent:
+        return Sent(sent=True)
+
+    async def finalize(self, ctx: StepContext[Order]) -> Finalized:
+        return Finalized(done=True)
+
+    async def on_complete(self, ctx: WorkflowContext[Order]) -> OrderResult:
+        return OrderResult(charge_id="ch-1")
+
+
+async def baseline_flow(consumer: OrderWorkflow, order: Order) -> OrderResult:
+    """The same handlers awaited by hand, outputs validated, no engine."""
+    ctx = StepContext(
+        flow_id="flow-1",
+        workflow="bench-order",
+        data=order,
+        results={},
+        meta={},
+        provider_id="",
+        step_name="",
+        attempt=1,
+    )
+    Validated.model_validate(await consumer.validate(ctx))
+    Charged.model_validate(await consumer.charge(ctx))
+    email, sms = await asyncio.gather(consumer.send(ctx), consumer.send(ctx))
+    Sent.model_validate(email)
+    Sent.model_validate(sms)
+    Finalized.model_validate(await consumer.finalize(ctx))
+    return OrderResult.model_validate(await consumer.on_complete(ctx))
+
+
+async def run_baseline(flows: int, batch: int) -> float:
+    consumer = OrderWorkflow()
+    orders = [Order(order_id=f"o-{i}", amount=10.0) for i in range(batch)]
+    started = time.perf_counter()
+    for _ in range(flows // batch):
+        await asyncio.gather(*(baseline_flow(consumer, order) for order in orders))
+    return time.perf_counter() - started
+
+
+async def run_plait(flows: int, batch: int) -> float:
+    provider = InProcessWorkflowProvider()
+    provider.register(ProcessOrder, OrderWorkflow())
+    await provider.start()
+    orders = [Order(order_id=f"o-{i}", amount=10.0) for i in range(batch)]
+    started = time.perf_counter()
+    for _ in range(flows // batch):
+        handles = [await provider.execute(ProcessOrder, order) for order in orders]
+        for handle in handles:
+            await handle.result()
+    elapsed = time.perf_counter() - started
+    await provider.stop()
+    return elapsed
+
+
+async def measure(run: Callable[[int, int], Awaitable[float]], flows: int, batch: int) -> float:
+    gc.collect()
+    return flows / await run(flows, batch)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--flows", type=int, default=20_000, help="flows per round (default 20000)")
+    parser.add_argument("--batch", type=int, default=100, help="concurrent flows per batch (default 100)")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
+    args = parser.parse_args()
+    await measure(run_baseline, args.batch * 10, args.batch)  # warm-up: imports, caches, allocator
+    await measure(run_plait, args.batch * 10, args.batch)
+    base: list[float] = []
+    plait: list[float] = []
+    for _ in range(args.rounds):
+        base.append(await measure(run_baseline, args.flows, args.batch))
+        plait.append(await measure(run_plait, args.flows, args.batch))
+    base_rate, plait_rate = statistics.median(base), statistics.median(plait)
+    print(f"workload: 5-step order flow, {args.flows} flows x {args.rounds} rounds, batches of {args.batch}")
+    print(f"baseline (handlers awaited directly): {base_rate:10,.0f} flows/s")
+    print(f"plait in-process provider:            {plait_rate:10,.0f} flows/s   (target >= 10,000)")
+    print(f"per-flow cost ratio plait/baseline:   {base_rate / plait_rate:10.2f}x        (target <= 3.0x)")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

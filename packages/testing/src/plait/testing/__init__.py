@@ -1,1 +1,26 @@
-"""placeholder"""
+"""Plait's testing kit: mock contexts for handler unit tests, pytest fixtures, and the provider conformance suite.
+
+Unit-test a step handler without a provider::
+
+    from plait.testing import create_mock_step_context
+
+    async def test_charge() -> None:
+        ctx = create_mock_step_context(Order(order_id="o-1"), {"validate": ValidateOut(ok=True)})
+        assert (await ProcessOrderWorkflow(FakePayments()).charge(ctx)).charge_id
+
+Prove a custom provider against DESIGN §3 with one class::
+
+    from plait.testing import ProviderContract
+
+    class TestMyProvider(ProviderContract):
+        @pytest.fixture
+        def provider(self) -> MyProvider:
+            return MyProvider(stop_grace=0.5)
+
+Installing ``plait-testing`` also registers a pytest plugin with an ``inprocess_provider`` fixture.
+"""
+
+from plait.testing._contract import ProviderContract
+from plait.testing._mocks import create_mock_step_context, create_mock_workflow_context
+
+__all__ = ["ProviderContract", "create_mock_step_context", "create_mock_workflow_context"]

@@ -700,6 +700,24 @@ class ProviderContract:
         assert len(consumer.of("on_error")) == 1
         assert isinstance(consumer.of("on_error")[0].error, WorkflowRollbackError)
 
+    async def test_running_siblings_are_not_retried_once_the_flow_fails(self, provider: WorkflowProvider) -> None:
+        consumer = _Scripted(DIAMOND, {"b": Do(invalid=True), "c": Do(sleep=0.2, fail=1)})
+        async with self.running(provider, (DIAMOND, consumer, self.options(attempts=3))):
+            error = await self.failure(await provider.execute(DIAMOND, Order(key="k")))
+            await asyncio.sleep(self.latency)
+        assert isinstance(error, WorkflowStepError)
+        assert error.step_name == "b"
+        assert [(c.attempt, c.outcome) for c in consumer.of("step", "c")] == [(1, "raised")]
+        assert consumer.names("rollback") == ["a"]
+
+    async def test_a_retried_sibling_still_does_not_see_its_sibling(self, provider: WorkflowProvider) -> None:
+        consumer = _Scripted(DIAMOND, {"b": Do(sleep=0.05), "c": Do(fail=1, sleep=0.1, sleep_attempts=frozenset({2}))})
+        async with self.running(provider, (DIAMOND, consumer, self.options(attempts=2))):
+            await self.result(await provider.execute(DIAMOND, Order(key="k")))
+        retry = consumer.of("step", "c")[1]
+        assert retry.ctx is not None
+        assert sorted(retry.ctx.results) == ["a"]
+
     # -- rule 6: on_error --
 
     async def test_on_error_runs_once_after_the_rollbacks_with_the_error(self, provider: WorkflowProvider) -> None:
@@ -821,6 +839,25 @@ class ProviderContract:
         assert isinstance(error, WorkflowTimeoutError)
         assert consumer.names("rollback") == ["c", "b", "a"]
 
+    async def test_a_timeout_after_a_step_failed_keeps_the_step_error(self, provider: WorkflowProvider) -> None:
+        consumer = _Scripted(DIAMOND, {"b": Do(fail=_FOREVER), "c": Do(sleep=3.0)})
+        async with self.running(provider, (DIAMOND, consumer, None)):
+            error = await self.failure(await provider.execute(DIAMOND, Order(key="k"), timeout=0.2 + self.latency))
+        assert isinstance(error, WorkflowStepError)
+        assert error.step_name == "b"
+        assert consumer.names("rollback") == ["a"]
+        assert len(consumer.of("on_error")) == 1
+
+    async def test_a_timeout_during_rollbacks_changes_nothing(self, provider: WorkflowProvider) -> None:
+        consumer = _Scripted(LINE, {"b": Do(rollback_sleep=0.4 + self.latency), "c": Do(fail=_FOREVER)})
+        async with self.running(provider, (LINE, consumer, None)):
+            handle = await provider.execute(LINE, Order(key="k"), timeout=0.2 + self.latency)
+            error = await self.failure(handle)
+            assert await handle.status() == FlowStatus.FAILED
+        assert isinstance(error, WorkflowStepError)
+        assert [(c.step, c.outcome) for c in consumer.of("rollback")] == [("b", "ok"), ("a", "ok")]
+        assert len(consumer.of("on_error")) == 1
+
     # -- rules 9 and 10: exactly once, idempotent ids --
 
     async def test_an_existing_id_returns_that_flow_and_runs_nothing(self, provider: WorkflowProvider) -> None:
@@ -909,6 +946,18 @@ class ProviderContract:
                 await handle.result(timeout=0.05)
             assert (await self.result(handle)).key == "k"
 
+    async def test_concurrency_keeps_extra_flows_pending(self, provider: WorkflowProvider) -> None:
+        consumer = _Scripted(SOLO, {"a": Do(sleep=0.2 + self.latency)})
+        async with self.running(provider, (SOLO, consumer, self.options(concurrency=1))):
+            first = await provider.execute(SOLO, Order(key="k1"))
+            await self.until(lambda: bool(consumer.of("step")), "the first flow to start")
+            second = await provider.execute(SOLO, Order(key="k2"))
+            assert await second.status() == FlowStatus.PENDING
+            assert (await self.result(first)).key == "k1"
+            assert (await self.result(second)).key == "k2"
+        one, two = consumer.of("step", "a")
+        assert one.end is not None and one.end <= two.start
+
     # -- rule 12: start and stop --
 
     async def test_start_and_stop_are_idempotent(self, provider: WorkflowProvider) -> None:
@@ -920,6 +969,8 @@ class ProviderContract:
             assert (await self.result(await provider.execute(SOLO, Order(key="k")))).key == "k"
         finally:
             await provider.stop()
+        with pytest.raises(ProviderNotStartedError):
+            await provider.execute(SOLO, Order(key="k"))
         await provider.stop()
         assert len(consumer.of("complete")) == 1
 

@@ -27,8 +27,29 @@ Define a workflow once, implement it with a consumer, run it on any provider::
 
         async def on_complete(self, ctx: WorkflowContext[Order]) -> Done:
             return Done(charge_id=ctx.result("charge", Charged).charge_id)
+
+Wire it into an application whose request handlers start flows::
+
+    from plait.core import Plait, RequestContext, RouteBuilder
+    from starlette.responses import Response
+
+    class OrderController:
+        def configure(self, r: RouteBuilder) -> None:
+            r.post("/", self.place)
+
+        async def place(self, ctx: RequestContext) -> Response:
+            handle = await ctx.workflows.execute(ProcessOrder, await ctx.body(Order))
+            return ctx.json({"flow_id": handle.id}, status=202)
+
+    app = (
+        Plait.create()
+        .workflow(ProcessOrder).consumer(ProcessOrderWorkflow)
+        .controller("/orders", OrderController)
+    )
+    app.listen(8000)  # or app.asgi() for any ASGI server; await app.start() / app.stop() without HTTP
 """
 
+from plait.core.app import AppContext, Application, Plait, WorkflowRegistration
 from plait.core.consumer import IWorkflowConsumer, StepHandler
 from plait.core.context import StepContext, WorkflowContext
 from plait.core.errors import (
@@ -50,9 +71,12 @@ from plait.core.errors import (
 from plait.core.handle import FlowHandle, FlowStatus
 from plait.core.options import Backoff, ConsumerOptions
 from plait.core.provider import WorkflowExecutor, WorkflowLifecycle, WorkflowProvider
+from plait.core.routing import RequestContext, RouteBuilder
 from plait.core.workflow import Step, StepGroup, Workflow, WorkflowDefinition
 
 __all__ = [
+    "AppContext",
+    "Application",
     "Backoff",
     "ConsumerOptions",
     "DefinitionError",
@@ -61,9 +85,12 @@ __all__ = [
     "FlowNotFoundError",
     "FlowStatus",
     "IWorkflowConsumer",
+    "Plait",
     "PlaitError",
     "ProviderNotStartedError",
     "RemoteError",
+    "RequestContext",
+    "RouteBuilder",
     "Step",
     "StepContext",
     "StepGroup",
@@ -78,6 +105,7 @@ __all__ = [
     "WorkflowLifecycle",
     "WorkflowNotRegisteredError",
     "WorkflowProvider",
+    "WorkflowRegistration",
     "WorkflowRollbackError",
     "WorkflowStepError",
     "WorkflowTimeoutError",

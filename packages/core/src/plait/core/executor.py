@@ -1,0 +1,89 @@
+"""The application's executor: the provider's own ``execute`` with the caller's correlation id added to ``meta``.
+
+Request handlers, services and ``app.context.workflows`` all get a :class:`CorrelatedExecutor`. It is a thin view
+of the one provider the application runs (it never runs flows itself), so every path into Plait reaches the same
+engine.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from plait.core.handle import FlowHandle, FlowStatus
+from plait.core.provider import WorkflowProvider
+from plait.core.workflow import WorkflowDefinition
+
+__all__ = ["CorrelatedExecutor", "current_correlation_id"]
+
+D = TypeVar("D", bound=BaseModel)
+R = TypeVar("R", bound=BaseModel)
+
+current_correlation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "plait_correlation_id", default=None
+)
+"""The correlation id of the request being handled, set by the application's middleware for its duration.
+
+Executors without a bound id read it, so a service injected with ``WorkflowExecutor`` and called from a request
+handler tags its flows with that request's id too.
+"""
+
+
+class CorrelatedExecutor:
+    """A ``WorkflowExecutor`` that delegates to the application's provider and tags flows with a correlation id.
+
+    Args:
+        provider: returns the running provider; raises ``ProviderNotStartedError`` when there is none.
+        correlation_id: the id to put in ``meta["correlation_id"]``; ``None`` uses the current request's id
+            (:data:`current_correlation_id`), if any.
+    """
+
+    __slots__ = ("_correlation_id", "_provider")
+
+    def __init__(self, provider: Callable[[], WorkflowProvider], correlation_id: str | None = None) -> None:
+        self._provider = provider
+        self._correlation_id = correlation_id
+
+    @property
+    def correlation_id(self) -> str | None:
+        """The id this executor adds to new flows, if any."""
+        return self._correlation_id or current_correlation_id.get()
+
+    def bind(self, correlation_id: str) -> CorrelatedExecutor:
+        """Returns an executor on the same provider that tags flows with ``correlation_id``."""
+        return CorrelatedExecutor(self._provider, correlation_id)
+
+    async def execute(
+        self,
+        definition: WorkflowDefinition[D, R],
+        data: D | Mapping[str, Any],
+        *,
+        id: str | None = None,
+        timeout: float | None = None,
+        meta: Mapping[str, str] | None = None,
+    ) -> FlowHandle[R]:
+        """Starts a flow on the application's provider, with ``meta["correlation_id"]`` set.
+
+        A ``correlation_id`` the caller puts in ``meta`` wins over the bound one. Raises what the provider's
+        ``execute()`` raises (``WorkflowValidationError``, ``FlowConflictError``, ...), and
+        ``ProviderNotStartedError`` before the application has started.
+        """
+        provider = self._provider()
+        correlation_id = self.correlation_id
+        if correlation_id is not None:
+            meta = {"correlation_id": correlation_id, **(meta or {})}
+        return await provider.execute(definition, data, id=id, timeout=timeout, meta=meta)
+
+    async def get_status(self, flow_id: str) -> FlowStatus:
+        """Returns a flow's status; raises ``FlowNotFoundError`` for an unknown id."""
+        return await self._provider().get_status(flow_id)
+
+    async def get_handle(self, flow_id: str) -> FlowHandle[BaseModel]:
+        """Re-attaches to an existing flow; raises ``FlowNotFoundError`` for an unknown id."""
+        return await self._provider().get_handle(flow_id)
+
+    def __repr__(self) -> str:
+        return f"CorrelatedExecutor(correlation_id={self.correlation_id!r})"

@@ -157,7 +157,7 @@ class Workflow:
 
 
 def _check_name(what: str, name: object) -> None:
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise DefinitionError(
             f"Invalid {what} {name!r}: use 1-128 letters, digits, '_' or '-', starting with a letter or digit"
         )

@@ -70,7 +70,7 @@ class ConsumerOptions:
     concurrency: int | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.attempts, int) or self.attempts < 1:
+        if not _is_int(self.attempts) or self.attempts < 1:
             raise DefinitionError(f"ConsumerOptions.attempts must be an int >= 1, got {self.attempts!r}")
         if not isinstance(self.backoff, Backoff):
             raise DefinitionError(
@@ -78,7 +78,16 @@ class ConsumerOptions:
             )
         for name in ("step_timeout", "timeout"):
             value = getattr(self, name)
-            if value is not None and not value > 0:
+            if value is not None and not (_is_number(value) and value > 0):
                 raise DefinitionError(f"ConsumerOptions.{name} must be > 0 seconds or None, got {value!r}")
-        if self.concurrency is not None and (not isinstance(self.concurrency, int) or self.concurrency < 1):
+        if self.concurrency is not None and (not _is_int(self.concurrency) or self.concurrency < 1):
             raise DefinitionError(f"ConsumerOptions.concurrency must be an int >= 1 or None, got {self.concurrency!r}")
+
+
+# bool is an int to Python, but attempts=True or timeout=True is a mistake, not a number.
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -49,8 +49,8 @@ def create_mock_step_context(
         flow_id=flow_id or _flow_id(),
         workflow=workflow,
         data=data,
-        results=results or {},
-        meta=meta or {},
+        results=dict(results or {}),
+        meta=dict(meta or {}),
         provider_id=provider_id,
         step_name=step_name,
         attempt=attempt,
@@ -84,8 +84,8 @@ def create_mock_workflow_context(
         flow_id=flow_id or _flow_id(),
         workflow=workflow,
         data=data,
-        results=results or {},
-        meta=meta or {},
+        results=dict(results or {}),
+        meta=dict(meta or {}),
         provider_id=provider_id,
     )
 

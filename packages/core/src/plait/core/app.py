@@ -336,19 +336,20 @@ class Application:
 
     def _collect_routes(self) -> list[RouteSpec]:
         routes: list[RouteSpec] = []
-        owners: dict[tuple[str, str], str] = {}
+        owners: dict[tuple[str, str], tuple[str, RouteSpec]] = {}
         for key, path in self._controllers:
             controller = self._graph.component(key)
             builder = RouteBuilder(path)
             controller.configure(builder)  # type: ignore[attr-defined]  # controller() checked it exists
             name = type(controller).__name__
             for route in builder.routes:
-                where = (route.method, route.path)
-                if where in owners:
+                if route.key in owners:
+                    owner, first = owners[route.key]
                     raise PlaitError(
-                        f"Route {route.method} {route.path} is declared by both {owners[where]} and {name}"
+                        f"Route {first.method} {first.path} of {owner} and {route.method} {route.path} of {name} "
+                        f"match the same requests"
                     )
-                owners[where] = name
+                owners[route.key] = (name, route)
                 routes.append(route)
         return routes
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ CORRELATION_HEADER = "x-correlation-id"
 REQUEST_ID_HEADER = "x-request-id"
 _SCOPE_KEY = "plait.correlation_id"
 _MAX_ID_LENGTH = 200
+_PARAM = re.compile(r"{[^}:]*(:[^}]*)?}")
 
 _log = logging.getLogger("plait.app")
 
@@ -54,6 +56,11 @@ class RouteSpec:
     method: Method
     path: str
     handler: Handler
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Method and path with parameter names left out: ``/{id}`` and ``/{order_id}`` match the same requests."""
+        return self.method, _PARAM.sub(lambda m: "{" + (m.group(1) or "") + "}", self.path)
 
 
 class RouteBuilder:
@@ -101,10 +108,16 @@ class RouteBuilder:
             raise PlaitError(
                 f"Handler of {method} {full} must be an async function taking a RequestContext, got {handler!r}"
             )
-        if any(r.method == method and r.path == full for r in self._routes):
-            raise PlaitError(f"Route {method} {full} is declared twice")
-        self._routes.append(RouteSpec(method, full, handler))
+        route = RouteSpec(method, full, handler)
+        for other in self._routes:
+            if other.key == route.key:
+                raise PlaitError(f"Route {method} {full} is declared twice" + _as(other, route))
+        self._routes.append(route)
         return self
+
+
+def _as(first: RouteSpec, second: RouteSpec) -> str:
+    return "" if first.path == second.path else f" (as {first.path})"
 
 
 def _is_async(handler: object) -> bool:

@@ -463,15 +463,46 @@ def test_a_cancelled_flow_rolls_back_and_ends_cancelled() -> None:
     assert error.reason == "shutting down"
 
 
-def test_abort_ends_the_flow_at_once_without_rollbacks() -> None:
+def test_abort_ends_the_flow_at_once_and_records_what_was_not_rolled_back() -> None:
     engine = make()
     state, _ = begin(engine)
-    feed(engine, state, ok("a"))
-    assert engine.abort(state, "gone") == [CancelRunning(("b", "c")), Finish(FlowStatus.CANCELLED)]
+    feed(engine, state, ok("a"), ok("c"))
+    assert engine.abort(state, "gone") == [CancelRunning(("b",)), Finish(FlowStatus.CANCELLED)]
     assert (state.status, state.rollbacks) == (FlowStatus.CANCELLED, [])
-    assert state.steps["a"]["status"] == "completed"
+    assert {n: r["status"] for n, r in state.steps.items()} == {
+        "a": "compensation_failed",
+        "b": "cancelled",
+        "c": "compensation_failed",
+    }
     error = build_error(state)
-    assert isinstance(error, WorkflowCancelledError) and "without rollback" in error.reason
+    assert isinstance(error, WorkflowRollbackError)
+    assert isinstance(error.primary_error, WorkflowCancelledError)
+    assert error.primary_error.reason == "gone (aborted)"
+    assert [(e.step_name, str(e.cause)) for e in error.rollback_errors] == [
+        ("c", "plait.core.errors.WorkflowCancelledError: not rolled back: gone"),
+        ("a", "plait.core.errors.WorkflowCancelledError: not rolled back: gone"),
+    ]
+
+
+def test_abort_while_rolling_back_keeps_the_primary_error_and_cancels_the_rollback() -> None:
+    engine = make(LINE)
+    state, _ = begin(engine)
+    feed(engine, state, ok("a"), ok("b"), boom("c"), RollbackSucceeded("b", 1))
+    assert engine.abort(state, "stop") == [CancelRunning(("a",)), Finish(FlowStatus.CANCELLED)]
+    error = build_error(state)
+    assert isinstance(error, WorkflowRollbackError)
+    assert isinstance(error.primary_error, WorkflowStepError) and error.primary_error.step_name == "c"
+    assert [e.step_name for e in error.rollback_errors] == ["a"]
+    assert state.steps["b"]["status"] == "compensated"
+
+
+def test_abort_during_on_error_leaves_nothing_undone() -> None:
+    engine = make(LINE)
+    state, _ = begin(engine)
+    feed(engine, state, ok("a"), boom("b"), RollbackSucceeded("a", 1))
+    assert engine.abort(state, "stop") == [CancelRunning(()), Finish(FlowStatus.CANCELLED)]
+    error = build_error(state)
+    assert isinstance(error, WorkflowStepError)
 
 
 # --- persistence ----------------------------------------------------------------------------------------

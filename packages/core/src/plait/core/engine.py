@@ -77,6 +77,9 @@ COMPENSATING = "compensating"
 COMPENSATED = "compensated"
 COMPENSATION_FAILED = "compensation_failed"
 
+# The type recorded for a rollback that an abort left undone.
+_ABORTED = f"{WorkflowCancelledError.__module__}.{WorkflowCancelledError.__qualname__}"
+
 # Primary error kinds recorded in FlowState.error["kind"].
 KIND_STEP = "step"
 KIND_COMPLETE = "complete"
@@ -381,10 +384,12 @@ class Engine:
         raise TypeError(f"Not an engine event: {event!r}")  # pragma: no cover - guarded by the type checker
 
     def abort(self, state: FlowState, reason: str) -> list[Action]:
-        """Ends a flow as ``cancelled`` at once, without running its rollbacks.
+        """Ends a flow as ``cancelled`` at once, without running its remaining rollbacks.
 
         The last resort of a provider that can no longer run anything (a process shutting down after its grace
-        periods). Completed steps are left as they are, so providers log it loudly.
+        periods). Each completed step whose rollback did not run is recorded as a rollback error ("not rolled
+        back"), so the flow's error says what was left undone; providers also log it loudly. An earlier error
+        stays the primary one.
         """
         if state.status.is_terminal:
             return []
@@ -392,15 +397,26 @@ class Engine:
         for name in running:
             if state.steps[name]["status"] == RUNNING:
                 state.steps[name]["status"] = CANCELLED
-        if state.error is None or state.error["kind"] != KIND_CANCELLED:
+        if state.phase == "rollback":
+            undone = list(state.rollbacks)
+        elif state.phase == "on_error":
+            undone = []  # every rollback has run; only on_error is cut short
+        else:
+            undone = [n for n in self._rollback_order if n in state.results]
+        if state.error is None:
             state.error = {
                 "kind": KIND_CANCELLED,
                 "step": None,
                 "type": "",
                 "message": "",
                 "traceback": "",
-                "reason": f"{reason} (aborted without rollback)",
+                "reason": f"{reason} (aborted)",
             }
+        for name in undone:
+            record: ErrorRecord = {"type": _ABORTED, "message": f"not rolled back: {reason}", "traceback": ""}
+            state.steps[name]["status"] = COMPENSATION_FAILED
+            state.steps[name]["rollback_error"] = dict(record)
+            state.rollback_errors.append({"step": name, **record})
         state.rollbacks = []
         return [CancelRunning(running, complete=state.phase == "complete"), *self._finish(state, FlowStatus.CANCELLED)]
 

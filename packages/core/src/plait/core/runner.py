@@ -207,11 +207,14 @@ class Runner(Generic[D, R]):
         if timeout is None:
             out = fn(*args)
             return await out if inspect.isawaitable(out) else out
+        scope = asyncio.timeout(timeout)
         try:
-            async with asyncio.timeout(timeout):
+            async with scope:
                 out = fn(*args)
                 return await out if inspect.isawaitable(out) else out
         except TimeoutError as error:
+            if not scope.expired():
+                raise  # the handler's own TimeoutError (say, from an HTTP client): keep it as the cause
             raise TimeoutError(f"{what} timed out after {timeout:g}s") from error
 
     async def run_step(self, view: FlowView[D], step: str, attempt: int) -> StepSucceeded | StepFailed:

@@ -1,0 +1,255 @@
+"""What the in-process provider does beyond the conformance suite: in-process causes, shutdown, defaults."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator
+
+import pytest
+from pydantic import BaseModel
+
+from plait.core import (
+    ConsumerOptions,
+    DefinitionError,
+    FlowNotFoundError,
+    FlowStatus,
+    IWorkflowConsumer,
+    ProviderNotStartedError,
+    StepContext,
+    StepHandler,
+    Workflow,
+    WorkflowCancelledError,
+    WorkflowContext,
+    WorkflowNotRegisteredError,
+    WorkflowRollbackError,
+    WorkflowStepError,
+    WorkflowTimeoutError,
+)
+from plait.providers.inprocess import InProcessWorkflowProvider
+
+
+class Data(BaseModel):
+    n: int = 0
+
+
+class Out(BaseModel):
+    v: int = 0
+
+
+class Res(BaseModel):
+    steps: list[str]
+
+
+TWO = Workflow.define(name="two", data=Data, result=Res).steps(
+    lambda s: s.sequential(s.step("a", Out), s.step("b", Out))
+)
+
+
+class Boom(Exception):
+    pass
+
+
+class Two(IWorkflowConsumer[Data, Res]):
+    """Step b does what ``b`` says; ``undo`` is how long a's rollback takes."""
+
+    def __init__(self, b: float | BaseException = 0.0, undo: float = 0.0) -> None:
+        self.b = b
+        self.undo = undo
+        self.rolled_back: list[str] = []
+        self.contexts: list[StepContext[Data]] = []
+        self.steps = {
+            "a": StepHandler(execute=self.run_a, rollback=self.rollback_a),
+            "b": StepHandler(execute=self.run_b),
+        }
+
+    async def run_a(self, ctx: StepContext[Data]) -> Out:
+        self.contexts.append(ctx)
+        return Out(v=1)
+
+    async def rollback_a(self, ctx: StepContext[Data]) -> None:
+        await asyncio.sleep(self.undo)
+        self.rolled_back.append("a")
+
+    async def run_b(self, ctx: StepContext[Data]) -> Out:
+        self.contexts.append(ctx)
+        if isinstance(self.b, BaseException):
+            raise self.b
+        await asyncio.sleep(self.b)
+        return Out(v=2)
+
+    async def on_complete(self, ctx: WorkflowContext[Data]) -> Res:
+        return Res(steps=list(ctx.results))
+
+
+async def started(consumer: Two) -> None:
+    """Waits until step b has started."""
+    for _ in range(1000):
+        if len(consumer.contexts) == 2:
+            return
+        await asyncio.sleep(0.005)
+    pytest.fail("step b never started")
+
+
+@pytest.fixture
+async def provider() -> AsyncIterator[InProcessWorkflowProvider]:
+    provider = InProcessWorkflowProvider(stop_grace=0.2)
+    yield provider
+    await provider.stop()
+
+
+async def test_the_plugin_fixture_is_a_started_provider(inprocess_provider: InProcessWorkflowProvider) -> None:
+    inprocess_provider.register(TWO, Two())
+    handle = await inprocess_provider.execute(TWO, Data())
+    assert await handle.result(timeout=5) == Res(steps=["a", "b"])
+
+
+async def test_unregistered_workflows_raise(provider: InProcessWorkflowProvider) -> None:
+    await provider.start()
+    with pytest.raises(WorkflowNotRegisteredError, match="register it with a consumer"):
+        await provider.execute(TWO, Data())
+    provider.register(TWO)  # no consumer: this process could only start flows elsewhere
+    with pytest.raises(WorkflowNotRegisteredError, match="no consumer is registered here"):
+        await provider.execute(TWO, Data())
+
+
+async def test_register_rejects_what_is_not_a_definition_or_options(provider: InProcessWorkflowProvider) -> None:
+    with pytest.raises(DefinitionError, match="takes a definition"):
+        provider.register("two", Two())  # type: ignore[arg-type]
+    with pytest.raises(DefinitionError, match="must be ConsumerOptions"):
+        provider.register(TWO, Two(), {"attempts": 3})  # type: ignore[arg-type]
+
+
+async def test_the_cause_is_the_very_exception_object(provider: InProcessWorkflowProvider) -> None:
+    boom = Boom("exactly this one")
+    provider.register(TWO, Two(b=boom))
+    await provider.start()
+    with pytest.raises(WorkflowStepError) as caught:
+        await (await provider.execute(TWO, Data())).result(timeout=5)
+    assert caught.value.cause is boom
+    assert caught.value.__cause__ is boom
+
+
+async def test_a_step_raising_its_own_timeout_error_keeps_it(provider: InProcessWorkflowProvider) -> None:
+    upstream = TimeoutError("the bank did not answer")
+    provider.register(TWO, Two(b=upstream), ConsumerOptions(step_timeout=5.0))
+    await provider.start()
+    with pytest.raises(WorkflowStepError) as caught:
+        await (await provider.execute(TWO, Data())).result(timeout=5)
+    assert caught.value.cause is upstream
+    assert str(caught.value) == "Step 'b' failed: the bank did not answer"
+
+
+async def test_the_provider_step_timeout_applies_without_a_registered_one() -> None:
+    provider = InProcessWorkflowProvider(step_timeout=0.05)
+    provider.register(TWO, Two(b=5.0))
+    await provider.start()
+    try:
+        with pytest.raises(WorkflowStepError) as caught:
+            await (await provider.execute(TWO, Data())).result(timeout=5)
+    finally:
+        await provider.stop()
+    assert isinstance(caught.value.cause, TimeoutError)
+    assert str(caught.value) == "Step 'b' failed: Step 'b' timed out after 0.05s"
+
+
+async def test_the_provider_default_timeout_applies_last() -> None:
+    provider = InProcessWorkflowProvider(default_timeout=0.05)
+    provider.register(TWO, Two(b=5.0))
+    await provider.start()
+    try:
+        with pytest.raises(WorkflowTimeoutError) as caught:
+            await (await provider.execute(TWO, Data())).result(timeout=5)
+        assert caught.value.timeout == 0.05
+        assert provider.get_state(caught.value.flow_id).timeout == 0.05
+    finally:
+        await provider.stop()
+
+
+async def test_stop_cancels_a_flow_past_the_grace_and_rolls_it_back(provider: InProcessWorkflowProvider) -> None:
+    consumer = Two(b=30.0)
+    provider.register(TWO, consumer)
+    await provider.start()
+    handle = await provider.execute(TWO, Data())
+    waiter = asyncio.ensure_future(handle.result())
+    await started(consumer)
+    await provider.stop()
+    with pytest.raises(WorkflowCancelledError, match="provider stopped"):
+        await asyncio.wait_for(waiter, 1)
+    assert await handle.status() == FlowStatus.CANCELLED
+    assert consumer.rolled_back == ["a"]
+    with pytest.raises(ProviderNotStartedError):
+        await provider.execute(TWO, Data())
+
+
+async def test_stop_aborts_rollbacks_that_outlast_the_grace(
+    provider: InProcessWorkflowProvider, caplog: pytest.LogCaptureFixture
+) -> None:
+    consumer = Two(b=30.0, undo=30.0)
+    provider.register(TWO, consumer)
+    await provider.start()
+    handle = await provider.execute(TWO, Data())
+    await started(consumer)
+    with caplog.at_level(logging.ERROR, logger="plait.providers.inprocess"):
+        await asyncio.wait_for(provider.stop(), 2)
+    assert await handle.status() == FlowStatus.CANCELLED
+    assert consumer.rolled_back == []
+    assert "did not finish its rollbacks" in caplog.text
+    with pytest.raises(WorkflowRollbackError) as caught:
+        await handle.result(timeout=1)
+    assert isinstance(caught.value.primary_error, WorkflowCancelledError)
+    assert [str(e) for e in caught.value.rollback_errors] == [
+        "Rollback of step 'a' failed: plait.core.errors.WorkflowCancelledError: not rolled back: provider stopped"
+    ]
+
+
+async def test_a_stopped_provider_starts_again(provider: InProcessWorkflowProvider) -> None:
+    provider.register(TWO, Two())
+    await provider.start()
+    await provider.stop()
+    await provider.start()
+    assert (await (await provider.execute(TWO, Data())).result(timeout=5)).steps == ["a", "b"]
+
+
+async def test_get_state_shows_the_recorded_state(provider: InProcessWorkflowProvider) -> None:
+    provider.register(TWO, Two())
+    await provider.start()
+    handle = await provider.execute(TWO, Data(n=4), meta={"correlation_id": "c"})
+    await handle.result(timeout=5)
+    state = provider.get_state(handle.id)
+    assert (state.status, state.data, state.meta) == (FlowStatus.COMPLETED, {"n": 4}, {"correlation_id": "c"})
+    assert state.results == {"a": {"v": 1}, "b": {"v": 2}}
+    assert state.finished_at is not None and state.finished_at >= state.created_at
+    with pytest.raises(FlowNotFoundError):
+        provider.get_state("flow-nope")
+
+
+async def test_finished_flows_are_forgotten_after_the_retention() -> None:
+    provider = InProcessWorkflowProvider(retention=0.0)
+    provider.register(TWO, Two())
+    await provider.start()
+    try:
+        first = await provider.execute(TWO, Data())
+        await first.result(timeout=5)
+        assert provider.retention == 0.0
+        await provider.execute(TWO, Data())  # executing prunes what has expired
+        with pytest.raises(FlowNotFoundError):
+            await provider.get_status(first.id)
+    finally:
+        await provider.stop()
+    assert InProcessWorkflowProvider().retention == 7 * 24 * 3600
+
+
+async def test_contexts_carry_the_provider_id() -> None:
+    default = InProcessWorkflowProvider()
+    assert default.provider_id == f"inprocess-{os.getpid()}"
+    provider = InProcessWorkflowProvider(provider_id="p-1")
+    consumer = Two()
+    provider.register(TWO, consumer)
+    await provider.start()
+    try:
+        await (await provider.execute(TWO, Data())).result(timeout=5)
+    finally:
+        await provider.stop()
+    assert {c.provider_id for c in consumer.contexts} == {"p-1"}

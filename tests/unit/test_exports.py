@@ -1,0 +1,52 @@
+"""Pins the public names of plait.testing and plait.providers.inprocess: changing them is a breaking change."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+import plait.providers.inprocess
+import plait.testing
+import plait.testing.plugin
+
+
+def test_plait_testing_exports() -> None:
+    assert sorted(plait.testing.__all__) == [
+        "ProviderContract",
+        "create_mock_step_context",
+        "create_mock_workflow_context",
+    ]
+
+
+def test_plait_providers_inprocess_exports() -> None:
+    assert sorted(plait.providers.inprocess.__all__) == ["InProcessFlowHandle", "InProcessWorkflowProvider"]
+
+
+@pytest.mark.parametrize("module", [plait.testing, plait.providers.inprocess])
+def test_exported_names_exist_and_are_documented(module: object) -> None:
+    assert getattr(module, "__doc__", None)
+    for name in getattr(module, "__all__", []):
+        assert getattr(getattr(module, name), "__doc__", None), name
+
+
+def test_the_plugin_provides_the_inprocess_provider_fixture() -> None:
+    assert plait.testing.plugin.__all__ == ["inprocess_provider"]
+
+
+@pytest.mark.parametrize("namespace", ["plait", "plait.providers"])
+def test_namespaces_are_pep_420(namespace: str) -> None:
+    spec = importlib.util.find_spec(namespace)
+    assert spec is not None
+    assert spec.origin is None  # no __init__.py: several distributions share the namespace
+    for location in spec.submodule_search_locations or []:
+        assert not (Path(location) / "__init__.py").exists()
+
+
+def test_leaf_packages_are_typed() -> None:
+    for name in ("plait.testing", "plait.providers.inprocess", "plait.core"):
+        module = importlib.import_module(name)
+        assert module.__file__ is not None
+        assert (Path(module.__file__).parent / "py.typed").exists(), name

@@ -1,0 +1,117 @@
+"""Redis pub/sub for one provider: one connection, many channels, a callback per subscriber.
+
+Callers of ``result()`` subscribe to their flow's channel and workers to the cancel channel. A subscription is
+confirmed by the server before :meth:`Notifier.subscribe` returns, so a caller that subscribes and then reads the
+flow's status cannot miss an end announced in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from arq.connections import ArqRedis
+from redis.exceptions import RedisError
+
+__all__ = ["Notifier"]
+
+_log = logging.getLogger("plait.providers.arq")
+
+Handler = Callable[[bytes], None]
+
+
+class Notifier:
+    """Channels and their handlers over one pub/sub connection, opened at the first subscription."""
+
+    __slots__ = ("_closed", "_confirmations", "_handlers", "_pubsub", "_reader")
+
+    def __init__(self, redis: ArqRedis) -> None:
+        self._pubsub = redis.pubsub()
+        self._handlers: dict[str, list[Handler]] = {}
+        self._confirmations: dict[str, asyncio.Future[None]] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def subscribe(self, channel: str, handler: Handler, timeout: float = 5.0) -> None:
+        """Calls ``handler(data)`` for each message on ``channel`` from now on.
+
+        Raises:
+            TimeoutError: the server did not confirm the subscription within ``timeout`` seconds.
+        """
+        if self._closed:
+            raise RuntimeError("Notifier is closed")
+        handlers = self._handlers.get(channel)
+        if handlers is not None:
+            handlers.append(handler)
+            pending = self._confirmations.get(channel)
+            if pending is not None:
+                await asyncio.wait_for(asyncio.shield(pending), timeout)
+            return
+        self._handlers[channel] = [handler]
+        confirmed = self._confirmations[channel] = asyncio.get_running_loop().create_future()
+        try:
+            await self._pubsub.subscribe(channel)
+            if self._reader is None:
+                self._reader = asyncio.create_task(self._read(), name="plait-arq-pubsub")
+            await asyncio.wait_for(asyncio.shield(confirmed), timeout)
+        except BaseException:
+            await self.unsubscribe(channel, handler)
+            raise
+
+    async def unsubscribe(self, channel: str, handler: Handler) -> None:
+        """Stops calling ``handler`` for ``channel``; the last handler's removal unsubscribes the connection."""
+        handlers = self._handlers.get(channel)
+        if handlers is None or handler not in handlers:
+            return
+        handlers.remove(handler)
+        if handlers:
+            return
+        del self._handlers[channel]
+        pending = self._confirmations.pop(channel, None)
+        if pending is not None and not pending.done():
+            pending.cancel()
+        if not self._closed:
+            with contextlib.suppress(RedisError, OSError):
+                await self._pubsub.unsubscribe(channel)
+
+    async def close(self) -> None:
+        """Stops reading and closes the connection; idempotent."""
+        self._closed = True
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        for pending in self._confirmations.values():
+            pending.cancel()
+        self._confirmations.clear()
+        self._handlers.clear()
+        await self._pubsub.aclose()  # type: ignore[no-untyped-call]  # unannotated in redis-py
+
+    async def _read(self) -> None:
+        while True:
+            try:
+                message = await self._pubsub.get_message(timeout=None)
+            except (RedisError, OSError) as error:
+                # redis-py reconnects on the next read and subscribes again; a message published meanwhile is
+                # lost, which is why waiters also re-check now and then.
+                _log.warning("Redis pub/sub connection failed (%s); reconnecting", error)
+                await asyncio.sleep(0.5)
+                continue
+            if message is None:
+                continue
+            kind = message["type"]
+            channel = message["channel"]
+            name = channel.decode() if isinstance(channel, bytes) else str(channel)
+            if kind == "subscribe":
+                pending = self._confirmations.pop(name, None)
+                if pending is not None and not pending.done():
+                    pending.set_result(None)
+            elif kind == "message":
+                for handler in list(self._handlers.get(name, ())):
+                    try:
+                        handler(message["data"])
+                    except Exception:
+                        _log.exception("Pub/sub handler for %s failed", name)

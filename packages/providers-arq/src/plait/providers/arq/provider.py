@@ -1,0 +1,378 @@
+"""The arq provider: flow state in Redis, work in arq-format queues, the core engine deciding every step.
+
+Why it looks like this (arq 0.28):
+
+* **arq is the job format, not the loop.** Jobs are arq jobs (``arq:job:<id>`` holding arq's JSON-serialised
+  ``{"f", "a", "k", "t", "et"}``, in arq queues: sorted sets named ``<prefix>.<workflow>`` and
+  ``<prefix>.<workflow>.steps``, scored by due time in ms), written through arq's own ``serialize_job`` and read
+  back with ``deserialize_job_raw`` and a JSON deserializer; the connection is arq's ``ArqRedis``, created with
+  JSON ``job_serializer``/``job_deserializer``; nothing is ever unpickled. But Plait does not run arq's
+  ``Worker``: its loop polls the queue every ``poll_delay`` (0.5 s by default; at 10 ms an idle worker sends
+  hundreds of commands a second), it starts a job with four sequential round trips (WATCH, EXISTS, ZSCORE,
+  MULTI/EXEC), fails a job for good on any exception, and re-runs a killed job only after its in-progress key
+  expires while spending a try. Plait claims due jobs with one Lua script, and an idle workflow loop blocks on a
+  Plait wake-up list (``BLPOP <prefix>.<workflow>:wake``, pushed by every enqueue) with a 10 s timeout: a hop
+  costs a round trip and an idle worker sends a command every few seconds. Swapping arq out means rewriting
+  :mod:`~plait.providers.arq._keys` (the job format) and the queue parts of :mod:`~plait.providers.arq._store`.
+* **One commit per event.** A worker runs a job through the core ``Runner``, hands the event to ``Engine.handle``
+  and commits the outcome with one Lua compare-and-set on the flow's version (see ``_store``): new state, jobs
+  to enqueue, job finished, cancellations, end-of-flow announcement. Job ids are deterministic
+  (``<prefix>:{<flow>}:step:<name>:<attempt>``), so a job is created once and a duplicate event changes nothing.
+  When the engine answers with a job that can start now, the same worker keeps it (leased in that commit), so a
+  sequential flow costs one commit per step; parallel siblings go through the queue to any worker.
+* **Crashes.** Plait runs retries, backoff and timeouts itself (never raising into arq). A claimed job carries
+  a lease of ``stall_interval`` seconds, renewed by a heartbeat; any worker's reconciler (one at a time, through
+  a short Redis lock) hands jobs whose lease ran out back to their queue, and fires flow timeouts from a
+  deadline index (the starting worker also arms a local timer, so timeouts are on time). A crash costs no
+  attempt; a handler may run again after a crash (at least once), a completion is recorded once.
+* **Callers wait on pub/sub.** ``result()`` subscribes to ``<prefix>:done:<flow>`` (one pub/sub connection per
+  process), then reads the flow; the commit that ends a flow publishes there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any, Generic, TypeVar
+
+from arq.connections import ArqRedis, create_pool
+from pydantic import BaseModel
+
+from plait.core import (
+    ConsumerOptions,
+    DefinitionError,
+    FlowHandle,
+    FlowNotFoundError,
+    FlowStatus,
+    IWorkflowConsumer,
+    ProviderNotStartedError,
+    WorkflowDefinition,
+    WorkflowNotRegisteredError,
+)
+from plait.core.engine import Engine, FlowState, build_error
+from plait.core.runner import Runner, check_same_flow, new_flow_id, validate_data
+from plait.providers.arq._keys import Job, Keys, dumps, loads
+from plait.providers.arq._notify import Notifier
+from plait.providers.arq._store import Store
+from plait.providers.arq._worker import Exceptions, Worker, WorkflowRuntime
+from plait.providers.arq.settings import ArqSettings
+
+__all__ = ["ArqFlowHandle", "ArqWorkflowProvider"]
+
+D = TypeVar("D", bound=BaseModel)
+R = TypeVar("R", bound=BaseModel)
+
+_log = logging.getLogger("plait.providers.arq")
+
+_DAY = 86400.0
+_RECHECK = 10.0  # seconds between a waiter's own looks at its flow, in case a pub/sub message was lost
+
+
+class ArqFlowHandle(FlowHandle[R], Generic[R]):
+    """A handle on a flow of an :class:`ArqWorkflowProvider`; valid in any process that can reach the Redis."""
+
+    __slots__ = ("_definition", "_provider")
+
+    def __init__(
+        self, flow_id: str, provider: ArqWorkflowProvider, definition: WorkflowDefinition[Any, R] | None
+    ) -> None:
+        super().__init__(flow_id)
+        self._provider = provider
+        self._definition = definition
+
+    async def status(self) -> FlowStatus:
+        return await self._provider.get_status(self.id)
+
+    async def result(self, timeout: float | None = None) -> R:
+        state = await self._provider._wait(self.id, timeout)
+        if state.status == FlowStatus.COMPLETED:
+            definition = self._definition or self._provider._definition(state.workflow)
+            return definition.result.model_validate(state.result)
+        raise build_error(state, self._provider._exceptions.matching(state))
+
+
+class _Registration:
+    __slots__ = ("definition", "engine", "runtime")
+
+    def __init__(self, definition: WorkflowDefinition[Any, Any], runtime: WorkflowRuntime | None) -> None:
+        self.definition = definition
+        self.runtime = runtime
+        self.engine = runtime.engine if runtime is not None else Engine(definition)
+
+
+class ArqWorkflowProvider:
+    """Runs flows across processes: state in Redis, steps as arq-format jobs, any worker runs any step.
+
+    A process that only starts flows registers definitions without consumers; a process that registered a
+    consumer runs that workflow's jobs once started (see ``plait worker``). ``result()`` and ``get_handle()``
+    work from any process.
+
+    Args:
+        redis_url: a ``redis://``, ``rediss://`` (TLS) or ``unix://`` URL, or :class:`ArqSettings`.
+        password: the Redis password, if the URL does not carry it.
+        ssl: force TLS on (or off), whatever the URL's scheme says.
+        ssl_ca_certs: CA certificates to verify the server with.
+        queue_prefix: prefix of every key, queue and channel (queues are ``<prefix>.<workflow>[.steps]``).
+        default_timeout: seconds a flow may take when neither ``execute()`` nor its registration says;
+            ``None`` for no limit.
+        stall_interval: seconds after which a job whose worker died (stopped renewing its lease) runs elsewhere.
+        step_timeout: seconds one step attempt may take when its registration does not say; ``None`` for none.
+        provider_id: shown in contexts and logs; defaults to ``arq-<host>-<pid>``.
+        retention: seconds a flow stays queryable after its last change (7 days by default).
+        concurrency: jobs of one workflow this process runs at once, unless its registration's
+            ``ConsumerOptions.concurrency`` says otherwise (arq's ``max_jobs``, per workflow).
+        stop_grace: seconds ``stop()`` lets running jobs finish before handing them back to their queues.
+    """
+
+    def __init__(
+        self,
+        redis_url: str | ArqSettings = "redis://localhost:6379",
+        *,
+        password: str | None = None,
+        ssl: bool | None = None,
+        ssl_ca_certs: str | None = None,
+        queue_prefix: str = "workflow",
+        default_timeout: float | None = None,
+        stall_interval: float = 5.0,
+        step_timeout: float | None = None,
+        provider_id: str | None = None,
+        retention: float = 7 * _DAY,
+        concurrency: int = 10,
+        stop_grace: float = 10.0,
+    ) -> None:
+        settings = redis_url if isinstance(redis_url, ArqSettings) else ArqSettings.from_url(redis_url)
+        if password is not None:
+            settings = replace(settings, password=password)
+        if ssl is not None:
+            settings = replace(settings, ssl=ssl)
+        if ssl_ca_certs is not None:
+            settings = replace(settings, ssl_ca_certs=ssl_ca_certs)
+        self.settings = settings
+        if not stall_interval > 0:
+            raise ValueError(f"stall_interval must be > 0 seconds, got {stall_interval!r}")
+        if not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
+        self.keys = Keys(queue_prefix)
+        self.default_timeout = default_timeout
+        self.stall_interval = stall_interval
+        self.step_timeout = step_timeout
+        self.provider_id = provider_id or f"arq-{socket.gethostname()}-{os.getpid()}"
+        self.retention = retention
+        self.concurrency = concurrency
+        self.stop_grace = stop_grace
+        self._registrations: dict[str, _Registration] = {}
+        self._exceptions = Exceptions()
+        self._redis: ArqRedis | None = None
+        self._store: Store | None = None
+        self._notifier: Notifier | None = None
+        self._worker: Worker | None = None
+        self._waiters: set[asyncio.Event] = set()
+        self._started = False
+        self._lifecycle = asyncio.Lock()
+
+    # -- lifecycle --
+
+    def register(
+        self,
+        definition: WorkflowDefinition[D, R],
+        consumer: IWorkflowConsumer[D, R] | None = None,
+        options: ConsumerOptions | None = None,
+    ) -> None:
+        """Registers ``definition``, and the consumer that runs its jobs in this process (``None``: start only).
+
+        Raises:
+            DefinitionError: the name is registered already, or the consumer does not match the definition.
+        """
+        if not isinstance(definition, WorkflowDefinition):
+            raise DefinitionError(f"register() takes a definition from Workflow.define(), got {definition!r}")
+        if definition.name in self._registrations:
+            raise DefinitionError(f"Workflow '{definition.name}' is registered twice")
+        runtime = None
+        if consumer is not None:
+            runner = Runner(definition, consumer, options, provider_id=self.provider_id, step_timeout=self.step_timeout)
+            runtime = WorkflowRuntime(runner, runner.options.concurrency or self.concurrency)
+        self._registrations[definition.name] = _Registration(definition, runtime)
+        if runtime is not None and self._worker is not None:
+            self._worker.add(runtime)
+
+    async def start(self) -> None:
+        """Connects to Redis and, if consumers are registered, starts running their jobs; idempotent.
+
+        Raises:
+            redis.exceptions.ConnectionError: Redis is unreachable (after the settings' retries).
+        """
+        async with self._lifecycle:
+            if self._started:
+                return
+            redis = await create_pool(self.settings.redis_settings(), job_serializer=dumps, job_deserializer=loads)
+            try:
+                store = Store(redis, self.keys, retention=self.retention, lease=self.stall_interval)
+                notifier = Notifier(redis)
+                runtimes = [r.runtime for r in self._registrations.values() if r.runtime is not None]
+                worker = Worker(
+                    store,
+                    notifier,
+                    self._exceptions,
+                    owner=f"{self.provider_id}-{uuid.uuid4().hex[:8]}",
+                    default_timeout=self.default_timeout,
+                    stall_interval=self.stall_interval,
+                    stop_grace=self.stop_grace,
+                )
+                for runtime in runtimes:
+                    worker.add(runtime)
+                self._redis, self._store, self._notifier, self._worker = redis, store, notifier, worker
+                if runtimes:
+                    await worker.start()
+            except BaseException:
+                await self._close()
+                raise
+            self._started = True
+
+    async def stop(self) -> None:
+        """Stops taking work, lets running jobs finish within ``stop_grace`` and hands the rest back.
+
+        Flows are not cancelled: they live in Redis and go on in other workers (or after a restart). A
+        ``result()`` still waiting in this process raises ``ProviderNotStartedError``. Idempotent; safe before
+        ``start()``.
+        """
+        async with self._lifecycle:
+            if not self._started:
+                return
+            self._started = False
+            try:
+                if self._worker is not None:
+                    await self._worker.stop()
+            finally:
+                for waiter in self._waiters:
+                    waiter.set()
+                await asyncio.sleep(0)
+                await self._close()
+
+    async def _close(self) -> None:
+        notifier, redis = self._notifier, self._redis
+        self._worker = self._store = self._notifier = self._redis = None
+        if notifier is not None:
+            await notifier.close()
+        if redis is not None:
+            await redis.aclose(close_connection_pool=True)
+
+    # -- executor --
+
+    async def execute(
+        self,
+        definition: WorkflowDefinition[D, R],
+        data: D | Mapping[str, Any],
+        *,
+        id: str | None = None,
+        timeout: float | None = None,
+        meta: Mapping[str, str] | None = None,
+    ) -> ArqFlowHandle[R]:
+        """Validates ``data``, stores the flow in Redis and queues its start; returns its handle at once.
+
+        Raises:
+            WorkflowValidationError: ``data`` does not match ``definition.data``; nothing was stored.
+            WorkflowNotRegisteredError: the definition is not registered here (a consumer is not needed).
+            FlowConflictError: ``id`` names an existing flow of another workflow or with other data.
+            ProviderNotStartedError: the provider is not started (or is stopping).
+        """
+        model = validate_data(definition, data)
+        store = self._running_store()
+        registration = self._registrations.get(definition.name)
+        if registration is None:
+            raise WorkflowNotRegisteredError(definition.name, "register the definition (a consumer is optional)")
+        payload = model.model_dump(mode="json")
+        flow_id = new_flow_id() if id is None else id
+        state = registration.engine.new_state(flow_id, payload, meta=meta, timeout=timeout, now=time.time())
+        start = Job("start", definition.name, flow_id)
+        existing = await store.create(flow_id, definition.name, dumps(state.to_dict()), start, state.deadline)
+        if existing is not None:
+            check_same_flow(FlowState.from_dict(loads(existing)), definition.name, payload)
+        return ArqFlowHandle(flow_id, self, definition)
+
+    async def get_status(self, flow_id: str) -> FlowStatus:
+        """Returns the status of flow ``flow_id``; raises ``FlowNotFoundError`` when unknown or expired."""
+        found = await self._running_store().status(flow_id)
+        if found is None:
+            raise FlowNotFoundError(flow_id)
+        return FlowStatus(found[0])
+
+    async def get_handle(self, flow_id: str) -> ArqFlowHandle[BaseModel]:
+        """Returns a handle on flow ``flow_id`` (of any workflow registered here, with or without a consumer).
+
+        Raises:
+            FlowNotFoundError: unknown or expired.
+        """
+        found = await self._running_store().status(flow_id)
+        if found is None:
+            raise FlowNotFoundError(flow_id)
+        registration = self._registrations.get(found[1])
+        return ArqFlowHandle(flow_id, self, registration.definition if registration is not None else None)
+
+    async def get_state(self, flow_id: str) -> FlowState:
+        """Returns the recorded state of a flow (step statuses, results, errors) for inspection.
+
+        Raises:
+            FlowNotFoundError: unknown or expired.
+        """
+        loaded = await self._running_store().load(flow_id)
+        if loaded is None:
+            raise FlowNotFoundError(flow_id)
+        return FlowState.from_dict(loads(loaded[0]))
+
+    # -- internals --
+
+    def _running_store(self) -> Store:
+        if not self._started or self._store is None:
+            raise ProviderNotStartedError("ArqWorkflowProvider is not running: await provider.start() first")
+        return self._store
+
+    def _definition(self, workflow: str) -> WorkflowDefinition[Any, Any]:
+        registration = self._registrations.get(workflow)
+        if registration is None:
+            raise WorkflowNotRegisteredError(workflow, "register its definition to read its result")
+        return registration.definition
+
+    async def _wait(self, flow_id: str, timeout: float | None) -> FlowState:
+        """Waits until the flow ends (woken through pub/sub) and returns its final state."""
+        store = self._running_store()
+        notifier = self._notifier
+        assert notifier is not None
+        channel = self.keys.done(flow_id)
+        woken = asyncio.Event()
+
+        def wake(_: bytes) -> None:
+            woken.set()
+
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        self._waiters.add(woken)
+        try:
+            await notifier.subscribe(channel, wake)
+            while True:
+                if not self._started:
+                    raise ProviderNotStartedError(f"The provider stopped while waiting for flow '{flow_id}'")
+                loaded = await store.load(flow_id)
+                if loaded is None:
+                    raise FlowNotFoundError(flow_id)
+                state = FlowState.from_dict(loads(loaded[0]))
+                if state.status.is_terminal:
+                    return state
+                wait = _RECHECK
+                if deadline is not None:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        raise TimeoutError(f"Flow '{flow_id}' did not end within {timeout:g}s")
+                    wait = min(wait, remaining)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), wait)
+                woken.clear()
+        finally:
+            self._waiters.discard(woken)
+            await notifier.unsubscribe(channel, wake)

@@ -222,7 +222,8 @@ class Runner(Generic[D, R]):
         ctx = self._context(view, step, attempt, self.engine.visible_steps(step))
         try:
             out = await self._call(f"Step '{step}'", self.consumer.steps[step].execute, ctx)
-        except Exception as error:
+        except _FAILURES as error:
+            _reraise_cancellation(error)
             view.exceptions["step", step] = error
             return StepFailed(step, attempt, error_record(error), True, error)
         output_model = self.definition.step(step).output
@@ -245,7 +246,8 @@ class Runner(Generic[D, R]):
         ctx = self._context(view, step, attempt, self.definition.step_names)
         try:
             await self._call(f"Rollback of step '{step}'", rollback, ctx)
-        except Exception as error:
+        except _FAILURES as error:
+            _reraise_cancellation(error)
             view.exceptions["rollback", step] = error
             return RollbackFailed(step, attempt, error_record(error), error)
         return RollbackSucceeded(step, attempt)
@@ -257,7 +259,8 @@ class Runner(Generic[D, R]):
         try:
             out = await self._call("on_complete", self.consumer.on_complete, ctx)
             model = out if type(out) is result_model else result_model.model_validate(_plain(out))
-        except Exception as error:
+        except _FAILURES as error:
+            _reraise_cancellation(error)
             view.exceptions["complete", None] = error
             record = error_record(error)
             if isinstance(error, ValidationError):
@@ -271,9 +274,22 @@ class Runner(Generic[D, R]):
         error = build_error(view.state, view.exceptions)
         try:
             await self._call("on_error", self.consumer.on_error, ctx, error)
-        except Exception:
+        except _FAILURES as error:
+            _reraise_cancellation(error)
             ctx.log.exception("on_error raised; the flow still fails with its original error")
         return ErrorHandled()
+
+
+# A handler may raise CancelledError without being cancelled (it awaited a future somebody else cancelled);
+# that is a failure like any other, whereas a cancellation of the running task itself must propagate.
+_FAILURES = (Exception, asyncio.CancelledError)
+
+
+def _reraise_cancellation(error: BaseException) -> None:
+    if isinstance(error, asyncio.CancelledError):
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            raise error
 
 
 def _plain(value: object) -> object:

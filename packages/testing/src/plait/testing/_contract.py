@@ -15,6 +15,8 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, Literal, TypeVar
 
 import pytest
@@ -93,6 +95,17 @@ class FlowOut(BaseModel):
     results: list[str]
 
 
+class Rich(BaseModel):
+    """Data whose JSON form differs from its Python form, for providers that store JSON."""
+
+    when: datetime
+    price: Decimal
+    ref: uuid.UUID
+    tags: tuple[str, ...]
+    nested: Order
+    note: str | None
+
+
 class StepBoom(Exception):
     """Raised by scripted steps, rollbacks and callbacks that are told to fail."""
 
@@ -117,6 +130,9 @@ SOLO = Workflow.define(name="contract-solo", data=Order, result=FlowOut).steps(
 BARE = Workflow.define(name="contract-bare", data=Order, result=FlowOut)
 """No steps: on_complete does the work."""
 
+RICH = Workflow.define(name="contract-rich", data=Rich, result=Rich).steps(lambda s: s.sequential(s.step("echo", Rich)))
+"""One step that returns its data; on_complete returns the step's result."""
+
 _FAST = Backoff.fixed(0.01)
 _FOREVER = 1_000_000  # attempts that fail: every one
 
@@ -129,7 +145,8 @@ class Do:
     """What one step of a :class:`_Scripted` consumer does.
 
     Attributes:
-        fail: the first ``fail`` attempts raise :class:`StepBoom` (``_FOREVER``: every attempt).
+        fail: the first ``fail`` attempts raise (``_FOREVER``: every attempt).
+        raises: what a failing attempt raises.
         sleep: seconds each attempt takes before it returns or raises.
         sleep_attempts: attempts that sleep (all of them when empty).
         invalid: return an output that does not validate.
@@ -141,6 +158,7 @@ class Do:
     """
 
     fail: int = 0
+    raises: type[BaseException] = StepBoom
     sleep: float = 0.0
     sleep_attempts: frozenset[int] = frozenset()
     invalid: bool = False
@@ -219,17 +237,16 @@ class _Scripted(IWorkflowConsumer[Order, FlowOut]):
                 if do.sleep and (not do.sleep_attempts or ctx.attempt in do.sleep_attempts):
                     await self._sleep(do, call)
                 if ctx.attempt <= do.fail:
-                    raise StepBoom(f"boom {name} {ctx.attempt}")
+                    self._end(call, "raised", None)
+                    raise do.raises(f"boom {name} {ctx.attempt}")
                 if do.invalid:
                     invalid: dict[str, object] = {"step": name, "attempt": "not a number", "seen": None}
                     return self._end(call, "ok", invalid)
                 fields: dict[str, object] = {"step": name, "attempt": ctx.attempt, "seen": list(ctx.results)}
                 return self._end(call, "ok", fields if do.plain else output.model_validate(fields))
-            except asyncio.CancelledError:
-                self._end(call, "cancelled", None)
-                raise
-            except Exception:
-                self._end(call, "raised", None)
+            except BaseException as error:
+                if call.outcome == "running":
+                    self._end(call, "cancelled" if isinstance(error, asyncio.CancelledError) else "raised", None)
                 raise
 
         return execute
@@ -292,6 +309,24 @@ class _Scripted(IWorkflowConsumer[Order, FlowOut]):
             await asyncio.sleep(max(0.0, call.start + do.sleep - time.monotonic()))
         finally:
             self.late_finished.set()
+
+
+class _Echo(IWorkflowConsumer[Rich, Rich]):
+    """Echoes the data through a step and back as the result, recording what it saw."""
+
+    def __init__(self) -> None:
+        self.seen: list[BaseModel] = []
+        self.steps = {"echo": StepHandler(execute=self.echo)}
+
+    async def echo(self, ctx: StepContext[Rich]) -> Rich:
+        self.seen.append(ctx.data)
+        return ctx.data
+
+    async def on_complete(self, ctx: WorkflowContext[Rich]) -> Rich:
+        echoed = ctx.results["echo"]
+        self.seen.append(echoed)
+        assert isinstance(echoed, Rich)
+        return echoed
 
 
 # --- the suite --------------------------------------------------------------------------------------------
@@ -545,6 +580,22 @@ class ProviderContract:
         assert ctx is not None
         assert ctx.correlation_id == handle.id  # no correlation id given: the flow id
 
+    async def test_data_and_results_keep_their_types_through_the_provider(self, provider: WorkflowProvider) -> None:
+        consumer = _Echo()
+        data = Rich(
+            when=datetime(2030, 1, 2, 3, 4, 5, 600000, tzinfo=UTC),
+            price=Decimal("12.30"),
+            ref=uuid.UUID(int=7),
+            tags=("x", "y"),
+            nested=Order(key="inner", amount=2),
+            note=None,
+        )
+        async with self.running(provider, (RICH, consumer, None)):
+            result = await self.result(await provider.execute(RICH, data))
+        assert type(result) is Rich
+        assert result == data
+        assert consumer.seen == [data, data]  # the step's data and the result it then saw
+
     # -- rule 4: retries, step timeouts, invalid outputs --
 
     async def test_a_failing_step_is_retried_and_attempt_counts(self, provider: WorkflowProvider) -> None:
@@ -599,6 +650,14 @@ class ProviderContract:
         assert _cause_name(error) == "TimeoutError"
         assert "timed out" in str(error)
         assert len(consumer.of("step", "a")) == 2
+
+    async def test_a_step_raising_cancelled_error_itself_fails_like_any_error(self, provider: WorkflowProvider) -> None:
+        # Not a cancellation of the step: say, an awaited future that somebody else cancelled.
+        consumer = _Scripted(LINE, {"b": Do(fail=1, raises=asyncio.CancelledError)})
+        async with self.running(provider, (LINE, consumer, self.options(attempts=2))):
+            result = await self.result(await provider.execute(LINE, Order(key="k")))
+        assert result.results == ["a:AOut", "b:BOut", "c:COut"]
+        assert [(c.attempt, c.outcome) for c in consumer.of("step", "b")] == [(1, "raised"), (2, "ok")]
 
     async def test_an_invalid_output_fails_the_step_without_retry(self, provider: WorkflowProvider) -> None:
         consumer = _Scripted(LINE, {"b": Do(invalid=True)})
@@ -717,6 +776,18 @@ class ProviderContract:
         retry = consumer.of("step", "c")[1]
         assert retry.ctx is not None
         assert sorted(retry.ctx.results) == ["a"]
+
+    async def test_a_rollback_exceeding_the_step_timeout_is_retried_then_recorded(
+        self, provider: WorkflowProvider
+    ) -> None:
+        consumer = _Scripted(LINE, {"b": Do(rollback_sleep=3.0), "c": Do(fail=_FOREVER)})
+        options = self.options(attempts=2, step_timeout=0.1 + self.latency)
+        async with self.running(provider, (LINE, consumer, options)):
+            error = await self.failure(await provider.execute(LINE, Order(key="k")))
+        assert [(c.step, c.attempt) for c in consumer.of("rollback")] == [("b", 1), ("b", 2), ("a", 1)]
+        assert isinstance(error, WorkflowRollbackError)
+        assert [e.step_name for e in error.rollback_errors] == ["b"]
+        assert _cause_name(error.rollback_errors[0]) == "TimeoutError"
 
     # -- rule 6: on_error --
 

@@ -1,0 +1,1 @@
+"""Runnable Plait examples; a package so that the test suite imports and runs them (none can rot)."""

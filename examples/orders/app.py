@@ -1,0 +1,60 @@
+"""The order service's application: every service, workflow, consumer and controller, wired in one place."""
+
+from __future__ import annotations
+
+from examples.orders.consumers import ORDER_OPTIONS, ProcessOrderWorkflow
+from examples.orders.controllers import OrderController
+from examples.orders.monitors import (
+    CheckRunner,
+    CheckScheduler,
+    MonitorController,
+    MonitorRepository,
+    SetupMonitor,
+    SetupMonitorWorkflow,
+    UrlProbe,
+)
+from examples.orders.services import (
+    InventoryService,
+    NotificationService,
+    OrderRepository,
+    PaymentService,
+    ShipmentService,
+)
+from examples.orders.workflows import ProcessOrder
+from plait.core import Application, Plait, WorkflowProvider
+
+
+def create_app(provider: WorkflowProvider | None = None) -> Application:
+    """Builds the order service; ``provider`` defaults to the in-process one."""
+    app = Plait.create()
+    if provider is not None:
+        app.workflow_provider(provider)
+    return (
+        app.provider(InventoryService)
+        .provider(PaymentService)
+        .provider(ShipmentService)
+        .provider(NotificationService)
+        .provider(OrderRepository)
+        .provider(UrlProbe)
+        .provider(MonitorRepository)
+        .provider(CheckScheduler)
+        .provider(CheckRunner, [UrlProbe, MonitorRepository])
+        .workflow(ProcessOrder)
+        .consumer(
+            ProcessOrderWorkflow,
+            [InventoryService, PaymentService, ShipmentService, NotificationService, OrderRepository],
+            options=ORDER_OPTIONS,
+        )
+        .workflow(SetupMonitor)
+        .consumer(SetupMonitorWorkflow, [UrlProbe, MonitorRepository, CheckScheduler, CheckRunner])
+        .controller("/orders", OrderController, [InventoryService, OrderRepository])
+        .controller("/monitors", MonitorController)
+    )
+
+
+app = create_app()
+"""The service on the in-process provider, for tools that take ``module:attribute`` (a worker runs ``app``'s
+consumers with ``await app.start()``, without HTTP)."""
+
+asgi = app.asgi()
+"""The same application as ASGI, for any server: ``uvicorn examples.orders.app:asgi``."""

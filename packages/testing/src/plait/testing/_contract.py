@@ -91,12 +91,15 @@ class ProviderContract:
     """DESIGN §3 as a pytest class: subclass it and override the ``provider`` fixture.
 
     The fixture returns a new, unstarted provider; each test registers its workflows on it, starts it and stops
-    it. Consumer code must run in the test's process (consumers count their calls in memory)::
+    it. Consumer code must run in the test's process (consumers count their calls in memory), and no flow may be
+    left from an earlier test (tests reuse workflow names: a durable provider's fixture empties its store)::
 
         class TestMyProvider(ProviderContract):
             @pytest.fixture
             def provider(self) -> MyProvider:
-                return MyProvider(stop_grace=0.5)
+                return MyProvider(stop_grace=self.stop_grace)
+
+    The class carries ``pytest.mark.asyncio``, so it runs whether or not pytest-asyncio's auto mode is on.
 
     Attributes:
         latency: seconds a provider may need to hand a step or an event on (a remote provider's round trips);

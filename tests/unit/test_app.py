@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import sys
 from collections.abc import AsyncIterator, Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, assert_type
 
 import httpx
 import pytest
@@ -31,6 +31,7 @@ from plait.core import (
     Workflow,
     WorkflowContext,
     WorkflowDefinition,
+    WorkflowExecutor,
     WorkflowNotRegisteredError,
     WorkflowRegistration,
 )
@@ -280,9 +281,29 @@ async def test_the_executor_refuses_work_outside_start_and_stop() -> None:
     with pytest.raises(PlaitError, match="no workflow provider yet"):
         app.context.provider  # noqa: B018
     await app.start()
+    handle = await app.context.workflows.execute(Charge, {"order_id": "o-1"})
+    await handle.result(timeout=5)
     await app.stop()
-    with pytest.raises(ProviderNotStartedError):
-        await app.context.workflows.get_status("flow-x")
+    with pytest.raises(ProviderNotStartedError):  # the provider's own refusal, once stopped
+        await app.context.workflows.execute(Charge, {"order_id": "o-2"})
+    assert await app.context.workflows.get_status(handle.id) == FlowStatus.COMPLETED  # what it knows, it tells
+
+
+def test_the_builder_names_are_exported_and_documented() -> None:
+    import plait.core
+
+    for name in ("Plait", "Application", "AppContext", "WorkflowRegistration", "RouteBuilder", "RequestContext"):
+        assert name in plait.core.__all__
+        assert getattr(plait.core, name).__doc__, name
+
+
+def test_types_flow_through_the_builder() -> None:
+    # Checked by mypy: the registration keeps the definition's models, so a consumer of another workflow
+    # (or a handle of another result) is a type error.
+    registration = Plait.create().workflow(Charge)
+    assert_type(registration, WorkflowRegistration[Order, Receipt])
+    assert_type(registration.consumer(ChargeWorkflow), Application)
+    assert_type(Plait.create().context.workflows, WorkflowExecutor)
 
 
 async def test_the_builder_is_closed_once_started() -> None:

@@ -357,7 +357,9 @@ class Application:
         return list(build_routes(self._routes, self._executor))
 
     def _running_provider(self) -> WorkflowProvider:
-        if not self._started or self._provider is None:
+        # Before the first start the provider has no registrations yet, so refuse here. After that, the provider
+        # alone decides (it refuses new flows once stopped, but may still answer for the flows it knows).
+        if not self._built or self._provider is None:
             raise ProviderNotStartedError("The Plait application is not started: await app.start() first")
         return self._provider
 

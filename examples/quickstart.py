@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO, cast
+from typing import TextIO
 
 # Run as a script, Python puts examples/ on sys.path; the example is the package examples.orders.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -47,13 +46,12 @@ def make_provider(args: argparse.Namespace) -> WorkflowProvider | None:
     if args.provider == "inprocess":
         return None
     try:
-        module = importlib.import_module("plait.providers.arq")
-        provider_class = module.ArqWorkflowProvider
-    except (ImportError, AttributeError) as error:
+        from plait.providers.arq import ArqWorkflowProvider
+    except ImportError as error:
         raise PlaitError(
             "--provider arq needs the arq provider: pip install plait-providers-arq (and a Redis server)"
         ) from error
-    return cast(WorkflowProvider, provider_class(args.redis_url))
+    return ArqWorkflowProvider(args.redis_url)
 
 
 async def main(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:

@@ -25,7 +25,7 @@ Handler = Callable[[bytes], None]
 class Notifier:
     """Channels and their handlers over one pub/sub connection, opened at the first subscription."""
 
-    __slots__ = ("_closed", "_confirmations", "_handlers", "_pubsub", "_reader")
+    __slots__ = ("_closed", "_confirmations", "_handlers", "_pubsub", "_reader", "_sending")
 
     def __init__(self, redis: ArqRedis) -> None:
         self._pubsub = redis.pubsub()
@@ -33,6 +33,8 @@ class Notifier:
         self._confirmations: dict[str, asyncio.Future[None]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._closed = False
+        # redis-py's PubSub opens its connection on first use: two first uses at once would open two.
+        self._sending = asyncio.Lock()
 
     async def subscribe(self, channel: str, handler: Handler, timeout: float = 5.0) -> None:
         """Calls ``handler(data)`` for each message on ``channel`` from now on.
@@ -52,9 +54,10 @@ class Notifier:
         self._handlers[channel] = [handler]
         confirmed = self._confirmations[channel] = asyncio.get_running_loop().create_future()
         try:
-            await self._pubsub.subscribe(channel)
-            if self._reader is None:
-                self._reader = asyncio.create_task(self._read(), name="plait-arq-pubsub")
+            async with self._sending:
+                await self._pubsub.subscribe(channel)
+                if self._reader is None:
+                    self._reader = asyncio.create_task(self._read(), name="plait-arq-pubsub")
             await asyncio.wait_for(asyncio.shield(confirmed), timeout)
         except BaseException:
             await self.unsubscribe(channel, handler)
@@ -74,7 +77,8 @@ class Notifier:
             pending.cancel()
         if not self._closed:
             with contextlib.suppress(RedisError, OSError):
-                await self._pubsub.unsubscribe(channel)
+                async with self._sending:
+                    await self._pubsub.unsubscribe(channel)
 
     async def close(self) -> None:
         """Stops reading and closes the connection; idempotent."""

@@ -1,0 +1,107 @@
+"""A 5-step order workflow whose handlers count their side effects in Redis, for tests with worker processes.
+
+``create_app()`` reads ``PLAIT_TEST_REDIS_URL``, ``PLAIT_TEST_PREFIX`` and ``PLAIT_TEST_STALL`` and returns an
+object with ``async start()``/``async stop()``, as ``plait worker tests.integration.apps.orders:create_app``
+expects. Each handler increments ``side:<flow>:<step>:started`` when it starts and ``...:done`` when it returns,
+and marks ``inflight:<flow>:<step>`` with its pid while it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import redis.asyncio as aioredis
+from pydantic import BaseModel
+
+from plait.core import IWorkflowConsumer, StepContext, StepHandler, Workflow, WorkflowContext
+from plait.providers.arq import ArqWorkflowProvider
+
+
+class Order(BaseModel):
+    order_id: str
+    slow_step: str = ""
+    slow: float = 0.0
+
+
+class StepOut(BaseModel):
+    step: str
+    pid: int
+
+
+class Receipt(BaseModel):
+    order_id: str
+    pids: dict[str, int]
+
+
+ORDER = Workflow.define(name="it-order", data=Order, result=Receipt).steps(
+    lambda s: (
+        s.sequential(s.step("validate", StepOut))
+        .sequential(s.step("charge", StepOut))
+        .parallel(s.step("email", StepOut), s.step("sms", StepOut))
+        .sequential(s.step("finalize", StepOut))
+    )
+)
+
+
+async def call(redis: aioredis.Redis, *args: str | int | float) -> object:
+    """One Redis command (redis-py's typing of command results is a union of awaitable and value)."""
+    return await redis.execute_command(*args)  # type: ignore[no-untyped-call]  # unannotated in redis-py
+
+
+class OrderWorkflow(IWorkflowConsumer[Order, Receipt]):
+    """Counts every start and completion of every step in Redis."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+        self.steps = {name: StepHandler(execute=self.run, rollback=self.undo) for name in ORDER.step_names}
+
+    async def _call(self, *args: str | int | float) -> object:
+        return await call(self.redis, *args)
+
+    async def run(self, ctx: StepContext[Order]) -> StepOut:
+        side = f"side:{ctx.flow_id}:{ctx.step_name}"
+        inflight = f"inflight:{ctx.flow_id}:{ctx.step_name}"
+        await self._call("INCR", f"{side}:started")
+        await self._call("SET", inflight, os.getpid())
+        if ctx.data.slow_step == ctx.step_name:
+            await asyncio.sleep(ctx.data.slow)
+        await self._call("INCR", f"{side}:done")
+        await self._call("DEL", inflight)
+        return StepOut(step=ctx.step_name, pid=os.getpid())
+
+    async def undo(self, ctx: StepContext[Order]) -> None:
+        await self._call("INCR", f"side:{ctx.flow_id}:{ctx.step_name}:rolled_back")
+
+    async def on_complete(self, ctx: WorkflowContext[Order]) -> Receipt:
+        await self._call("INCR", f"side:{ctx.flow_id}:complete")
+        pids = {name: ctx.result(name, StepOut).pid for name in ctx.results}
+        return Receipt(order_id=ctx.data.order_id, pids=pids)
+
+
+class OrdersApp:
+    """What a Plait application is to ``plait worker``: a provider with its consumer, and a Redis client."""
+
+    def __init__(self, url: str, prefix: str, stall_interval: float) -> None:
+        self.redis = aioredis.Redis.from_url(url)
+        self.provider = ArqWorkflowProvider(
+            url, queue_prefix=prefix, stall_interval=stall_interval, stop_grace=5.0, provider_id=f"it-{os.getpid()}"
+        )
+        self.provider.register(ORDER, OrderWorkflow(self.redis))
+
+    async def start(self) -> None:
+        await self.provider.start()
+        await call(self.redis, "SET", f"ready:{os.getpid()}", 1)
+
+    async def stop(self) -> None:
+        await self.provider.stop()
+        await self.redis.aclose()
+
+
+def create_app() -> OrdersApp:
+    """The worker's factory: settings from the environment."""
+    return OrdersApp(
+        os.environ["PLAIT_TEST_REDIS_URL"],
+        os.environ.get("PLAIT_TEST_PREFIX", "workflow"),
+        float(os.environ.get("PLAIT_TEST_STALL", "5")),
+    )

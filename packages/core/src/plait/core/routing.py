@@ -6,6 +6,10 @@ is echoed in the response's ``x-correlation-id`` header, bound to ``ctx.workflow
 starts carries it as ``meta["correlation_id"]``, which steps see as ``ctx.correlation_id``) and set for the
 request's duration in :data:`plait.core.executor.current_correlation_id`, which executors injected into services
 read.
+
+Errors a handler lets through become JSON responses ``{"error": <code>, "message": ..., ...}``: a body that is not
+JSON or does not validate (``ctx.body``) and data ``execute()`` rejects are 422 with ``fields`` naming each invalid
+field, an unknown flow id is 404, a provider that is not running is 503; anything else is Starlette's 500.
 """
 
 from __future__ import annotations

@@ -347,3 +347,17 @@ async def test_consumers_get_their_dependencies_and_run_on_the_provider() -> Non
         assert await handle.result(timeout=5) == Done(ok=True)
     finally:
         await app.stop()
+
+
+async def test_an_object_provider_holding_the_class_itself_is_not_a_way_to_build_it() -> None:
+    class WithObject(containers.DeclarativeContainer):
+        settings = di.Singleton(Settings, url="sqlite://")
+        clock_class = di.Object(Clock)
+        clock = di.Singleton(Clock)
+
+    app = Plait.create(WithObject()).provider(Repository, [Settings, Clock])
+    await app.start()
+    try:
+        assert isinstance(app.context.resolve(Repository).clock, Clock)
+    finally:
+        await app.stop()

@@ -156,7 +156,9 @@ class ServiceGraph:
         found = [
             (name, provider)
             for name, provider in self.user_container.providers.items()
-            if getattr(provider, "cls", None) is cls or getattr(provider, "provides", None) is cls
+            # A di.Object "provides" its value: one holding the class itself would inject the class, not an instance.
+            if not isinstance(provider, di.Object)
+            and (getattr(provider, "cls", None) is cls or getattr(provider, "provides", None) is cls)
         ]
         if len(found) > 1:
             names = ", ".join(name for name, _ in found)

@@ -229,14 +229,15 @@ class Runner(Generic[D, R]):
         output_model = self.definition.step(step).output
         try:
             model = out if type(out) is output_model else output_model.model_validate(_plain(out))
-        except ValidationError as error:
-            # A handler that returns the wrong shape will do so again: fail without retrying.
+            output = model.model_dump(mode="json")
+        except Exception as error:
+            # A handler that returns the wrong shape, or a value JSON cannot hold, will do so again: no retry.
             view.exceptions["step", step] = error
             record = error_record(error)
             record["message"] = f"invalid output for {output_model.__name__}: {error}"
             return StepFailed(step, attempt, record, False, error)
         view.models[step] = model
-        return StepSucceeded(step, attempt, model.model_dump(mode="json"), model)
+        return StepSucceeded(step, attempt, output, model)
 
     async def run_rollback(self, view: FlowView[D], step: str, attempt: int) -> RollbackSucceeded | RollbackFailed:
         """Runs attempt ``attempt`` of ``step``'s rollback (it sees every completed result)."""
@@ -258,15 +259,19 @@ class Runner(Generic[D, R]):
         result_model = self.definition.result
         try:
             out = await self._call("on_complete", self.consumer.on_complete, ctx)
-            model = out if type(out) is result_model else result_model.model_validate(_plain(out))
         except _FAILURES as error:
             _reraise_cancellation(error)
             view.exceptions["complete", None] = error
+            return CompleteFailed(error_record(error), error)
+        try:
+            model = out if type(out) is result_model else result_model.model_validate(_plain(out))
+            result = model.model_dump(mode="json")
+        except Exception as error:
+            view.exceptions["complete", None] = error
             record = error_record(error)
-            if isinstance(error, ValidationError):
-                record["message"] = f"invalid result for {result_model.__name__}: {error}"
+            record["message"] = f"invalid result for {result_model.__name__}: {error}"
             return CompleteFailed(record, error)
-        return CompleteSucceeded(model.model_dump(mode="json"), model)
+        return CompleteSucceeded(result, model)
 
     async def run_on_error(self, view: FlowView[D]) -> ErrorHandled:
         """Calls ``on_error`` with the flow's error; an exception there is logged and swallowed."""

@@ -49,6 +49,7 @@ from plait.testing._scripted import (
     FAST,
     FOREVER,
     LINE,
+    OPAQUE,
     RICH,
     SOLO,
     AOut,
@@ -410,6 +411,18 @@ class ProviderContract:
         assert "BOut" in str(error)
         assert len(consumer.of("step", "b")) == 1
         assert consumer.names("rollback") == ["a"]
+
+    async def test_an_output_json_cannot_hold_fails_the_step_without_retry(self, provider: WorkflowProvider) -> None:
+        consumer = Scripted(OPAQUE, {"b": Do(opaque=True)})
+        async with self.running(provider, (OPAQUE, consumer, self.options(attempts=3))):
+            handle = await provider.execute(OPAQUE, Order(key="k"))
+            error = await self.failure(handle)
+            assert await handle.status() == FlowStatus.FAILED
+        assert isinstance(error, WorkflowStepError)
+        assert error.step_name == "b"
+        assert len(consumer.of("step", "b")) == 1
+        assert consumer.names("rollback") == ["a"]
+        assert len(consumer.of("on_error")) == 1
 
     async def test_step_error_keeps_the_cause_type_and_message(self, provider: WorkflowProvider) -> None:
         consumer = Scripted(SOLO, {"a": Do(fail=FOREVER)})

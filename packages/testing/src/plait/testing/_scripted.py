@@ -32,6 +32,7 @@ __all__ = [
     "FAST",
     "FOREVER",
     "LINE",
+    "OPAQUE",
     "RICH",
     "SOLO",
     "AOut",
@@ -42,6 +43,7 @@ __all__ = [
     "Do",
     "Echo",
     "FlowOut",
+    "Opaque",
     "Order",
     "Rich",
     "Scripted",
@@ -104,6 +106,13 @@ class Rich(BaseModel):
     note: str | None
 
 
+class Opaque(BaseModel):
+    """A step output that may hold a value JSON cannot represent."""
+
+    step: str
+    value: Any = None
+
+
 class StepBoom(Exception):
     """Raised by scripted steps, rollbacks and callbacks that are told to fail."""
 
@@ -131,6 +140,11 @@ BARE = Workflow.define(name="contract-bare", data=Order, result=FlowOut)
 RICH = Workflow.define(name="contract-rich", data=Rich, result=Rich).steps(lambda s: s.sequential(s.step("echo", Rich)))
 """One step that returns its data; on_complete returns the step's result."""
 
+OPAQUE = Workflow.define(name="contract-opaque", data=Order, result=FlowOut).steps(
+    lambda s: s.sequential(s.step("a", AOut), s.step("b", Opaque))
+)
+"""Step a, then step b whose output can hold anything."""
+
 FAST = Backoff.fixed(0.01)
 FOREVER = 1_000_000  # attempts that fail: every one
 
@@ -148,6 +162,7 @@ class Do:
         sleep: seconds each attempt takes before it returns or raises.
         sleep_attempts: attempts that sleep (all of them when empty).
         invalid: return an output that does not validate.
+        opaque: return an :class:`Opaque` output holding a value that cannot be turned into JSON.
         plain: return a dict rather than the output model.
         rollback: whether the step has a rollback.
         rollback_fail: the first ``rollback_fail`` rollback attempts raise.
@@ -160,6 +175,7 @@ class Do:
     sleep: float = 0.0
     sleep_attempts: frozenset[int] = frozenset()
     invalid: bool = False
+    opaque: bool = False
     plain: bool = False
     rollback: bool = True
     rollback_fail: int = 0
@@ -237,6 +253,8 @@ class Scripted(IWorkflowConsumer[Order, FlowOut]):
                 if ctx.attempt <= do.fail:
                     self._end(call, "raised", None)
                     raise do.raises(f"boom {name} {ctx.attempt}")
+                if do.opaque:
+                    return self._end(call, "ok", Opaque(step=name, value=object()))
                 if do.invalid:
                     invalid: dict[str, object] = {"step": name, "attempt": "not a number", "seen": None}
                     return self._end(call, "ok", invalid)

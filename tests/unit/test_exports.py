@@ -18,11 +18,12 @@ def test_plait_testing_exports() -> None:
         "ProviderContract",
         "create_mock_step_context",
         "create_mock_workflow_context",
+        "run_app",
     ]
 
 
 def test_plait_providers_inprocess_exports() -> None:
-    assert sorted(plait.providers.inprocess.__all__) == ["InProcessFlowHandle", "InProcessWorkflowProvider"]
+    assert plait.providers.inprocess.__all__ == ["InProcessWorkflowProvider"]
 
 
 @pytest.mark.parametrize("module", [plait.testing, plait.providers.inprocess])
@@ -32,8 +33,8 @@ def test_exported_names_exist_and_are_documented(module: object) -> None:
         assert getattr(getattr(module, name), "__doc__", None), name
 
 
-def test_the_plugin_provides_the_inprocess_provider_fixture() -> None:
-    assert plait.testing.plugin.__all__ == ["inprocess_provider"]
+def test_the_plugin_provides_its_fixtures() -> None:
+    assert plait.testing.plugin.__all__ == ["app_client", "inprocess_provider"]
 
 
 @pytest.mark.parametrize("namespace", ["plait", "plait.providers"])

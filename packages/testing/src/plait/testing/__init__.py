@@ -17,10 +17,20 @@ Prove a custom provider against DESIGN §3 with one class::
         def provider(self) -> MyProvider:
             return MyProvider(stop_grace=0.5)
 
-Installing ``plait-testing`` also registers a pytest plugin with an ``inprocess_provider`` fixture.
+Test an application over HTTP, in memory::
+
+    from plait.testing import run_app
+
+    async def test_place_order() -> None:
+        async with run_app(build_app()) as client:
+            assert (await client.post("/orders", json={"sku": "KB-87"})).status_code == 202
+
+Installing ``plait-testing`` also registers a pytest plugin with the fixtures ``inprocess_provider`` and
+``app_client`` (a factory: ``client = await app_client(app)``).
 """
 
+from plait.testing._app import run_app
 from plait.testing._contract import ProviderContract
 from plait.testing._mocks import create_mock_step_context, create_mock_workflow_context
 
-__all__ = ["ProviderContract", "create_mock_step_context", "create_mock_workflow_context"]
+__all__ = ["ProviderContract", "create_mock_step_context", "create_mock_workflow_context", "run_app"]

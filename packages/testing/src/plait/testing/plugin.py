@@ -3,17 +3,23 @@
 Fixtures:
     inprocess_provider: a started :class:`~plait.providers.inprocess.InProcessWorkflowProvider`, stopped after
         the test. Register workflows on it, then execute them.
+    app_client: a factory, ``client = await app_client(app)``: starts a Plait application and returns an
+        ``httpx.AsyncClient`` wired to it in memory; the application is stopped after the test.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
 
+import httpx
 import pytest_asyncio
 
+from plait.core import Application
 from plait.providers.inprocess import InProcessWorkflowProvider
+from plait.testing._app import run_app
 
-__all__ = ["inprocess_provider"]
+__all__ = ["app_client", "inprocess_provider"]
 
 
 @pytest_asyncio.fixture
@@ -33,3 +39,22 @@ async def inprocess_provider() -> AsyncIterator[InProcessWorkflowProvider]:
         yield provider
     finally:
         await provider.stop()
+
+
+@pytest_asyncio.fixture
+async def app_client() -> AsyncIterator[Callable[[Application], Awaitable[httpx.AsyncClient]]]:
+    """A factory that starts an application and returns an HTTP client for it; everything stops after the test.
+
+    ::
+
+        async def test_place_order(app_client: Callable[[Application], Awaitable[httpx.AsyncClient]]) -> None:
+            client = await app_client(build_app())
+            response = await client.post("/orders", json={"sku": "KB-87"})
+            assert response.status_code == 202
+    """
+    async with AsyncExitStack() as stack:
+
+        async def start(app: Application) -> httpx.AsyncClient:
+            return await stack.enter_async_context(run_app(app))
+
+        yield start

@@ -12,6 +12,6 @@ For tests and single-process applications; flow state lives in memory::
     await provider.stop()
 """
 
-from plait.providers.inprocess.provider import InProcessFlowHandle, InProcessWorkflowProvider
+from plait.providers.inprocess.provider import InProcessWorkflowProvider
 
-__all__ = ["InProcessFlowHandle", "InProcessWorkflowProvider"]
+__all__ = ["InProcessWorkflowProvider"]

@@ -1,0 +1,29 @@
+"""Running a Plait application under test: started, served to an HTTP client in memory, stopped."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+
+from plait.core import Application
+
+
+@asynccontextmanager
+async def run_app(app: Application, *, base_url: str = "http://testserver") -> AsyncIterator[httpx.AsyncClient]:
+    """Starts ``app`` (its container, provider and consumers), yields an HTTP client wired to it, stops it.
+
+    Requests go straight to the ASGI app in memory; no port is opened. Start-up errors (a missing dependency,
+    a cycle, a consumer that does not match its workflow) are raised here::
+
+        async with run_app(app) as client:
+            response = await client.post("/orders", json={...})
+    """
+    await app.start()
+    try:
+        transport = httpx.ASGITransport(app=app.asgi())
+        async with httpx.AsyncClient(transport=transport, base_url=base_url) as client:
+            yield client
+    finally:
+        await app.stop()

@@ -12,6 +12,7 @@ __all__ = [
     "DefinitionError",
     "FlowConflictError",
     "FlowNotFoundError",
+    "NonRetryableError",
     "PlaitError",
     "ProviderNotStartedError",
     "RemoteError",
@@ -75,6 +76,14 @@ class FlowConflictError(PlaitError):
 
 class ProviderNotStartedError(PlaitError):
     """The provider is not running: call ``await provider.start()`` first (or it was stopped)."""
+
+
+class NonRetryableError(PlaitError):
+    """Raise it (or a subclass) from a step to fail that step at once, without its remaining attempts.
+
+    For failures that the same input will always meet again: a declined card, a rejected address. The flow then
+    rolls back as for any failed step; the error's cause is this exception.
+    """
 
 
 class RemoteError(PlaitError):

@@ -32,7 +32,7 @@ from plait.core.engine import (
     StepSucceeded,
     build_error,
 )
-from plait.core.errors import DefinitionError, FlowConflictError, WorkflowValidationError
+from plait.core.errors import DefinitionError, FlowConflictError, NonRetryableError, WorkflowValidationError
 from plait.core.options import ConsumerOptions
 from plait.core.workflow import WorkflowDefinition
 
@@ -40,6 +40,7 @@ __all__ = [
     "FlowView",
     "Runner",
     "check_same_flow",
+    "check_timeout",
     "error_record",
     "new_flow_id",
     "resolve_timeout",
@@ -80,6 +81,14 @@ def check_same_flow(state: FlowState, workflow: str, data: object) -> None:
         raise FlowConflictError(state.flow_id, f"for workflow '{state.workflow}', not '{workflow}'")
     if state.data != data:
         raise FlowConflictError(state.flow_id, "with different data")
+
+
+def check_timeout(value: object, what: str = "timeout") -> None:
+    """Raises ``ValueError`` unless ``value`` is ``None`` or a number of seconds greater than 0."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"{what} must be a number of seconds greater than 0, or None; got {value!r}")
 
 
 def resolve_timeout(*candidates: float | None) -> float | None:
@@ -225,7 +234,8 @@ class Runner(Generic[D, R]):
         except _FAILURES as error:
             _reraise_cancellation(error)
             view.exceptions["step", step] = error
-            return StepFailed(step, attempt, error_record(error), True, error)
+            retryable = not isinstance(error, NonRetryableError)
+            return StepFailed(step, attempt, error_record(error), retryable, error)
         output_model = self.definition.step(step).output
         try:
             model = out if type(out) is output_model else output_model.model_validate(_plain(out))

@@ -55,6 +55,7 @@ from plait.testing._scripted import (
     AOut,
     BOut,
     COut,
+    Declined,
     Do,
     Echo,
     FlowOut,
@@ -193,6 +194,18 @@ class ProviderContract:
             assert isinstance(caught.value.cause, ValidationError)
             assert {tuple(e["loc"]) for e in caught.value.errors} >= {("key",), ("amount",)}  # type: ignore[arg-type]
             assert "contract-solo" in str(caught.value)
+            with pytest.raises(FlowNotFoundError):
+                await provider.get_status(flow_id)
+            await asyncio.sleep(self.latency)
+            assert consumer.calls == []
+
+    async def test_a_non_positive_execute_timeout_is_refused_and_nothing_runs(self, provider: WorkflowProvider) -> None:
+        consumer = Scripted(SOLO)
+        flow_id = f"flow-contract-{uuid.uuid4().hex}"
+        async with self.running(provider, (SOLO, consumer, None)):
+            for bad in (0, -1.0):
+                with pytest.raises(ValueError, match="timeout"):
+                    await provider.execute(SOLO, Order(key="k"), id=flow_id, timeout=bad)
             with pytest.raises(FlowNotFoundError):
                 await provider.get_status(flow_id)
             await asyncio.sleep(self.latency)
@@ -409,6 +422,16 @@ class ProviderContract:
         assert isinstance(error, WorkflowStepError)
         assert error.step_name == "b"
         assert "BOut" in str(error)
+        assert len(consumer.of("step", "b")) == 1
+        assert consumer.names("rollback") == ["a"]
+
+    async def test_a_non_retryable_error_fails_the_step_without_retry(self, provider: WorkflowProvider) -> None:
+        consumer = Scripted(LINE, {"b": Do(fail=FOREVER, raises=Declined)})
+        async with self.running(provider, (LINE, consumer, self.options(attempts=3))):
+            error = await self.failure(await provider.execute(LINE, Order(key="k")))
+        assert isinstance(error, WorkflowStepError)
+        assert error.step_name == "b"
+        assert _cause_name(error) == "Declined"
         assert len(consumer.of("step", "b")) == 1
         assert consumer.names("rollback") == ["a"]
 

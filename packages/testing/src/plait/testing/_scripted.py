@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from plait.core import (
     Backoff,
     IWorkflowConsumer,
+    NonRetryableError,
     StepContext,
     StepHandler,
     Workflow,
@@ -40,6 +41,7 @@ __all__ = [
     "COut",
     "Call",
     "DOut",
+    "Declined",
     "Do",
     "Echo",
     "FlowOut",
@@ -115,6 +117,10 @@ class Opaque(BaseModel):
 
 class StepBoom(Exception):
     """Raised by scripted steps, rollbacks and callbacks that are told to fail."""
+
+
+class Declined(NonRetryableError):
+    """A failure that retrying cannot fix: the step fails at once."""
 
 
 LINE = Workflow.define(name="contract-line", data=Order, result=FlowOut).steps(

@@ -45,7 +45,15 @@ from plait.core.engine import (
     TimedOut,
     build_error,
 )
-from plait.core.runner import FlowView, Runner, check_same_flow, new_flow_id, resolve_timeout, validate_data
+from plait.core.runner import (
+    FlowView,
+    Runner,
+    check_same_flow,
+    check_timeout,
+    new_flow_id,
+    resolve_timeout,
+    validate_data,
+)
 
 __all__ = ["InProcessWorkflowProvider"]
 
@@ -233,6 +241,7 @@ class InProcessWorkflowProvider:
             ProviderNotStartedError: the provider is not started (or is stopping).
         """
         model = validate_data(definition, data)
+        check_timeout(timeout, "execute(timeout=)")
         if not self._started or self._stopping:
             raise ProviderNotStartedError(
                 "InProcessWorkflowProvider is not running: await provider.start() before execute()"

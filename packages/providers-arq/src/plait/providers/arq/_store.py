@@ -151,12 +151,13 @@ return #ARGV
 # KEYS: leases, lease queues, lock, then 2 per workflow: deadlines, lock
 # ARGV: now ms, lock ms, owner, job key prefix, limit
 # Re-queues the jobs whose lease ran out (their worker died or hung) and returns, per workflow, the flows past
-# their deadline. Each part runs only for the caller that takes its lock, so one worker scans at a time.
+# their deadline. A part with something to do runs only for the caller that takes its lock, so one worker
+# handles it at a time; an idle scan takes no lock.
 _RECONCILE = """
 local now, lock_ms, owner, jp, limit = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local requeued = 0
-if redis.call('SET', KEYS[3], owner, 'NX', 'PX', lock_ms) then
-  local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit)
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit)
+if #ids > 0 and redis.call('SET', KEYS[3], owner, 'NX', 'PX', lock_ms) then
   for _, id in ipairs(ids) do
     local q = redis.call('HGET', KEYS[2], id)
     redis.call('ZREM', KEYS[1], id)
@@ -173,8 +174,9 @@ if redis.call('SET', KEYS[3], owner, 'NX', 'PX', lock_ms) then
 end
 local overdue = {}
 for i = 4, #KEYS, 2 do
-  if redis.call('SET', KEYS[i + 1], owner, 'NX', 'PX', lock_ms) then
-    overdue[#overdue + 1] = redis.call('ZRANGEBYSCORE', KEYS[i], '-inf', now, 'LIMIT', 0, limit)
+  local due = redis.call('ZRANGEBYSCORE', KEYS[i], '-inf', now, 'LIMIT', 0, limit)
+  if #due > 0 and redis.call('SET', KEYS[i + 1], owner, 'NX', 'PX', lock_ms) then
+    overdue[#overdue + 1] = due
   else
     overdue[#overdue + 1] = {}
   end

@@ -168,7 +168,9 @@ class Worker:
         self.default_timeout = default_timeout
         self.stall_interval = stall_interval
         self.stop_grace = stop_grace
-        self.reconcile_interval = min(1.0, stall_interval / 2)
+        # A stalled job runs again within stall_interval + reconcile_interval; scanning more often than that
+        # buys little, since the local timers already fire timeouts on time.
+        self.reconcile_interval = min(5.0, max(0.1, stall_interval / 2))
         self.runtimes: dict[str, WorkflowRuntime] = {}
         self._owned: dict[str, Job] = {}  # jobs whose lease this process holds
         self._running: dict[str, asyncio.Task[None]] = {}  # job id -> the task running it right now

@@ -155,8 +155,9 @@ class ArqWorkflowProvider:
         if ssl_ca_certs is not None:
             settings = replace(settings, ssl_ca_certs=ssl_ca_certs)
         self.settings = settings
-        if not stall_interval > 0:
-            raise ValueError(f"stall_interval must be > 0 seconds, got {stall_interval!r}")
+        _check_seconds(default_timeout, "default_timeout")
+        _check_seconds(step_timeout, "step_timeout")
+        _check_seconds(stall_interval, "stall_interval", optional=False)
         if not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
         self.keys = Keys(queue_prefix)
@@ -278,11 +279,13 @@ class ArqWorkflowProvider:
 
         Raises:
             WorkflowValidationError: ``data`` does not match ``definition.data``; nothing was stored.
+            ValueError: ``timeout`` is not a number of seconds greater than 0 (or ``None``).
             WorkflowNotRegisteredError: the definition is not registered here (a consumer is not needed).
             FlowConflictError: ``id`` names an existing flow of another workflow or with other data.
             ProviderNotStartedError: the provider is not started (or is stopping).
         """
         model = validate_data(definition, data)
+        _check_seconds(timeout, "execute(timeout=)")
         store = self._running_store()
         registration = self._registrations.get(definition.name)
         if registration is None:
@@ -376,3 +379,12 @@ class ArqWorkflowProvider:
         finally:
             self._waiters.discard(woken)
             await notifier.unsubscribe(channel, wake)
+
+
+def _check_seconds(value: object, what: str, *, optional: bool = True) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(
+            f"{what} must be a number of seconds greater than 0{', or None' if optional else ''}; got {value!r}"
+        )

@@ -57,7 +57,7 @@ from plait.core import (
     WorkflowNotRegisteredError,
 )
 from plait.core.engine import Engine, FlowState, build_error
-from plait.core.runner import Runner, check_same_flow, new_flow_id, validate_data
+from plait.core.runner import Runner, check_same_flow, check_timeout, new_flow_id, validate_data
 from plait.providers.arq._keys import Job, Keys, dumps, loads
 from plait.providers.arq._notify import Notifier
 from plait.providers.arq._store import Store
@@ -155,9 +155,11 @@ class ArqWorkflowProvider:
         if ssl_ca_certs is not None:
             settings = replace(settings, ssl_ca_certs=ssl_ca_certs)
         self.settings = settings
-        _check_seconds(default_timeout, "default_timeout")
-        _check_seconds(step_timeout, "step_timeout")
-        _check_seconds(stall_interval, "stall_interval", optional=False)
+        check_timeout(default_timeout, "default_timeout")
+        check_timeout(step_timeout, "step_timeout")
+        if stall_interval is None:
+            raise ValueError("stall_interval must be a number of seconds greater than 0")
+        check_timeout(stall_interval, "stall_interval")
         if not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
         self.keys = Keys(queue_prefix)
@@ -285,7 +287,7 @@ class ArqWorkflowProvider:
             ProviderNotStartedError: the provider is not started (or is stopping).
         """
         model = validate_data(definition, data)
-        _check_seconds(timeout, "execute(timeout=)")
+        check_timeout(timeout, "execute(timeout=)")
         store = self._running_store()
         registration = self._registrations.get(definition.name)
         if registration is None:
@@ -379,12 +381,3 @@ class ArqWorkflowProvider:
         finally:
             self._waiters.discard(woken)
             await notifier.unsubscribe(channel, wake)
-
-
-def _check_seconds(value: object, what: str, *, optional: bool = True) -> None:
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ValueError(
-            f"{what} must be a number of seconds greater than 0{', or None' if optional else ''}; got {value!r}"
-        )

@@ -1,0 +1,336 @@
+"""The arq provider beyond the conformance suite: distribution, crash recovery, arq's job format, quietness.
+
+Several providers in this process stand in for several processes: they share nothing but the Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, cast
+
+import pytest
+import redis
+from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.jobs import Job as ArqJob
+from pydantic import BaseModel
+
+import plait.providers.arq
+from plait.core import (
+    ConsumerOptions,
+    FlowStatus,
+    IWorkflowConsumer,
+    StepContext,
+    StepHandler,
+    Workflow,
+    WorkflowContext,
+    WorkflowNotRegisteredError,
+    WorkflowProvider,
+    WorkflowTimeoutError,
+)
+from plait.providers.arq import ArqSettings, ArqWorkflowProvider
+from plait.providers.arq._keys import Job, Keys, loads
+from plait.providers.arq._store import Store
+
+
+class Data(BaseModel):
+    key: str
+    sleep: float = 0.0
+
+
+class Out(BaseModel):
+    step: str
+    seen: list[str]
+
+
+class Result(BaseModel):
+    key: str
+    steps: list[str]
+
+
+LINE = Workflow.define(name="it-line", data=Data, result=Result).steps(
+    lambda s: s.sequential(s.step("a", Out), s.step("b", Out))
+)
+FORK = Workflow.define(name="it-fork", data=Data, result=Result).steps(
+    lambda s: s.parallel(s.step("b", Out), s.step("c", Out))
+)
+
+
+@dataclass
+class Call:
+    kind: str
+    step: str | None
+    provider: str
+    outcome: str = "running"
+
+
+class Recorder(IWorkflowConsumer[Data, Result]):
+    """Records its calls; steps sleep ``data.sleep`` seconds."""
+
+    def __init__(self, names: tuple[str, ...], calls: list[Call] | None = None) -> None:
+        self.calls: list[Call] = [] if calls is None else calls
+        self.steps = {name: StepHandler(execute=self.run) for name in names}
+
+    async def run(self, ctx: StepContext[Data]) -> Out:
+        call = Call("step", ctx.step_name, ctx.provider_id)
+        self.calls.append(call)
+        try:
+            await asyncio.sleep(ctx.data.sleep)
+        except asyncio.CancelledError:
+            call.outcome = "cancelled"
+            raise
+        call.outcome = "ok"
+        return Out(step=ctx.step_name, seen=sorted(ctx.results))
+
+    async def on_complete(self, ctx: WorkflowContext[Data]) -> Result:
+        self.calls.append(Call("complete", None, ctx.provider_id, "ok"))
+        return Result(key=ctx.data.key, steps=list(ctx.results))
+
+    async def on_error(self, ctx: WorkflowContext[Data], error: Exception) -> None:
+        self.calls.append(Call("on_error", None, ctx.provider_id, type(error).__name__))
+
+    def of(self, kind: str) -> list[Call]:
+        return [c for c in self.calls if c.kind == kind]
+
+
+@asynccontextmanager
+async def started(provider: ArqWorkflowProvider) -> AsyncIterator[ArqWorkflowProvider]:
+    await provider.start()
+    try:
+        yield provider
+    finally:
+        await provider.stop()
+
+
+@asynccontextmanager
+async def arq_pool(url: str) -> AsyncIterator[ArqRedis]:
+    pool = await create_pool(RedisSettings.from_dsn(url))
+    try:
+        yield pool
+    finally:
+        await pool.aclose()
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not await check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+# -- the package's surface --
+
+
+def test_the_package_exports_the_provider_and_its_settings_only() -> None:
+    assert sorted(plait.providers.arq.__all__) == ["ArqSettings", "ArqWorkflowProvider"]
+    assert plait.providers.arq.__doc__
+    for name in plait.providers.arq.__all__:
+        assert getattr(plait.providers.arq, name).__doc__
+
+
+def test_the_provider_is_a_workflow_provider() -> None:
+    assert isinstance(ArqWorkflowProvider("redis://127.0.0.1:1"), WorkflowProvider)
+
+
+def test_settings_come_from_a_url() -> None:
+    settings = ArqSettings.from_url("rediss://user:p%40ss@cache.example:6380/2")
+    assert (settings.host, settings.port, settings.database) == ("cache.example", 6380, 2)
+    assert (settings.username, settings.password, settings.ssl) == ("user", "p@ss", True)
+    assert "p@ss" not in repr(settings)
+    assert ArqSettings.from_url("redis://localhost?db=3").database == 3
+    assert ArqSettings.from_url("unix:///run/redis.sock").unix_socket_path == "/run/redis.sock"
+    with pytest.raises(ValueError, match="Redis URL"):
+        ArqSettings.from_url("http://localhost")
+    redis_settings = settings.redis_settings()
+    assert (redis_settings.host, redis_settings.ssl, redis_settings.password) == ("cache.example", True, "p@ss")
+
+
+def test_password_and_tls_options_override_the_url() -> None:
+    provider = ArqWorkflowProvider("redis://h:1/0", password="secret", ssl=True, ssl_ca_certs="/ca.pem")
+    assert (provider.settings.password, provider.settings.ssl, provider.settings.ssl_ca_certs) == (
+        "secret",
+        True,
+        "/ca.pem",
+    )
+    with pytest.raises(ValueError, match="stall_interval"):
+        ArqWorkflowProvider("redis://h:1/0", stall_interval=0)
+
+
+# -- distribution --
+
+
+async def test_a_process_without_consumers_starts_flows_that_a_worker_runs(redis_url: str) -> None:
+    consumer = Recorder(("a", "b"))
+    emitter = ArqWorkflowProvider(redis_url, provider_id="emitter")
+    emitter.register(LINE)
+    worker = ArqWorkflowProvider(redis_url, provider_id="worker")
+    worker.register(LINE, consumer)
+    async with started(emitter):
+        handle = await emitter.execute(LINE, Data(key="k"))
+        await asyncio.sleep(0.1)
+        assert await handle.status() == FlowStatus.PENDING  # nobody runs it yet
+        async with started(worker):
+            result = await handle.result(timeout=5)
+        attached = await emitter.get_handle(handle.id)
+        assert await attached.result(timeout=1) == result == Result(key="k", steps=["a", "b"])
+        state = await emitter.get_state(handle.id)
+        assert state.results["b"] == {"step": "b", "seen": ["a"]}
+    assert {c.provider for c in consumer.calls} == {"worker"}
+
+
+async def test_execute_needs_the_definition_registered(redis_url: str) -> None:
+    async with started(ArqWorkflowProvider(redis_url)) as provider:
+        with pytest.raises(WorkflowNotRegisteredError):
+            await provider.execute(LINE, Data(key="k"))
+
+
+async def test_jobs_are_arq_jobs_in_json(redis_url: str, redis_client: redis.Redis) -> None:
+    emitter = ArqWorkflowProvider(redis_url)
+    emitter.register(LINE)
+    async with started(emitter), arq_pool(redis_url) as pool:
+        handle = await emitter.execute(LINE, Data(key="k"))
+        job_id = Keys("workflow").job_id(Job("start", LINE.name, handle.id))
+        assert cast(list[bytes], redis_client.zrange("workflow.it-line", 0, -1)) == [job_id.encode()]
+        payload = cast(bytes, redis_client.get(f"arq:job:{job_id}"))
+        assert json.loads(payload)["f"] == "plait.start"  # JSON, never pickle
+        info = await ArqJob(job_id, pool, _queue_name="workflow.it-line", _deserializer=loads).info()
+        assert info is not None
+        assert (info.function, list(info.args)) == ("plait.start", [handle.id, "start", "", 0])
+
+
+async def test_flow_keys_share_a_hash_tag_and_expire_after_the_retention(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    provider = ArqWorkflowProvider(redis_url, retention=3600)
+    provider.register(LINE, Recorder(("a", "b")))
+    async with started(provider):
+        handle = await provider.execute(LINE, Data(key="k"))
+        await handle.result(timeout=5)
+    key = f"workflow:flow:{{{handle.id}}}"
+    assert 3590_000 < cast(int, redis_client.pttl(key)) <= 3600_000
+    assert Keys("workflow").job_id(Job("step", LINE.name, handle.id, "a", 1)).startswith(f"workflow:{{{handle.id}}}")
+
+
+# -- crashes and duplicates --
+
+
+async def test_a_job_whose_worker_died_runs_again_after_the_stall_interval(redis_url: str) -> None:
+    consumer = Recorder(("a", "b"))
+    emitter = ArqWorkflowProvider(redis_url)
+    emitter.register(LINE)
+    worker = ArqWorkflowProvider(redis_url, stall_interval=0.5)
+    worker.register(LINE, consumer)
+    async with started(emitter), arq_pool(redis_url) as pool:
+        handle = await emitter.execute(LINE, Data(key="k"))
+        # A worker claims the start job and dies at once: no heartbeat, no commit.
+        dead = Store(pool, Keys("workflow"), retention=3600, lease=0.5)
+        claimed, _ = await dead.claim(LINE.name, 10)
+        assert [c.job.kind for c in claimed] == ["start"]
+        began = time.monotonic()
+        async with started(worker):
+            result = await handle.result(timeout=5)
+        assert time.monotonic() - began < 0.5 + 0.25 + 1.0
+    assert result.steps == ["a", "b"]
+    assert [c.step for c in consumer.of("step")] == ["a", "b"]
+
+
+async def test_a_stale_copy_of_a_finished_job_changes_nothing(redis_url: str, redis_client: redis.Redis) -> None:
+    consumer = Recorder(("a", "b"))
+    provider = ArqWorkflowProvider(redis_url)
+    provider.register(LINE, consumer)
+    async with started(provider):
+        handle = await provider.execute(LINE, Data(key="k"))
+        await handle.result(timeout=5)
+        version = redis_client.hget(f"workflow:flow:{{{handle.id}}}", "v")
+        # Deliver step a's job a second time, as an at-least-once transport may.
+        job = Job("step", LINE.name, handle.id, "a", 1)
+        job_id = Keys("workflow").job_id(job)
+        redis_client.set(f"arq:job:{job_id}", job.payload(0))
+        redis_client.zadd("workflow.it-line.steps", {job_id: 0})
+        redis_client.lpush("workflow.it-line:wake", 1)
+        await eventually(lambda: asyncio.sleep(0, result=not redis_client.exists(f"arq:job:{job_id}")))
+        assert redis_client.hget(f"workflow:flow:{{{handle.id}}}", "v") == version
+        assert await handle.status() == FlowStatus.COMPLETED
+    assert [c.step for c in consumer.of("step")] == ["a", "b"]
+    assert len(consumer.of("complete")) == 1
+
+
+async def test_stop_hands_an_unfinished_step_to_another_worker(redis_url: str) -> None:
+    calls: list[Call] = []
+    first = ArqWorkflowProvider(redis_url, provider_id="first", stop_grace=0.1)
+    first.register(LINE, Recorder(("a", "b"), calls))
+    second = ArqWorkflowProvider(redis_url, provider_id="second")
+    second.register(LINE, Recorder(("a", "b"), calls))
+    async with started(first):
+        handle = await first.execute(LINE, Data(key="k", sleep=0.5))
+        await eventually(lambda: asyncio.sleep(0, result=bool(calls)))
+    async with started(second):
+        result = await second.get_handle(handle.id)
+        assert await result.result(timeout=5) == Result(key="k", steps=["a", "b"])
+    assert [(c.step, c.provider, c.outcome) for c in calls if c.kind == "step"] == [
+        ("a", "first", "cancelled"),
+        ("a", "second", "ok"),
+        ("b", "second", "ok"),
+    ]
+
+
+# -- timeouts and cancellation across providers --
+
+
+async def test_the_reconciler_times_out_a_flow_whose_starter_died(redis_url: str) -> None:
+    consumer = Recorder(("a", "b"))
+    emitter = ArqWorkflowProvider(redis_url)
+    emitter.register(LINE)
+    worker = ArqWorkflowProvider(redis_url, stall_interval=2.0)
+    worker.register(LINE, consumer)
+    async with started(emitter), arq_pool(redis_url) as pool:
+        handle = await emitter.execute(LINE, Data(key="k"), timeout=0.2)
+        await Store(pool, Keys("workflow"), retention=3600, lease=2.0).claim(LINE.name, 10)  # and dies
+        async with started(worker):
+            with pytest.raises(WorkflowTimeoutError):
+                await handle.result(timeout=3)
+    assert [(c.kind, c.outcome) for c in consumer.calls] == [("on_error", "WorkflowTimeoutError")]
+
+
+async def test_a_timeout_cancels_a_step_running_in_another_worker(redis_url: str) -> None:
+    calls: list[Call] = []
+    options = ConsumerOptions(concurrency=1)  # the starter keeps its only slot: the sibling goes elsewhere
+    one = ArqWorkflowProvider(redis_url, provider_id="one")
+    one.register(FORK, Recorder(("b", "c"), calls), options)
+    two = ArqWorkflowProvider(redis_url, provider_id="two")
+    two.register(FORK, Recorder(("b", "c"), calls), options)
+    async with started(one), started(two):
+        handle = await one.execute(FORK, Data(key="k", sleep=5.0), timeout=0.5)
+        began = time.monotonic()
+        with pytest.raises(WorkflowTimeoutError):
+            await handle.result(timeout=3)
+        assert time.monotonic() - began < 1.5
+        await eventually(lambda: asyncio.sleep(0, result=all(c.outcome != "running" for c in calls)))
+    steps = [c for c in calls if c.kind == "step"]
+    assert {c.provider for c in steps} == {"one", "two"}
+    assert {c.outcome for c in steps} == {"cancelled"}
+
+
+# -- quiet when idle --
+
+
+async def test_an_idle_worker_is_quiet(redis_url: str, redis_client: redis.Redis) -> None:
+    provider = ArqWorkflowProvider(redis_url, stall_interval=1.0)
+    provider.register(LINE, Recorder(("a", "b")))
+    provider.register(FORK, Recorder(("b", "c")))
+
+    def calls() -> int:
+        stats = cast(dict[str, dict[str, Any]], redis_client.info("commandstats"))
+        return sum(int(v["calls"]) for v in stats.values())
+
+    async with started(provider):
+        await (await provider.execute(LINE, Data(key="k"))).result(timeout=5)
+        await asyncio.sleep(0.5)
+        before = calls()
+        await asyncio.sleep(3.0)
+        per_second = (calls() - before - 1) / 3.0
+    assert per_second <= 20, per_second

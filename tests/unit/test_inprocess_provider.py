@@ -241,6 +241,36 @@ async def test_finished_flows_are_forgotten_after_the_retention() -> None:
     assert InProcessWorkflowProvider().retention == 7 * 24 * 3600
 
 
+async def test_only_max_finished_flows_are_kept_and_kept_ones_still_answer() -> None:
+    provider = InProcessWorkflowProvider(max_finished=2)
+    provider.register(TWO, Two())
+    await provider.start()
+    try:
+        handles = [await provider.execute(TWO, Data()) for _ in range(3)]
+        for handle in handles:
+            await handle.result(timeout=5)
+        with pytest.raises(FlowNotFoundError):
+            await provider.get_status(handles[0].id)
+        for handle in handles[1:]:
+            # Finished flows drop their cached models; the result and the state are still there.
+            assert await (await provider.get_handle(handle.id)).result() == Res(steps=["a", "b"])
+            assert provider.get_state(handle.id).results == {"a": {"v": 1}, "b": {"v": 2}}
+    finally:
+        await provider.stop()
+    assert InProcessWorkflowProvider().max_finished == 100_000
+
+
+async def test_a_failed_flow_keeps_its_exact_cause_after_it_ends(provider: InProcessWorkflowProvider) -> None:
+    boom = Boom("no")
+    provider.register(TWO, Two(b=boom))
+    await provider.start()
+    handle = await provider.execute(TWO, Data())
+    for _ in range(2):  # the second time, from the compacted finished flow
+        with pytest.raises(WorkflowStepError) as caught:
+            await handle.result(timeout=5)
+        assert caught.value.cause is boom
+
+
 async def test_contexts_carry_the_provider_id() -> None:
     default = InProcessWorkflowProvider()
     assert default.provider_id == f"inprocess-{os.getpid()}"

@@ -5,6 +5,9 @@ flow timed out, ...), :meth:`Engine.handle` updates the state and returns the ne
 run this rollback, call ``on_complete``, finish). It does no I/O and keeps no clock: providers move events and
 actions, persist :class:`FlowState` (plain JSON data) and run handlers through :mod:`plait.core.runner`.
 
+Events and actions are slotted dataclasses, treated as immutable but not frozen: a frozen dataclass pays an
+``object.__setattr__`` per field to build, and a flow builds a dozen of them.
+
 Events are idempotent: an event that does not match the recorded state (a duplicate completion, a late result
 after a timeout, an old attempt) changes nothing and returns no action, so at-least-once transports can deliver
 them twice.
@@ -132,7 +135,7 @@ _FIELDS = tuple(FlowState.__dataclass_fields__)
 # --- events -------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StepSucceeded:
     """Attempt ``attempt`` of ``step`` returned a valid output (``output`` is its JSON form)."""
 
@@ -143,7 +146,7 @@ class StepSucceeded:
     """The validated output model, for providers that keep it in memory."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StepFailed:
     """Attempt ``attempt`` of ``step`` raised, timed out, or returned an invalid output (``retryable=False``)."""
 
@@ -154,7 +157,7 @@ class StepFailed:
     exception: BaseException | None = field(default=None, compare=False, repr=False)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RollbackSucceeded:
     """Attempt ``attempt`` of ``step``'s rollback returned."""
 
@@ -162,7 +165,7 @@ class RollbackSucceeded:
     attempt: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RollbackFailed:
     """Attempt ``attempt`` of ``step``'s rollback raised or timed out."""
 
@@ -172,7 +175,7 @@ class RollbackFailed:
     exception: BaseException | None = field(default=None, compare=False, repr=False)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CompleteSucceeded:
     """``on_complete`` returned a valid result (``result`` is its JSON form)."""
 
@@ -180,7 +183,7 @@ class CompleteSucceeded:
     model: object = field(default=None, compare=False, repr=False)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CompleteFailed:
     """``on_complete`` raised or returned an invalid result."""
 
@@ -188,17 +191,17 @@ class CompleteFailed:
     exception: BaseException | None = field(default=None, compare=False, repr=False)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ErrorHandled:
     """``on_error`` has run (whether it returned or raised: that is only logged)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TimedOut:
     """The flow's deadline passed."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Cancel:
     """Somebody cancelled the flow (``reason`` says who or why)."""
 
@@ -220,7 +223,7 @@ Event = (
 # --- actions ------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RunStep:
     """Run attempt ``attempt`` of ``step`` after ``delay`` seconds."""
 
@@ -229,7 +232,7 @@ class RunStep:
     delay: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RunRollback:
     """Run attempt ``attempt`` of ``step``'s rollback after ``delay`` seconds."""
 
@@ -238,17 +241,17 @@ class RunRollback:
     delay: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RunComplete:
     """Call the consumer's ``on_complete``."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RunOnError:
     """Call the consumer's ``on_error`` with :func:`build_error` of the state."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CancelRunning:
     """Stop these running steps (and ``on_complete`` if ``complete``); their late events will be ignored."""
 
@@ -256,7 +259,7 @@ class CancelRunning:
     complete: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Finish:
     """The flow has reached its terminal ``status``: wake whoever waits for it."""
 
@@ -351,7 +354,7 @@ class Engine:
 
     def handle(self, state: FlowState, event: Event) -> list[Action]:
         """Applies ``event`` to ``state`` (in place) and returns what to do next."""
-        if state.status.is_terminal:
+        if state.phase == "done":  # terminal; cheaper than hashing the status enum on every event
             return []
         match event:
             case StepSucceeded():
@@ -465,7 +468,7 @@ class Engine:
 
     def _stage_settled(self, state: FlowState) -> list[Action]:
         stage = self._stages[state.stage]
-        if any(state.steps[name]["status"] == RUNNING for name in stage):
+        if len(stage) > 1 and any(state.steps[name]["status"] == RUNNING for name in stage):
             return []
         if state.error is not None:
             return self._compensate(state)

@@ -133,6 +133,12 @@ class FlowView(Generic[D]):
             self._data = self.definition.data.model_validate(self.state.data)
         return self._data
 
+    def forget_models(self, keep: str | None = None) -> None:
+        """Drops the cached models (all but ``keep``); they are validated again from the state if needed."""
+        kept = self.models.get(keep) if keep is not None else None
+        self.models = {} if kept is None or keep is None else {keep: kept}
+        self._data = None
+
     def results(self, names: Iterable[str]) -> dict[str, BaseModel]:
         """The output models of those of ``names`` that completed."""
         recorded = self.state.results
@@ -161,7 +167,7 @@ class Runner(Generic[D, R]):
         DefinitionError: the consumer does not match the definition.
     """
 
-    __slots__ = ("consumer", "definition", "engine", "options", "provider_id", "step_timeout")
+    __slots__ = ("_executes", "_outputs", "consumer", "definition", "engine", "options", "provider_id", "step_timeout")
 
     def __init__(
         self,
@@ -182,6 +188,9 @@ class Runner(Generic[D, R]):
         self.engine = Engine(definition, self.options, check_consumer(definition, consumer))
         self.provider_id = provider_id
         self.step_timeout = resolve_timeout(self.options.step_timeout, step_timeout)
+        # Looked up once per step run: keep them a dict access away.
+        self._executes = {name: handler.execute for name, handler in consumer.steps.items()}
+        self._outputs = {name: definition.step(name).output for name in definition.step_names}
 
     def view(self, state: FlowState, data: D | None = None) -> FlowView[D]:
         """A :class:`FlowView` of ``state``."""
@@ -229,14 +238,20 @@ class Runner(Generic[D, R]):
     async def run_step(self, view: FlowView[D], step: str, attempt: int) -> StepSucceeded | StepFailed:
         """Runs attempt ``attempt`` of ``step``; returns the event to hand to the engine."""
         ctx = self._context(view, step, attempt, self.engine.visible_steps(step))
+        execute = self._executes[step]
         try:
-            out = await self._call(f"Step '{step}'", self.consumer.steps[step].execute, ctx)
+            if self.step_timeout is None:  # the common case, without _call's extra coroutine
+                out: Any = execute(ctx)
+                if inspect.isawaitable(out):
+                    out = await out
+            else:
+                out = await self._call(f"Step '{step}'", execute, ctx)
         except _FAILURES as error:
             _reraise_cancellation(error)
             view.exceptions["step", step] = error
             retryable = not isinstance(error, NonRetryableError)
             return StepFailed(step, attempt, error_record(error), retryable, error)
-        output_model = self.definition.step(step).output
+        output_model = self._outputs[step]
         try:
             model = out if type(out) is output_model else output_model.model_validate(_plain(out))
             output = model.model_dump(mode="json")

@@ -77,7 +77,7 @@ class _Flow:
         self.view: FlowView[Any] = runner.view(state, data)
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.timer: asyncio.TimerHandle | None = None
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.done: asyncio.Future[None] | None = asyncio.get_running_loop().create_future()  # None once ended
         self.slot: asyncio.Semaphore | None = None
 
 
@@ -106,11 +106,12 @@ class InProcessFlowHandle(FlowHandle[R], Generic[R]):
 
     async def result(self, timeout: float | None = None) -> R:
         flow = self._provider._flow(self.id)
-        if not flow.done.done():
+        done = flow.done
+        if done is not None and not done.done():
             if timeout is None:
-                await asyncio.shield(flow.done)
+                await asyncio.shield(done)
             else:
-                await asyncio.wait_for(asyncio.shield(flow.done), timeout)
+                await asyncio.wait_for(asyncio.shield(done), timeout)
         state = flow.state
         if state.status == FlowStatus.COMPLETED:
             model = flow.view.models.get(_COMPLETE)
@@ -131,6 +132,8 @@ class InProcessWorkflowProvider:
         step_timeout: seconds one step attempt may take when its registration does not say; ``None`` for none.
         provider_id: shown in contexts and logs; defaults to ``inprocess-<pid>``.
         retention: seconds a finished flow stays queryable (7 days by default).
+        max_finished: how many finished flows are kept at most (the oldest go first); state lives in this
+            process's memory, so a busy application needs a bound. ``None`` for no bound.
         stop_grace: seconds ``stop()`` lets running flows finish, and then lets cancelled flows roll back.
     """
 
@@ -141,12 +144,14 @@ class InProcessWorkflowProvider:
         step_timeout: float | None = None,
         provider_id: str | None = None,
         retention: float = 7 * _DAY,
+        max_finished: int | None = 100_000,
         stop_grace: float = 10.0,
     ) -> None:
         self.default_timeout = default_timeout
         self.step_timeout = step_timeout
         self.provider_id = provider_id or f"inprocess-{os.getpid()}"
         self.retention = retention
+        self.max_finished = max_finished
         self.stop_grace = stop_grace
         self._registrations: dict[str, _Registration] = {}
         self._flows: dict[str, _Flow] = {}
@@ -216,7 +221,7 @@ class InProcessWorkflowProvider:
             self._started = False
 
     async def _wait_active(self, grace: float) -> bool:
-        waiting = [flow.done for flow in self._active.values()]
+        waiting = [flow.done for flow in self._active.values() if flow.done is not None]
         if waiting:
             await asyncio.wait(waiting, timeout=grace)
         return not self._active
@@ -336,7 +341,10 @@ class InProcessWorkflowProvider:
         me = asyncio.current_task()
         try:
             while True:
-                event = await self._perform(flow, action)
+                if type(action) is RunStep and not action.delay:  # the hot path, without _perform's frame
+                    event: Event = await flow.runner.run_step(flow.view, action.step, action.attempt)
+                else:
+                    event = await self._perform(flow, action)
                 if tasks.get(key) is not me:
                     return  # cancelled by the engine while finishing; its event is stale
                 del tasks[key]
@@ -399,8 +407,17 @@ class InProcessWorkflowProvider:
         flow.tasks.clear()
         self._active.pop(state.flow_id, None)
         self._finished[state.flow_id] = state.finished_at
-        if not flow.done.done():
-            flow.done.set_result(None)
+        if self.max_finished is not None and len(self._finished) > self.max_finished:
+            oldest, _ = self._finished.popitem(last=False)
+            self._flows.pop(oldest, None)
+        if flow.done is not None:
+            if not flow.done.done():
+                flow.done.set_result(None)
+            flow.done = None
+        # A finished flow is kept for its retention: keep what result() and get_state() need and let the rest
+        # go, so that a large number of kept flows costs little memory and little garbage-collector time.
+        flow.timer = None
+        flow.view.forget_models(keep=_COMPLETE)
         if state.status != FlowStatus.COMPLETED:
             error: WorkflowError = build_error(state, flow.view.exceptions)
             _log.warning("Flow %s of workflow '%s' ended %s: %s", state.flow_id, state.workflow, state.status, error)

@@ -1,7 +1,8 @@
 """Real worker processes (``plait worker``): crash one mid-step, stop one gracefully, count every side effect.
 
 Flows are started by an emitter process that registers no consumer and exits at once; this process re-attaches
-to them with ``get_handle()``. Handlers count their starts and completions in Redis (see ``apps/orders.py``).
+to them with ``get_handle()``. Workers run a bare provider or a Plait application built by the app builder.
+Handlers count their starts and completions in Redis (see ``apps/orders.py``).
 """
 
 from __future__ import annotations
@@ -33,15 +34,20 @@ StartWorker = Callable[..., subprocess.Popen[bytes]]
 
 @pytest.fixture
 def start_worker(redis_url: str, tmp_path: Path) -> Iterator[StartWorker]:
-    """Starts ``plait worker tests.integration.apps.orders:create_app`` processes; kills leftovers afterwards."""
+    """Starts ``plait worker tests.integration.apps.orders:<factory>`` processes; kills leftovers afterwards.
+
+    Each writes its log to ``worker-<n>.log`` (``worker.args[-1]`` names it); the logs are printed at the end.
+    """
     started: list[subprocess.Popen[bytes]] = []
 
-    def start(*, console_script: bool = False) -> subprocess.Popen[bytes]:
+    def start(*, console_script: bool = False, factory: str = "create_app") -> subprocess.Popen[bytes]:
         command = [str(PLAIT)] if console_script else [sys.executable, "-m", "plait.providers.arq"]
-        command += ["worker", "tests.integration.apps.orders:create_app", "--app-dir", str(ROOT)]
+        command += ["worker", f"tests.integration.apps.orders:{factory}", "--app-dir", str(ROOT)]
         env = {**os.environ, "PLAIT_TEST_REDIS_URL": redis_url, "PLAIT_TEST_STALL": str(STALL)}
-        with open(tmp_path / f"worker-{len(started)}.log", "wb") as log:
-            process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        log = tmp_path / f"worker-{len(started)}.log"
+        with open(log, "wb") as out:
+            process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        LOGS[process.pid] = log
         started.append(process)
         return process
 
@@ -64,10 +70,14 @@ async def emitter(redis_url: str) -> AsyncIterator[ArqWorkflowProvider]:
     await provider.stop()
 
 
-async def ready(client: redis.Redis, *workers: subprocess.Popen[bytes], within: float = 20.0) -> None:
+LOGS: dict[int, Path] = {}
+
+
+async def ready(*workers: subprocess.Popen[bytes], within: float = 20.0) -> None:
+    """Waits until each worker logged that it runs (after its application's ``start()`` returned)."""
     deadline = time.monotonic() + within
     for worker in workers:
-        while not client.exists(f"ready:{worker.pid}"):
+        while f"running (pid {worker.pid})" not in LOGS[worker.pid].read_text(errors="replace"):
             assert worker.poll() is None, f"worker {worker.pid} exited with {worker.returncode}"
             assert time.monotonic() < deadline, "workers did not start"
             await asyncio.sleep(0.05)
@@ -115,7 +125,7 @@ async def test_a_sigkilled_worker_loses_no_flow_and_later_steps_run_once(
     redis_url: str, redis_client: redis.Redis, start_worker: StartWorker, emitter: ArqWorkflowProvider
 ) -> None:
     first, second = start_worker(), start_worker(console_script=True)
-    await ready(redis_client, first, second)
+    await ready(first, second)
     flow_ids = await emit(redis_url, 12, "charge", 2.0)
     assert len(flow_ids) == 12
 
@@ -128,7 +138,7 @@ async def test_a_sigkilled_worker_loses_no_flow_and_later_steps_run_once(
     killed = {f for f, pid in (await inflight(redis_client, "charge")).items() if pid == victim.pid}
     assert killed
     replacement = start_worker()
-    await ready(redis_client, replacement)
+    await ready(replacement)
 
     handles = [await emitter.get_handle(flow_id) for flow_id in flow_ids]
     results = await asyncio.gather(*(h.result(timeout=30) for h in handles))
@@ -161,8 +171,8 @@ async def test_a_sigkilled_worker_loses_no_flow_and_later_steps_run_once(
 async def test_sigterm_lets_the_running_step_finish_and_hands_the_flow_on(
     redis_client: redis.Redis, start_worker: StartWorker, emitter: ArqWorkflowProvider
 ) -> None:
-    worker = start_worker()
-    await ready(redis_client, worker)
+    worker = start_worker(factory="create_plait_app")  # a Plait application, run without HTTP
+    await ready(worker)
     handle = await emitter.execute(ORDER, Order(order_id="o-1", slow_step="charge", slow=1.0))
     await inflight(redis_client, "charge")
     worker.send_signal(signal.SIGTERM)
@@ -170,8 +180,8 @@ async def test_sigterm_lets_the_running_step_finish_and_hands_the_flow_on(
     assert count(redis_client, handle.id, "charge:done") == 1  # finished within the grace period
     assert await handle.status() == FlowStatus.RUNNING  # the rest waits in the queue for another worker
 
-    successor = start_worker()
-    await ready(redis_client, successor)
+    successor = start_worker(factory="create_plait_app")
+    await ready(successor)
     result = await handle.result(timeout=15)
     assert result.order_id == "o-1"
     assert count(redis_client, handle.id, "charge:started") == 1

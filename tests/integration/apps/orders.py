@@ -1,9 +1,10 @@
 """A 5-step order workflow whose handlers count their side effects in Redis, for tests with worker processes.
 
-``create_app()`` reads ``PLAIT_TEST_REDIS_URL``, ``PLAIT_TEST_PREFIX`` and ``PLAIT_TEST_STALL`` and returns an
-object with ``async start()``/``async stop()``, as ``plait worker tests.integration.apps.orders:create_app``
-expects. Each handler increments ``side:<flow>:<step>:started`` when it starts and ``...:done`` when it returns,
-and marks ``inflight:<flow>:<step>`` with its pid while it runs.
+Two things ``plait worker`` can run, both configured by ``PLAIT_TEST_REDIS_URL``, ``PLAIT_TEST_PREFIX`` and
+``PLAIT_TEST_STALL``: ``create_app()`` returns a bare provider with its consumer (in a small object with
+``async start()``/``async stop()``), ``create_plait_app()`` a Plait application built by the app builder. Each
+handler increments ``side:<flow>:<step>:started`` when it starts and ``...:done`` when it returns, and marks
+``inflight:<flow>:<step>`` with its pid while it runs.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import redis.asyncio as aioredis
 from pydantic import BaseModel
 
-from plait.core import IWorkflowConsumer, StepContext, StepHandler, Workflow, WorkflowContext
+from plait.core import Application, IWorkflowConsumer, Plait, StepContext, StepHandler, Workflow, WorkflowContext
 from plait.providers.arq import ArqWorkflowProvider
 
 
@@ -49,15 +50,25 @@ async def call(redis: aioredis.Redis, *args: str | int | float) -> object:
     return await redis.execute_command(*args)  # type: ignore[no-untyped-call]  # unannotated in redis-py
 
 
+class SideEffects:
+    """Where handlers count what they did: a Redis client (a service of the Plait application)."""
+
+    def __init__(self) -> None:
+        self.redis = aioredis.Redis.from_url(os.environ["PLAIT_TEST_REDIS_URL"])
+
+    async def call(self, *args: str | int | float) -> object:
+        return await call(self.redis, *args)
+
+
 class OrderWorkflow(IWorkflowConsumer[Order, Receipt]):
     """Counts every start and completion of every step in Redis."""
 
-    def __init__(self, redis: aioredis.Redis) -> None:
-        self.redis = redis
+    def __init__(self, side: SideEffects) -> None:
+        self.side = side
         self.steps = {name: StepHandler(execute=self.run, rollback=self.undo) for name in ORDER.step_names}
 
     async def _call(self, *args: str | int | float) -> object:
-        return await call(self.redis, *args)
+        return await self.side.call(*args)
 
     async def run(self, ctx: StepContext[Order]) -> StepOut:
         side = f"side:{ctx.flow_id}:{ctx.step_name}"
@@ -79,29 +90,43 @@ class OrderWorkflow(IWorkflowConsumer[Order, Receipt]):
         return Receipt(order_id=ctx.data.order_id, pids=pids)
 
 
-class OrdersApp:
-    """What a Plait application is to ``plait worker``: a provider with its consumer, and a Redis client."""
+def _provider() -> ArqWorkflowProvider:
+    return ArqWorkflowProvider(
+        os.environ["PLAIT_TEST_REDIS_URL"],
+        queue_prefix=os.environ.get("PLAIT_TEST_PREFIX", "workflow"),
+        stall_interval=float(os.environ.get("PLAIT_TEST_STALL", "5")),
+        stop_grace=5.0,
+        provider_id=f"it-{os.getpid()}",
+    )
 
-    def __init__(self, url: str, prefix: str, stall_interval: float) -> None:
-        self.redis = aioredis.Redis.from_url(url)
-        self.provider = ArqWorkflowProvider(
-            url, queue_prefix=prefix, stall_interval=stall_interval, stop_grace=5.0, provider_id=f"it-{os.getpid()}"
-        )
-        self.provider.register(ORDER, OrderWorkflow(self.redis))
+
+class OrdersApp:
+    """A bare provider with its consumer registered, and the consumer's Redis client."""
+
+    def __init__(self) -> None:
+        self.side = SideEffects()
+        self.provider = _provider()
+        self.provider.register(ORDER, OrderWorkflow(self.side))
 
     async def start(self) -> None:
         await self.provider.start()
-        await call(self.redis, "SET", f"ready:{os.getpid()}", 1)
 
     async def stop(self) -> None:
         await self.provider.stop()
-        await self.redis.aclose()
+        await self.side.redis.aclose()
 
 
 def create_app() -> OrdersApp:
-    """The worker's factory: settings from the environment."""
-    return OrdersApp(
-        os.environ["PLAIT_TEST_REDIS_URL"],
-        os.environ.get("PLAIT_TEST_PREFIX", "workflow"),
-        float(os.environ.get("PLAIT_TEST_STALL", "5")),
+    """The worker's factory for a bare provider."""
+    return OrdersApp()
+
+
+def create_plait_app() -> Application:
+    """The worker's factory for a Plait application (no controllers are served: no HTTP in a worker)."""
+    return (
+        Plait.create()
+        .provider(SideEffects)
+        .workflow_provider(_provider())
+        .workflow(ORDER)
+        .consumer(OrderWorkflow, [SideEffects])
     )

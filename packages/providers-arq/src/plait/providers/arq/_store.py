@@ -365,15 +365,16 @@ class Store:
         _, current, current_version = reply
         return Conflict(current, None if current_version is None else current_version.decode())
 
-    async def release(self, jobs: Mapping[str, Job], *, hand_back: bool) -> None:
-        """Ends the leases of ``jobs``: hands them back to their queues (due now), or drops them for good."""
+    async def release(self, jobs: Mapping[str, Job], *, hand_back: bool, delay: float = 0.0) -> None:
+        """Ends the leases of ``jobs``: hands them back to their queues (due after ``delay`` seconds), or drops
+        them for good."""
         if not jobs:
             return
         keys = self.keys
-        now = now_ms()
+        due = now_ms() + int(delay * 1000)
         args: list[str | int] = [keys.job_key("")]
         for job_id, job in jobs.items():
-            args += [job_id, now if hand_back else "", keys.wake(job.workflow)]
+            args += [job_id, due if hand_back else "", keys.wake(job.workflow)]
         await _run(self._release, [keys.leases, keys.lease_queues], args)
 
     async def heartbeat(self, job_ids: Sequence[str]) -> None:

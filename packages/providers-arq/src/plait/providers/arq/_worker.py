@@ -37,7 +37,9 @@ from plait.core.engine import (
     RunStep,
     StepFailed,
     TimedOut,
+    build_error,
 )
+from plait.core.handle import FlowStatus
 from plait.core.runner import FlowView, Runner, resolve_timeout
 from plait.providers.arq._keys import Job, Keys, dumps, loads
 from plait.providers.arq._notify import Notifier
@@ -497,6 +499,9 @@ class Worker:
             timer = self._timers.pop(flow_id, None)
             if timer is not None:
                 timer.cancel()
+            if state.status != FlowStatus.COMPLETED:
+                error = build_error(state, self.exceptions.matching(state))
+                _log.warning("Flow %s of workflow '%s' ended %s: %s", flow_id, state.workflow, state.status, error)
         elif deadline is not None and flow_id not in self._timers:
             delay = max(0.0, deadline - time.time())
             self._timers[flow_id] = asyncio.get_running_loop().call_later(delay, self._timer_fired, runtime, flow_id)
@@ -580,7 +585,8 @@ class Worker:
     async def _give_up(self, job_id: str, job: Job) -> None:
         self._owned.pop(job_id, None)  # no more heartbeats: if the hand-back fails, the lease runs out
         with contextlib.suppress(*_REDIS_ERRORS):
-            await self.store.release({job_id: job}, hand_back=True)
+            # Later, not now: a job that trips a bug would otherwise spin through the workers.
+            await self.store.release({job_id: job}, hand_back=True, delay=self.stall_interval)
 
     def _on_cancel(self, data: bytes) -> None:
         for job_id in data.decode().split("\n"):

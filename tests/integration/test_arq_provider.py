@@ -182,6 +182,14 @@ async def test_a_process_without_consumers_starts_flows_that_a_worker_runs(redis
     assert {c.provider for c in consumer.calls} == {"worker"}
 
 
+async def test_a_consumer_registered_after_start_runs(redis_url: str) -> None:
+    consumer = Recorder(("a", "b"))
+    async with started(ArqWorkflowProvider(redis_url)) as provider:
+        provider.register(LINE, consumer)
+        handle = await provider.execute(LINE, Data(key="k"))
+        assert (await handle.result(timeout=5)).steps == ["a", "b"]
+
+
 async def test_execute_needs_the_definition_registered(redis_url: str) -> None:
     async with started(ArqWorkflowProvider(redis_url)) as provider:
         with pytest.raises(WorkflowNotRegisteredError):

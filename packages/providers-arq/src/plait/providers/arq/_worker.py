@@ -188,22 +188,31 @@ class Worker:
     # -- lifecycle --
 
     def add(self, runtime: WorkflowRuntime) -> None:
-        """Adds a workflow; its loop starts now if the worker runs, else with :meth:`start`."""
+        """Adds a workflow; it runs from :meth:`start`, or at once if the worker runs already."""
         self.runtimes[runtime.name] = runtime
         if self._started and not self._stopping:
-            runtime.loop = asyncio.create_task(self._loop(runtime), name=f"plait-arq-{runtime.name}")
+            self._background_task(self._activate())
 
     async def start(self) -> None:
-        """Subscribes to cancellations and starts the workflow loops, the heartbeat and the reconciler."""
+        """Starts running the workflows added so far (and those added later); a worker without any stays idle."""
         self._started = True
         self._stopping = False
-        await self.notifier.subscribe(self.keys.cancel, self._on_cancel)
+        if self.runtimes:
+            await self._activate()
+
+    async def _activate(self) -> None:
+        """Subscribes to cancellations, then starts the workflow loops, the heartbeat and the reconciler."""
+        if not self._services:
+            self._services = [
+                asyncio.create_task(self._heartbeat(), name="plait-arq-heartbeat"),
+                asyncio.create_task(self._reconciler(), name="plait-arq-reconciler"),
+            ]
+            await self.notifier.subscribe(self.keys.cancel, self._on_cancel)
+        if self._stopping:
+            return
         for runtime in self.runtimes.values():
-            runtime.loop = asyncio.create_task(self._loop(runtime), name=f"plait-arq-{runtime.name}")
-        self._services = [
-            asyncio.create_task(self._heartbeat(), name="plait-arq-heartbeat"),
-            asyncio.create_task(self._reconciler(), name="plait-arq-reconciler"),
-        ]
+            if runtime.loop is None:
+                runtime.loop = asyncio.create_task(self._loop(runtime), name=f"plait-arq-{runtime.name}")
 
     async def stop(self) -> None:
         """Stops claiming, lets running jobs finish within the grace period, then hands the rest back."""

@@ -231,8 +231,7 @@ class ArqWorkflowProvider:
                 for runtime in runtimes:
                     worker.add(runtime)
                 self._redis, self._store, self._notifier, self._worker = redis, store, notifier, worker
-                if runtimes:
-                    await worker.start()
+                await worker.start()
             except BaseException:
                 await self._close()
                 raise

@@ -7,13 +7,17 @@ Why it looks like this (arq 0.28):
   ``<prefix>.<workflow>.steps``, scored by due time in ms), written through arq's own ``serialize_job`` and read
   back with ``deserialize_job_raw`` and a JSON deserializer; the connection is arq's ``ArqRedis``, created with
   JSON ``job_serializer``/``job_deserializer``; nothing is ever unpickled. But Plait does not run arq's
-  ``Worker``: its loop polls the queue every ``poll_delay`` (0.5 s by default; at 10 ms an idle worker sends
-  hundreds of commands a second), it starts a job with four sequential round trips (WATCH, EXISTS, ZSCORE,
-  MULTI/EXEC), fails a job for good on any exception, and re-runs a killed job only after its in-progress key
-  expires while spending a try. Plait claims due jobs with one Lua script, and an idle workflow loop blocks on a
-  Plait wake-up list (``BLPOP <prefix>.<workflow>:wake``, pushed by every enqueue) with a 10 s timeout: a hop
-  costs a round trip and an idle worker sends a command every few seconds. Swapping arq out means rewriting
-  :mod:`~plait.providers.arq._keys` (the job format) and the queue parts of :mod:`~plait.providers.arq._store`.
+  ``Worker``: its loop polls the queue every ``poll_delay`` (0.5 s by default, so a 4-step flow would take 2 s;
+  at 10 ms an idle worker sends about 90 commands a second and a job still waits 5 ms on average), it starts a
+  job with four sequential round trips (WATCH, EXISTS, ZSCORE, MULTI/EXEC), fails a job for good on any
+  exception, and re-runs a killed job only after its in-progress key expires while spending a try. Plait claims
+  due jobs with one Lua script, and an idle workflow loop blocks on a Plait wake-up list
+  (``BLPOP <prefix>.<workflow>:wake``, pushed by every enqueue) with a 10 s timeout: a hop costs a round trip,
+  and an idle worker sends about 3 commands a second, its reconciler's scan included (see BENCHMARKS.md for
+  both measured against raw arq). An arq ``Worker`` pointed at these queues would see jobs it can decode but
+  functions it does not know; the format is arq's so that arq's tools can inspect them. Swapping arq out means
+  rewriting :mod:`~plait.providers.arq._keys` (the job format) and the queue parts of
+  :mod:`~plait.providers.arq._store`.
 * **One commit per event.** A worker runs a job through the core ``Runner``, hands the event to ``Engine.handle``
   and commits the outcome with one Lua compare-and-set on the flow's version (see ``_store``): new state, jobs
   to enqueue, job finished, cancellations, end-of-flow announcement. Job ids are deterministic

@@ -595,3 +595,47 @@ def test_build_error_needs_an_error() -> None:
     state, _ = begin(make())
     with pytest.raises(ValueError, match="has no error"):
         build_error(state)
+
+
+# --- what a transport asks before running a job -----------------------------------------------------------------
+
+
+def test_start_applies_a_default_timeout_only_when_execute_gave_none() -> None:
+    engine = make()
+    state = engine.new_state("flow-1", {"n": 1}, now=100.0)
+    assert engine.startable(state)
+    engine.start(state, default_timeout=7.0)
+    assert (state.timeout, state.deadline) == (7.0, 107.0)
+    assert not engine.startable(state)
+    own = engine.new_state("flow-2", {"n": 1}, timeout=3.0, now=100.0)
+    engine.start(own, default_timeout=7.0)
+    assert (own.timeout, own.deadline) == (3.0, 103.0)
+
+
+def test_expects_only_the_outcomes_the_flow_waits_for() -> None:
+    engine = make(LINE, attempts=2)
+    state, actions = begin(engine)
+    assert actions == [RunStep("a", 1)]
+    assert engine.expects(state, RunStep("a", 1))
+    assert not engine.expects(state, RunStep("a", 2))  # not scheduled yet
+    assert not engine.expects(state, RunStep("b", 1))  # a later group
+    assert not engine.expects(state, RunComplete())
+    feed(engine, state, ok("a"), boom("b"))  # b is retried
+    assert engine.expects(state, RunStep("b", 2))
+    assert not engine.expects(state, RunStep("b", 1))  # the failed attempt, delivered again
+    feed(engine, state, boom("b", 2))  # b fails for good: roll back a
+    assert engine.expects(state, RunRollback("a", 1))
+    assert not engine.expects(state, RunRollback("a", 2))
+    assert not engine.expects(state, RunOnError())
+    feed(engine, state, RollbackSucceeded("a", 1))
+    assert engine.expects(state, RunOnError())
+    feed(engine, state, ErrorHandled())
+    for action in (RunStep("b", 2), RunRollback("a", 1), RunComplete(), RunOnError()):
+        assert not engine.expects(state, action)  # nothing after the end
+
+
+def test_expects_nothing_of_a_step_cancelled_by_a_timeout() -> None:
+    engine = make(LINE)
+    state, _ = begin(engine, timeout=1.0)
+    feed(engine, state, TimedOut())
+    assert not engine.expects(state, RunStep("a", 1))

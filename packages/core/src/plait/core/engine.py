@@ -345,12 +345,44 @@ class Engine:
             deadline=None if timeout is None else now + timeout,
         )
 
-    def start(self, state: FlowState) -> list[Action]:
-        """Starts a pending flow; does nothing for a flow already started."""
+    def start(self, state: FlowState, *, default_timeout: float | None = None) -> list[Action]:
+        """Starts a pending flow; does nothing for a flow already started.
+
+        Args:
+            default_timeout: the flow's timeout when ``execute()`` gave it none (the registration's, else the
+                provider's), counted from the flow's creation. A process that starts flows without the consumer
+                cannot know it; the process that runs the first step applies it here.
+        """
         if state.phase != "pending":
             return []
+        if state.timeout is None and default_timeout is not None:
+            state.timeout = default_timeout
+            state.deadline = state.created_at + default_timeout
         state.status = FlowStatus.RUNNING
         return self._enter_stage(state, 0)
+
+    def startable(self, state: FlowState) -> bool:
+        """Whether :meth:`start` would start this flow (it is accepted and not started yet)."""
+        return state.phase == "pending"
+
+    def expects(self, state: FlowState, action: Action) -> bool:
+        """Whether the flow still waits for the outcome of ``action``.
+
+        A job can outlive its need (its step was cancelled by a timeout, it was handed back after a stall and also
+        finished, the flow ended); a transport asks this before running one, so stale work is dropped rather than
+        run. The answers are the same guards :meth:`handle` applies to the events.
+        """
+        if state.phase == "done":
+            return False
+        if isinstance(action, RunStep):
+            return self._running(state, action.step, action.attempt) is not None
+        if isinstance(action, RunRollback):
+            return self._rollback_due(state, action.step, action.attempt)
+        if isinstance(action, RunComplete):
+            return state.phase == "complete"
+        if isinstance(action, RunOnError):
+            return state.phase == "on_error"
+        return False
 
     def handle(self, state: FlowState, event: Event) -> list[Action]:
         """Applies ``event`` to ``state`` (in place) and returns what to do next."""
@@ -507,8 +539,11 @@ class Engine:
         state.steps[step]["status"] = COMPENSATING
         return [RunRollback(step, 1)]
 
+    def _rollback_due(self, state: FlowState, step: str, attempt: int) -> bool:
+        return state.phase == "rollback" and state.rollbacks[:1] == [step] and state.rollback_attempt == attempt
+
     def _rollback_settled(self, state: FlowState, step: str, attempt: int, error: ErrorRecord | None) -> list[Action]:
-        if state.phase != "rollback" or state.rollbacks[:1] != [step] or state.rollback_attempt != attempt:
+        if not self._rollback_due(state, step, attempt):
             return []
         record = state.steps[step]
         if error is None:

@@ -76,6 +76,18 @@ class Job:
             return cls("on_error", workflow, flow_id)
         raise TypeError(f"No job carries out {action!r}")
 
+    def action(self) -> Action:
+        """The engine action this job carries out (not for ``start`` jobs, which carry none)."""
+        if self.kind == "step":
+            return RunStep(self.step, self.attempt)
+        if self.kind == "rollback":
+            return RunRollback(self.step, self.attempt)
+        if self.kind == "complete":
+            return RunComplete()
+        if self.kind == "on_error":
+            return RunOnError()
+        raise TypeError(f"A {self.kind} job carries out no engine action")
+
     @classmethod
     def parse(cls, workflow: str, payload: bytes) -> Job:
         """Reads a job back from arq's JSON format."""

@@ -340,7 +340,9 @@ class Worker:
     async def _run(
         self, runtime: WorkflowRuntime, flow: _Flow, view: FlowView[Any], job_id: str, job: Job
     ) -> Job | None:
-        if not _is_current(flow.state, job):
+        engine = runtime.engine
+        current = engine.startable(flow.state) if job.kind == "start" else engine.expects(flow.state, job.action())
+        if not current:
             await self._drop(job_id, job)
             return None
         event: Event | None = None
@@ -420,16 +422,9 @@ class Worker:
             view.state = fresh.state
 
     def _start(self, runtime: WorkflowRuntime, state: FlowState) -> tuple[FlowState, list[Action]]:
-        if state.phase != "pending":
-            return state, []
-        if state.timeout is None:
-            # execute() gave no timeout: the registration's, else this provider's default, from the flow's creation.
-            timeout = resolve_timeout(runtime.runner.options.timeout, self.default_timeout)
-            if timeout is not None:
-                state = runtime.engine.new_state(
-                    state.flow_id, state.data, meta=state.meta, timeout=timeout, now=state.created_at
-                )
-        return state, runtime.engine.start(state)
+        # execute() may have given no timeout: then the registration's, else this provider's default applies.
+        default_timeout = resolve_timeout(runtime.runner.options.timeout, self.default_timeout)
+        return state, runtime.engine.start(state, default_timeout=default_timeout)
 
     def _plan(self, runtime: WorkflowRuntime, state: FlowState, actions: list[Action], *, allow_local: bool) -> _Plan:
         plan = _Plan()
@@ -620,19 +615,3 @@ class _Plan:
     cancelled: list[str] = field(default_factory=list)
     local: Job | None = None
     done: bool = False
-
-
-def _is_current(state: FlowState, job: Job) -> bool:
-    """Whether the engine still waits for ``job`` (a job can outlive its need: cancelled, timed out, re-queued)."""
-    if state.status.is_terminal:
-        return False
-    if job.kind == "start":
-        return state.phase == "pending"
-    if job.kind == "step":
-        record = state.steps.get(job.step)
-        return record is not None and record["status"] == "running" and record["attempt"] == job.attempt
-    if job.kind == "rollback":
-        return state.phase == "rollback" and state.rollbacks[:1] == [job.step] and state.rollback_attempt == job.attempt
-    if job.kind == "complete":
-        return state.phase == "complete"
-    return state.phase == "on_error"

@@ -19,6 +19,7 @@ from plait.core import (
     ConsumerOptions,
     DefinitionError,
     FlowHandle,
+    FlowInfo,
     FlowStatus,
     IWorkflowConsumer,
     Plait,
@@ -132,6 +133,9 @@ class RecordingProvider:
 
     async def get_handle(self, flow_id: str) -> FlowHandle[BaseModel]:
         return await self.inner.get_handle(flow_id)
+
+    async def describe(self, flow_id: str) -> FlowInfo:
+        return await self.inner.describe(flow_id)
 
 
 def running(app: Application) -> bool:

@@ -70,6 +70,7 @@ from plait.core.errors import (
     WorkflowValidationError,
 )
 from plait.core.handle import FlowHandle, FlowStatus
+from plait.core.info import FlowInfo, StepInfo
 from plait.core.options import Backoff, ConsumerOptions
 from plait.core.provider import WorkflowExecutor, WorkflowLifecycle, WorkflowProvider
 from plait.core.routing import RequestContext, RouteBuilder
@@ -83,6 +84,7 @@ __all__ = [
     "DefinitionError",
     "FlowConflictError",
     "FlowHandle",
+    "FlowInfo",
     "FlowNotFoundError",
     "FlowStatus",
     "IWorkflowConsumer",
@@ -97,6 +99,7 @@ __all__ = [
     "StepContext",
     "StepGroup",
     "StepHandler",
+    "StepInfo",
     "Workflow",
     "WorkflowCancelledError",
     "WorkflowCompletionError",

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from plait.core.handle import FlowHandle, FlowStatus
+from plait.core.info import FlowInfo
 from plait.core.provider import WorkflowProvider
 from plait.core.workflow import WorkflowDefinition
 
@@ -84,6 +85,10 @@ class CorrelatedExecutor:
     async def get_handle(self, flow_id: str) -> FlowHandle[BaseModel]:
         """Re-attaches to an existing flow; raises ``FlowNotFoundError`` for an unknown id."""
         return await self._provider().get_handle(flow_id)
+
+    async def describe(self, flow_id: str) -> FlowInfo:
+        """Returns a flow's status with each step's fate; raises ``FlowNotFoundError`` for an unknown id."""
+        return await self._provider().describe(flow_id)
 
     def __repr__(self) -> str:
         return f"CorrelatedExecutor(correlation_id={self.correlation_id!r})"

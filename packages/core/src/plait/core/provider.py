@@ -9,6 +9,7 @@ from pydantic import BaseModel
 
 from plait.core.consumer import IWorkflowConsumer
 from plait.core.handle import FlowHandle, FlowStatus
+from plait.core.info import FlowInfo
 from plait.core.options import ConsumerOptions
 from plait.core.workflow import WorkflowDefinition
 
@@ -45,6 +46,11 @@ class WorkflowExecutor(Protocol):
 
     async def get_handle(self, flow_id: str) -> FlowHandle[BaseModel]:
         """Re-attaches to an existing flow; raises ``FlowNotFoundError`` for an unknown id."""
+        ...
+
+    async def describe(self, flow_id: str) -> FlowInfo:
+        """Returns a flow's status with each step's fate (``FlowInfo.from_state`` of its recorded state);
+        raises ``FlowNotFoundError`` for an unknown id."""
         ...
 
 

@@ -755,6 +755,39 @@ class ProviderContract:
             assert caught.value.flow_id == unknown
             with pytest.raises(FlowNotFoundError):
                 await provider.get_handle(unknown)
+            with pytest.raises(FlowNotFoundError):
+                await provider.describe(unknown)
+
+    async def test_describe_lists_every_step_of_a_completed_flow(self, provider: WorkflowProvider) -> None:
+        consumer = Scripted(DIAMOND, {"b": Do(fail=1)})
+        async with self.running(provider, (DIAMOND, consumer, self.options(attempts=2))):
+            handle = await provider.execute(DIAMOND, Order(key="k"), meta={"tenant": "t-1"})
+            await self.result(handle)
+            info = await provider.describe(handle.id)
+        assert (info.flow_id, info.workflow, info.status) == (handle.id, DIAMOND.name, FlowStatus.COMPLETED)
+        assert [(s.name, s.status) for s in info.steps] == [(n, "completed") for n in ("a", "b", "c", "d")]
+        assert (info.step("a").attempts, info.step("b").attempts) == (1, 2)
+        retried = info.step("b").error
+        assert retried is not None and "boom b 1" in retried
+        assert info.error is None and info.compensated == ()
+        assert info.finished_at is not None and info.finished_at >= info.created_at
+        assert info.meta is not None and info.meta.get("tenant") == "t-1"
+
+    async def test_describe_shows_what_failed_and_what_was_rolled_back(self, provider: WorkflowProvider) -> None:
+        consumer = Scripted(LINE, {"b": Do(fail=FOREVER)})
+        async with self.running(provider, (LINE, consumer, None)):
+            handle = await provider.execute(LINE, Order(key="k"))
+            error = await self.failure(handle)
+            info = await provider.describe(handle.id)
+        assert info.status == FlowStatus.FAILED
+        assert [(s.name, s.status) for s in info.steps] == [("a", "compensated"), ("b", "failed"), ("c", "pending")]
+        assert info.compensated == ("a",)
+        # The message result() raises; across processes the cause's type name is part of it.
+        assert info.error is not None and str(error).split(": ")[-1] in info.error
+        assert info.error.startswith("Step 'b' failed: ")
+        failed = info.step("b")
+        assert failed.attempts == 1 and failed.error is not None
+        assert "StepBoom" in failed.error and "boom b 1" in failed.error
 
     async def test_get_handle_re_attaches_to_a_flow(self, provider: WorkflowProvider) -> None:
         consumer = Scripted(SOLO, {"a": Do(sleep=0.1)})

@@ -394,6 +394,8 @@ class Worker:
                 state, actions = self._start(runtime, state)
             else:
                 actions = engine.handle(state, event)
+            if any(isinstance(action, Finish) for action in actions):
+                state.finished_at = time.time()
             raw = dumps(state.to_dict())
             if raw == flow.raw:
                 # The event changed nothing (a duplicate, or the flow moved on): just let the job go.

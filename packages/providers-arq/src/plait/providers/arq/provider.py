@@ -53,6 +53,7 @@ from plait.core import (
     ConsumerOptions,
     DefinitionError,
     FlowHandle,
+    FlowInfo,
     FlowNotFoundError,
     FlowStatus,
     IWorkflowConsumer,
@@ -322,6 +323,16 @@ class ArqWorkflowProvider:
             raise FlowNotFoundError(flow_id)
         registration = self._registrations.get(found[1])
         return ArqFlowHandle(flow_id, self, registration.definition if registration is not None else None)
+
+    async def describe(self, flow_id: str) -> FlowInfo:
+        """Returns flow ``flow_id``'s status with each step's fate, whichever process ran them.
+
+        Raises:
+            FlowNotFoundError: unknown or expired.
+        """
+        state = await self.get_state(flow_id)
+        registration = self._registrations.get(state.workflow)
+        return FlowInfo.from_state(state, registration.definition if registration is not None else None)
 
     async def get_state(self, flow_id: str) -> FlowState:
         """Returns the recorded state of a flow (step statuses, results, errors) for inspection.

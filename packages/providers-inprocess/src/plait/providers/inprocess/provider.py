@@ -22,6 +22,7 @@ from plait.core import (
     ConsumerOptions,
     DefinitionError,
     FlowHandle,
+    FlowInfo,
     FlowNotFoundError,
     FlowStatus,
     IWorkflowConsumer,
@@ -293,6 +294,11 @@ class InProcessWorkflowProvider:
         """Returns a handle on flow ``flow_id``; raises ``FlowNotFoundError`` when unknown or expired."""
         self._flow(flow_id)
         return InProcessFlowHandle(flow_id, self)
+
+    async def describe(self, flow_id: str) -> FlowInfo:
+        """Returns flow ``flow_id``'s status with each step's fate; raises ``FlowNotFoundError`` when unknown."""
+        flow = self._flow(flow_id)
+        return FlowInfo.from_state(flow.state, flow.runner.definition)
 
     def get_state(self, flow_id: str) -> FlowState:
         """Returns the recorded state of a flow (step statuses, results, errors) for inspection."""

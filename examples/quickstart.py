@@ -61,7 +61,7 @@ async def main(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         provider = "in-process" if args.provider == "inprocess" else args.provider
         print(f"Plait order service on the {provider} provider", file=out)
         print("process-order: validate -> charge -> fulfill -> [send_email || send_sms]", file=out)
-        await run_demo(app, out)
+        await run_demo(app, out, local_services=args.provider == "inprocess")
         if args.serve:
             base = f"http://{args.host}:{args.port}"
             print(f"\nServing on {base} (Ctrl-C stops). Try:", file=out)

@@ -1,7 +1,9 @@
-"""A real redis-server for the integration tests: one per session on a free loopback port, flushed per test.
+"""Shared test fixtures: a real redis-server (one per session on a free loopback port, flushed per test) and free
+ports.
 
-Worker processes started by these tests import their applications as ``tests.integration.apps.<name>``; the
-repository root goes on ``sys.path`` so that the tests import the very same modules by the very same names.
+The repository root goes on ``sys.path``: the example tests import the ``examples`` package, and worker processes
+started by the integration tests import their applications as ``tests.integration.apps.<name>``, so the tests
+import the very same modules by the very same names.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 import pytest
 import redis
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -37,6 +39,12 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+@pytest.fixture
+def unused_port() -> int:
+    """A free TCP port on 127.0.0.1, for a server a test starts."""
+    return free_port()
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from examples.orders.consumers import ORDER_OPTIONS, ProcessOrderWorkflow
 from examples.orders.controllers import OrderController
 from examples.orders.monitors import (
@@ -58,3 +60,14 @@ consumers with ``await app.start()``, without HTTP)."""
 
 asgi = app.asgi()
 """The same application as ASGI, for any server: ``uvicorn examples.orders.app:asgi``."""
+
+
+def create_arq_app() -> Application:
+    """The service on the arq provider, with Redis at ``$PLAIT_REDIS_URL`` (default ``redis://127.0.0.1:6379/0``).
+
+    A factory, so that importing this module needs no Redis: ``plait worker examples.orders.app:create_arq_app``
+    runs the consumers of a worker process; the web process builds the same application.
+    """
+    from plait.providers.arq import ArqWorkflowProvider  # only when asked for: core needs no arq
+
+    return create_app(ArqWorkflowProvider(os.environ.get("PLAIT_REDIS_URL", "redis://127.0.0.1:6379/0")))

@@ -72,20 +72,23 @@ class OrderController:
         An unknown flow id is a 404 (the application maps ``FlowNotFoundError``).
         """
         flow_id: str = ctx.params["flow_id"]
-        status = await ctx.workflows.get_status(flow_id)
+        # The provider's record of each step: right whichever process (or worker) ran the steps.
+        info = await ctx.workflows.describe(flow_id)
         record = self.orders.by_flow(flow_id)
         body: dict[str, object] = {
             "flow_id": flow_id,
             "order_id": record.order_id if record else None,
-            "status": status,
+            "status": info.status,
+            "steps": {step.name: step.status for step in info.steps},
         }
-        if status.is_terminal:
+        if info.status.is_terminal:
             handle = await ctx.workflows.get_handle(flow_id)
             try:
                 body["result"] = await handle.result()
             except WorkflowError as error:
                 body["error"] = describe_error(error)
-                body["compensated"] = record.rolled_back if record else []
+                body["compensated"] = list(info.compensated)
+        # What this process's services did for the order (steps run by other workers are not in it).
         body["history"] = _history(record)
         return ctx.json(body)
 

@@ -53,8 +53,12 @@ SCENARIOS = (
 _MARKS = {"done": "ok", "failed": "FAILED", "rolled back": "undone"}
 
 
-async def run_demo(app: Application, out: TextIO) -> list[dict[str, Any]]:
+async def run_demo(app: Application, out: TextIO, *, local_services: bool = True) -> list[dict[str, Any]]:
     """Places every scenario's order on a started ``app`` and prints what happened.
+
+    Args:
+        local_services: whether every step runs in this process (the in-process provider), so that this
+            process's in-memory services show all that was done; with workers, each has services of its own.
 
     Returns:
         The ``GET /orders/{flow_id}`` body of each order, once its flow has ended.
@@ -75,12 +79,14 @@ async def run_demo(app: Application, out: TextIO) -> list[dict[str, Any]]:
             body = (await client.get(f"/orders/{flow_id}")).json()
             shown.append(body)
             _print_order(body, out)
-    _print_state(app, shown, out)
+    _print_state(app, shown, out, local_services)
     return shown
 
 
 def _print_order(body: dict[str, Any], out: TextIO) -> None:
     print(f"   GET /orders/{body['flow_id']} -> {body['status']}", file=out)
+    # The provider's record of every step, whichever process ran it; then what this process's services did.
+    print("     steps:  " + ", ".join(f"{step} {status}" for step, status in body["steps"].items()), file=out)
     for event in body["history"]:
         print(f"     {event['step']:<12} {_MARKS[event['outcome']]:<7} {event['detail']}", file=out)
     if "result" in body:
@@ -96,13 +102,16 @@ def _print_order(body: dict[str, Any], out: TextIO) -> None:
         print(f"   compensated: {compensated}", file=out)
 
 
-def _print_state(app: Application, shown: list[dict[str, Any]], out: TextIO) -> None:
+def _print_state(app: Application, shown: list[dict[str, Any]], out: TextIO, local_services: bool) -> None:
+    print("\nAfterwards", file=out)
+    print("   flows:     " + "; ".join(f"{b['order_id']} {b['status']}" for b in shown), file=out)
+    if not local_services:
+        print("   (steps may have run in other worker processes, whose in-memory services are their own)", file=out)
+        return
     inventory = app.context.resolve(InventoryService)
     payments = app.context.resolve(PaymentService)
     shipments = app.context.resolve(ShipmentService)
     notifications = app.context.resolve(NotificationService)
-    print("\nAfterwards", file=out)
-    print("   flows:     " + "; ".join(f"{b['order_id']} {b['status']}" for b in shown), file=out)
     touched = sorted({sku for r in inventory.reservations.values() for sku in r.lines})
     stock = [f"{sku} {inventory.available(sku)}/{inventory.reserved(sku)}" for sku in touched]
     print("   stock:     " + "; ".join(stock) + " (available/reserved)", file=out)

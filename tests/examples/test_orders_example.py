@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from examples.orders.app import create_app
+from examples.orders.app import create_app, create_arq_app
 from examples.orders.demo import SCENARIOS, run_demo
 from examples.orders.monitors import CheckScheduler, MonitorRepository
 from examples.orders.services import InventoryService, NotificationService, PaymentService, ShipmentService
@@ -233,3 +233,22 @@ async def test_a_monitor_of_a_failing_url_creates_nothing(app: Application, clie
     shown = await setup_monitor(app, client, url="https://down.example.com")
     assert shown["error"] == "Step 'validate_url' failed: URL returned 503: server error"
     assert app.context.resolve(MonitorRepository).monitors == {}
+
+
+async def test_the_arq_factory_builds_the_service_on_the_redis_it_is_given(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from plait.providers.arq import ArqWorkflowProvider
+
+    monkeypatch.setenv("PLAIT_REDIS_URL", redis_url)
+    app = create_arq_app()
+    await app.start()
+    try:
+        provider = app.context.provider
+        assert isinstance(provider, ArqWorkflowProvider)
+        shown = await run_demo(app, io.StringIO(), local_services=False)
+        assert [body["status"] for body in shown] == ["completed", "failed", "failed"]
+        assert shown[2]["compensated"] == ["charge", "validate"]
+        assert shown[2]["steps"]["fulfill"] == "failed"
+    finally:
+        await app.stop()

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-import shutil
 import signal
-import socket
 import sys
 from pathlib import Path
 
@@ -70,15 +68,8 @@ async def test_the_script_runs_the_demo_and_exits_0() -> None:
     assert "Traceback" not in stderr.decode()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-async def test_serve_keeps_serving_the_demos_orders_until_interrupted() -> None:
-    port = free_port()
+async def test_serve_keeps_serving_the_demos_orders_until_interrupted(unused_port: int) -> None:
+    port = unused_port
     process = await run_script("--serve", "--port", str(port))
     try:
         assert process.stdout is not None
@@ -107,31 +98,11 @@ async def test_serve_keeps_serving_the_demos_orders_until_interrupted() -> None:
             await process.wait()
 
 
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server (scripts/test.sh installs it)")
-async def test_the_script_runs_the_demo_on_the_arq_provider(tmp_path: Path) -> None:
-    port = free_port()
-    redis = await asyncio.create_subprocess_exec(
-        "redis-server",
-        *("--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        for _ in range(200):
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.close()
-                await writer.wait_closed()
-                break
-            except OSError:
-                await asyncio.sleep(0.05)
-        process = await run_script("--provider", "arq", "--redis-url", f"redis://127.0.0.1:{port}/0")
-        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=45)
-        assert process.returncode == 0, stderr.decode()
-        text = stdout.decode()
-        assert text.startswith("Plait order service on the arq provider\n")
-        assert text.count("-> completed") == 1
-        assert "compensated: charge, validate\n" in text
-    finally:
-        redis.terminate()
-        await redis.wait()
+async def test_the_script_runs_the_demo_on_the_arq_provider(redis_url: str) -> None:
+    process = await run_script("--provider", "arq", "--redis-url", redis_url)
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=45)
+    assert process.returncode == 0, stderr.decode()
+    text = stdout.decode()
+    assert text.startswith("Plait order service on the arq provider\n")
+    assert text.count("-> completed") == 1
+    assert "compensated: charge, validate\n" in text

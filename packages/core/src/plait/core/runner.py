@@ -133,12 +133,6 @@ class FlowView(Generic[D]):
             self._data = self.definition.data.model_validate(self.state.data)
         return self._data
 
-    def forget_models(self, keep: str | None = None) -> None:
-        """Drops the cached models (all but ``keep``); they are validated again from the state if needed."""
-        kept = self.models.get(keep) if keep is not None else None
-        self.models = {} if kept is None or keep is None else {keep: kept}
-        self._data = None
-
     def results(self, names: Iterable[str]) -> dict[str, BaseModel]:
         """The output models of those of ``names`` that completed."""
         recorded = self.state.results

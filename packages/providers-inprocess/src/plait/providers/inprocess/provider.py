@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import marshal
 import os
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from pydantic import BaseModel
 
@@ -82,6 +83,27 @@ class _Flow:
         self.slot: asyncio.Semaphore | None = None
 
 
+class _Ended(NamedTuple):
+    """A finished flow, as kept for its retention.
+
+    A busy application keeps many finished flows, and every object they hold is walked by each full pass of
+    the garbage collector (it was most of the in-process provider's cost). So a finished flow is only strings
+    and bytes, which CPython does not track: its state ``marshal``-ed (this process's own JSON-shaped data,
+    read back only here) and its result as JSON. A failed flow also keeps its exception objects, so that
+    ``result()`` raises the very exceptions its handlers raised.
+    """
+
+    status: str
+    workflow: str
+    result: str | None
+    state: bytes
+    causes: dict[tuple[str, str | None], BaseException] | None
+
+    def load(self) -> FlowState:
+        """The flow's recorded state."""
+        return FlowState.from_dict(marshal.loads(self.state))
+
+
 class _Registration:
     __slots__ = ("definition", "runner", "slots")
 
@@ -106,20 +128,22 @@ class InProcessFlowHandle(FlowHandle[R], Generic[R]):
         return await self._provider.get_status(self.id)
 
     async def result(self, timeout: float | None = None) -> R:
-        flow = self._provider._flow(self.id)
-        done = flow.done
-        if done is not None and not done.done():
-            if timeout is None:
-                await asyncio.shield(done)
-            else:
-                await asyncio.wait_for(asyncio.shield(done), timeout)
-        state = flow.state
-        if state.status == FlowStatus.COMPLETED:
-            model = flow.view.models.get(_COMPLETE)
-            if model is None:
-                model = flow.runner.definition.result.model_validate(state.result)
-            return model  # type: ignore[return-value]  # the registration validated it against R
-        raise build_error(state, flow.view.exceptions)
+        provider = self._provider
+        found = provider._find(self.id)
+        if isinstance(found, _Flow):
+            flow = found
+            if flow.done is not None:
+                if timeout is None:
+                    await asyncio.shield(flow.done)
+                else:
+                    await asyncio.wait_for(asyncio.shield(flow.done), timeout)
+            # Ended now; if max_finished already let it go, the flow this caller waited on still knows.
+            kept = provider._flows.get(self.id)
+            found = kept if isinstance(kept, _Ended) else _ended(flow)
+        if found.result is not None:  # completed
+            definition = provider._registrations[found.workflow].definition
+            return definition.result.model_validate_json(found.result)  # type: ignore[no-any-return]
+        raise build_error(found.load(), found.causes)
 
 
 class InProcessWorkflowProvider:
@@ -155,7 +179,7 @@ class InProcessWorkflowProvider:
         self.max_finished = max_finished
         self.stop_grace = stop_grace
         self._registrations: dict[str, _Registration] = {}
-        self._flows: dict[str, _Flow] = {}
+        self._flows: dict[str, _Flow | _Ended] = {}
         self._active: dict[str, _Flow] = {}
         self._finished: OrderedDict[str, float] = OrderedDict()
         self._semaphores: dict[str, asyncio.Semaphore] = {}
@@ -263,7 +287,7 @@ class InProcessWorkflowProvider:
         if id is not None:
             existing = self._flows.get(id)
             if existing is not None:
-                check_same_flow(existing.state, definition.name, payload)
+                check_same_flow(_state(existing), definition.name, payload)
                 return InProcessFlowHandle(id, self)
         else:
             id = new_flow_id()
@@ -288,29 +312,33 @@ class InProcessWorkflowProvider:
 
     async def get_status(self, flow_id: str) -> FlowStatus:
         """Returns the status of flow ``flow_id``; raises ``FlowNotFoundError`` when unknown or expired."""
-        return self._flow(flow_id).state.status
+        found = self._find(flow_id)
+        return found.state.status if isinstance(found, _Flow) else FlowStatus(found.status)
 
     async def get_handle(self, flow_id: str) -> InProcessFlowHandle[BaseModel]:
         """Returns a handle on flow ``flow_id``; raises ``FlowNotFoundError`` when unknown or expired."""
-        self._flow(flow_id)
+        self._find(flow_id)
         return InProcessFlowHandle(flow_id, self)
 
     async def describe(self, flow_id: str) -> FlowInfo:
         """Returns flow ``flow_id``'s status with each step's fate; raises ``FlowNotFoundError`` when unknown."""
-        flow = self._flow(flow_id)
-        return FlowInfo.from_state(flow.state, flow.runner.definition)
+        state = self.get_state(flow_id)
+        return FlowInfo.from_state(state, self._registrations[state.workflow].definition)
 
     def get_state(self, flow_id: str) -> FlowState:
-        """Returns the recorded state of a flow (step statuses, results, errors) for inspection."""
-        return self._flow(flow_id).state
+        """Returns the recorded state of a flow (step statuses, results, errors) for inspection.
+
+        A running flow's state is the live object; a finished flow's is a copy.
+        """
+        return _state(self._find(flow_id))
 
     # -- driving the engine --
 
-    def _flow(self, flow_id: str) -> _Flow:
-        flow = self._flows.get(flow_id)
-        if flow is None:
+    def _find(self, flow_id: str) -> _Flow | _Ended:
+        found = self._flows.get(flow_id)
+        if found is None:
             raise FlowNotFoundError(flow_id)
-        return flow
+        return found
 
     async def _start_when_free(self, flow: _Flow, semaphore: asyncio.Semaphore) -> None:
         await semaphore.acquire()
@@ -411,22 +439,19 @@ class InProcessWorkflowProvider:
         for task in flow.tasks.values():
             task.cancel()
         flow.tasks.clear()
-        self._active.pop(state.flow_id, None)
-        self._finished[state.flow_id] = state.finished_at
+        flow_id = state.flow_id
+        self._active.pop(flow_id, None)
+        self._flows[flow_id] = _ended(flow)
+        self._finished[flow_id] = state.finished_at
         if self.max_finished is not None and len(self._finished) > self.max_finished:
             oldest, _ = self._finished.popitem(last=False)
             self._flows.pop(oldest, None)
         if flow.done is not None:
-            if not flow.done.done():
-                flow.done.set_result(None)
+            flow.done.set_result(None)
             flow.done = None
-        # A finished flow is kept for its retention: keep what result() and get_state() need and let the rest
-        # go, so that a large number of kept flows costs little memory and little garbage-collector time.
-        flow.timer = None
-        flow.view.forget_models(keep=_COMPLETE)
         if state.status != FlowStatus.COMPLETED:
             error: WorkflowError = build_error(state, flow.view.exceptions)
-            _log.warning("Flow %s of workflow '%s' ended %s: %s", state.flow_id, state.workflow, state.status, error)
+            _log.warning("Flow %s of workflow '%s' ended %s: %s", flow_id, state.workflow, state.status, error)
 
     def _prune(self) -> None:
         horizon = time.time() - self.retention
@@ -437,6 +462,22 @@ class InProcessWorkflowProvider:
                 break
             del finished[flow_id]
             self._flows.pop(flow_id, None)
+
+
+def _ended(flow: _Flow) -> _Ended:
+    state = flow.state
+    raw = state.to_dict()
+    raw["status"] = state.status.value  # marshal takes exact built-in types only
+    result = None
+    if state.status == FlowStatus.COMPLETED:
+        model = flow.view.models.get(_COMPLETE) or flow.runner.definition.result.model_validate(state.result)
+        result = model.model_dump_json()
+    causes = dict(flow.view.exceptions) if flow.view.exceptions else None
+    return _Ended(state.status.value, state.workflow, result, marshal.dumps(raw), causes)
+
+
+def _state(found: _Flow | _Ended) -> FlowState:
+    return found.state if isinstance(found, _Flow) else found.load()
 
 
 def _key(action: Action) -> str:

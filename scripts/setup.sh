@@ -3,7 +3,13 @@
 setup_uv_workspace() {
     if ! command -v uv >/dev/null 2>&1; then
         echo "== installing uv"
-        python3 -m pip install --quiet uv
+        # A Debian system Python refuses pip installs (PEP 668) unless told otherwise; uv is self-contained.
+        python3 -m pip install --quiet uv 2>/dev/null || python3 -m pip install --quiet --break-system-packages uv
+        hash -r
+        if ! command -v uv >/dev/null 2>&1; then
+            # Installed where PATH does not look (say, a pyenv version without a rehash): run it through Python.
+            uv() { python3 -m uv "$@"; }
+        fi
     fi
     echo "== installing the workspace"
     uv sync --frozen --quiet

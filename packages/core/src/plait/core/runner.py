@@ -12,7 +12,7 @@ import inspect
 import logging
 import traceback
 import uuid
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -43,6 +43,7 @@ __all__ = [
     "check_timeout",
     "error_record",
     "new_flow_id",
+    "prepare_registration",
     "resolve_timeout",
     "validate_data",
 ]
@@ -109,6 +110,33 @@ def error_record(error: BaseException) -> ErrorRecord:
         "message": str(error),
         "traceback": "".join(traceback.format_exception(error)),
     }
+
+
+def prepare_registration(
+    definition: WorkflowDefinition[D, R],
+    consumer: IWorkflowConsumer[D, R] | None,
+    options: ConsumerOptions | None,
+    *,
+    registered: Container[str],
+    provider_id: str,
+    step_timeout: float | None,
+) -> Runner[D, R] | None:
+    """What every provider's ``register()`` checks first; returns the consumer's runner (``None`` without one).
+
+    Args:
+        registered: the workflow names the provider has already.
+        provider_id, step_timeout: the provider's, handed to the :class:`Runner`.
+
+    Raises:
+        DefinitionError: not a definition, a name registered twice, or a consumer that does not match.
+    """
+    if not isinstance(definition, WorkflowDefinition):
+        raise DefinitionError(f"register() takes a definition from Workflow.define(), got {definition!r}")
+    if definition.name in registered:
+        raise DefinitionError(f"Workflow '{definition.name}' is registered twice")
+    if consumer is None:
+        return None
+    return Runner(definition, consumer, options, provider_id=provider_id, step_timeout=step_timeout)
 
 
 class FlowView(Generic[D]):

@@ -51,7 +51,6 @@ from pydantic import BaseModel
 
 from plait.core import (
     ConsumerOptions,
-    DefinitionError,
     FlowHandle,
     FlowInfo,
     FlowNotFoundError,
@@ -62,7 +61,7 @@ from plait.core import (
     WorkflowNotRegisteredError,
 )
 from plait.core.engine import Engine, FlowState, build_error
-from plait.core.runner import Runner, check_same_flow, check_timeout, new_flow_id, validate_data
+from plait.core.runner import check_same_flow, check_timeout, new_flow_id, prepare_registration, validate_data
 from plait.providers.arq._keys import Job, Keys, dumps, loads
 from plait.providers.arq._notify import Notifier
 from plait.providers.arq._store import Store
@@ -198,13 +197,16 @@ class ArqWorkflowProvider:
         Raises:
             DefinitionError: the name is registered already, or the consumer does not match the definition.
         """
-        if not isinstance(definition, WorkflowDefinition):
-            raise DefinitionError(f"register() takes a definition from Workflow.define(), got {definition!r}")
-        if definition.name in self._registrations:
-            raise DefinitionError(f"Workflow '{definition.name}' is registered twice")
+        runner = prepare_registration(
+            definition,
+            consumer,
+            options,
+            registered=self._registrations,
+            provider_id=self.provider_id,
+            step_timeout=self.step_timeout,
+        )
         runtime = None
-        if consumer is not None:
-            runner = Runner(definition, consumer, options, provider_id=self.provider_id, step_timeout=self.step_timeout)
+        if runner is not None:
             runtime = WorkflowRuntime(runner, runner.options.concurrency or self.concurrency)
         self._registrations[definition.name] = _Registration(definition, runtime)
         if runtime is not None and self._worker is not None:

@@ -21,7 +21,6 @@ from pydantic import BaseModel
 
 from plait.core import (
     ConsumerOptions,
-    DefinitionError,
     FlowHandle,
     FlowInfo,
     FlowNotFoundError,
@@ -53,6 +52,7 @@ from plait.core.runner import (
     check_same_flow,
     check_timeout,
     new_flow_id,
+    prepare_registration,
     resolve_timeout,
     validate_data,
 )
@@ -199,13 +199,14 @@ class InProcessWorkflowProvider:
         Raises:
             DefinitionError: the name is registered already, or the consumer does not match the definition.
         """
-        if not isinstance(definition, WorkflowDefinition):
-            raise DefinitionError(f"register() takes a definition from Workflow.define(), got {definition!r}")
-        if definition.name in self._registrations:
-            raise DefinitionError(f"Workflow '{definition.name}' is registered twice")
-        runner = None
-        if consumer is not None:
-            runner = Runner(definition, consumer, options, provider_id=self.provider_id, step_timeout=self.step_timeout)
+        runner = prepare_registration(
+            definition,
+            consumer,
+            options,
+            registered=self._registrations,
+            provider_id=self.provider_id,
+            step_timeout=self.step_timeout,
+        )
         slots = runner.options.concurrency if runner is not None else None
         self._registrations[definition.name] = _Registration(definition, runner, slots)
 

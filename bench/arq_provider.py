@@ -11,7 +11,7 @@ serialisation, ``max_jobs`` as Plait's concurrency), then measures, alternating 
   (``enqueue_job``, then ``job.result()`` polling at the same small delay);
 * quiet: Redis commands per second (``INFO commandstats``) of an idle Plait worker.
 
-Run: ``uv run python bench/arq_provider.py [--flows N] [--rounds K] [--poll-delay S]``. Prints the numbers and
+Run: ``uv run python -m bench.arq_provider [--flows N] [--rounds K] [--poll-delay S]``. Prints the numbers and
 ratios; exits non-zero only if something crashes (targets are reported, not enforced).
 """
 
@@ -35,6 +35,7 @@ from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.worker import Worker
 from pydantic import BaseModel
 
+from bench.workload import Order, OrderWorkflow, ProcessOrder
 from plait.core import IWorkflowConsumer, StepContext, StepHandler, Workflow, WorkflowContext
 from plait.providers.arq import ArqWorkflowProvider
 from plait.providers.arq._keys import dumps, loads
@@ -43,79 +44,15 @@ ROOT = Path(__file__).resolve().parents[1]
 CONCURRENCY = 100  # Plait's per-workflow concurrency and arq's max_jobs
 
 
-class Order(BaseModel):
-    order_id: str
-    amount: float
-
-
-class Validated(BaseModel):
-    ok: bool
-
-
-class Charged(BaseModel):
-    charge_id: str
-
-
-class Sent(BaseModel):
-    sent: bool
-
-
-class Finalized(BaseModel):
-    done: bool
-
-
-class OrderResult(BaseModel):
-    charge_id: str
-
-
 class Out(BaseModel):
     n: int
 
 
-ProcessOrder = Workflow.define(name="bench-order", data=Order, result=OrderResult).steps(
-    lambda s: (
-        s.sequential(s.step("validate", Validated))
-        .sequential(s.step("charge", Charged))
-        .parallel(s.step("email", Sent), s.step("sms", Sent))
-        .sequential(s.step("finalize", Finalized))
-    )
-)
 ORDER_STEPS = len(ProcessOrder.step_names)
 
 Line = Workflow.define(name="bench-line", data=Out, result=Out).steps(
     lambda s: s.sequential(s.step("a", Out), s.step("b", Out), s.step("c", Out), s.step("d", Out))
 )
-
-
-class OrderWorkflow(IWorkflowConsumer[Order, OrderResult]):
-    """No-op handlers: the benchmark measures the transport, not the work."""
-
-    def __init__(self) -> None:
-        self.steps = {
-            "validate": StepHandler(execute=self.validate),
-            "charge": StepHandler(execute=self.charge, rollback=self.refund),
-            "email": StepHandler(execute=self.send),
-            "sms": StepHandler(execute=self.send),
-            "finalize": StepHandler(execute=self.finalize),
-        }
-
-    async def validate(self, ctx: StepContext[Order]) -> Validated:
-        return Validated(ok=True)
-
-    async def charge(self, ctx: StepContext[Order]) -> Charged:
-        return Charged(charge_id="ch-1")
-
-    async def refund(self, ctx: StepContext[Order]) -> None:
-        return None
-
-    async def send(self, ctx: StepContext[Order]) -> Sent:
-        return Sent(sent=True)
-
-    async def finalize(self, ctx: StepContext[Order]) -> Finalized:
-        return Finalized(done=True)
-
-    async def on_complete(self, ctx: WorkflowContext[Order]) -> OrderResult:
-        return OrderResult(charge_id="ch-1")
 
 
 class LineWorkflow(IWorkflowConsumer[Out, Out]):
@@ -342,7 +279,7 @@ def run(args: argparse.Namespace) -> None:
         env = {"PLAIT_BENCH_REDIS_URL": url}
         plait_cmd = [sys.executable, "-m", "plait.providers.arq", "worker", "bench.arq_provider:create_app"]
         plait_cmd += ["--app-dir", str(ROOT), "--log-level", "WARNING"]
-        arq_cmd = [sys.executable, str(ROOT / "bench" / "arq_provider.py"), "arq-worker", url, str(args.poll_delay)]
+        arq_cmd = [sys.executable, "-m", "bench.arq_provider", "arq-worker", url, str(args.poll_delay)]
         workers += [spawn(plait_cmd, env) for _ in range(2)]
         arq_workers = [spawn(arq_cmd, env) for _ in range(2)]
         workers += arq_workers

@@ -7,7 +7,7 @@ number of flows in batches of concurrent flows, alternating rounds so that a noi
 are computed from this process's CPU time (``time.process_time``), which other processes on a shared machine
 disturb far less than wall time; wall-clock rates are printed beside them.
 
-Run: ``uv run python bench/inprocess.py [--flows N] [--batch B] [--rounds K]``. Prints flows/s of both, the
+Run: ``uv run python -m bench.inprocess [--flows N] [--batch B] [--rounds K]``. Prints flows/s of both, the
 per-flow cost ratio, and exits 0 (targets are reported, not enforced: these machines are shared and noisy).
 """
 
@@ -20,76 +20,9 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable
 
-from pydantic import BaseModel
-
-from plait.core import IWorkflowConsumer, StepContext, StepHandler, Workflow, WorkflowContext
+from bench.workload import Charged, Finalized, Order, OrderResult, OrderWorkflow, ProcessOrder, Sent, Validated
+from plait.core import StepContext
 from plait.providers.inprocess import InProcessWorkflowProvider
-
-
-class Order(BaseModel):
-    order_id: str
-    amount: float
-
-
-class Validated(BaseModel):
-    ok: bool
-
-
-class Charged(BaseModel):
-    charge_id: str
-
-
-class Sent(BaseModel):
-    sent: bool
-
-
-class Finalized(BaseModel):
-    done: bool
-
-
-class OrderResult(BaseModel):
-    charge_id: str
-
-
-ProcessOrder = Workflow.define(name="bench-order", data=Order, result=OrderResult).steps(
-    lambda s: (
-        s.sequential(s.step("validate", Validated))
-        .sequential(s.step("charge", Charged))
-        .parallel(s.step("email", Sent), s.step("sms", Sent))
-        .sequential(s.step("finalize", Finalized))
-    )
-)
-
-
-class OrderWorkflow(IWorkflowConsumer[Order, OrderResult]):
-    """No-op handlers: the benchmark measures the engine, not the work."""
-
-    def __init__(self) -> None:
-        self.steps = {
-            "validate": StepHandler(execute=self.validate),
-            "charge": StepHandler(execute=self.charge, rollback=self.refund),
-            "email": StepHandler(execute=self.send),
-            "sms": StepHandler(execute=self.send),
-            "finalize": StepHandler(execute=self.finalize),
-        }
-
-    async def validate(self, ctx: StepContext[Order]) -> Validated:
-        return Validated(ok=True)
-
-    async def charge(self, ctx: StepContext[Order]) -> Charged:
-        return Charged(charge_id="ch-1")
-
-    async def refund(self, ctx: StepContext[Order]) -> None:
-        return None
-
-    async def send(self, ctx: StepContext[Order]) -> Sent:
-        return Sent(sent=True)
-
-    async def finalize(self, ctx: StepContext[Order]) -> Finalized:
-        return Finalized(done=True)
-
-    async def on_complete(self, ctx: WorkflowContext[Order]) -> OrderResult:
-        return OrderResult(charge_id="ch-1")
 
 
 async def baseline_flow(consumer: OrderWorkflow, order: Order) -> OrderResult:

@@ -26,10 +26,11 @@ R = TypeVar("R", bound=BaseModel)
 current_correlation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "plait_correlation_id", default=None
 )
-"""The correlation id of the request being handled, set by the application's middleware for its duration.
+"""The correlation id of the request being handled, or of the flow whose handler is running.
 
-Executors without a bound id read it, so a service injected with ``WorkflowExecutor`` and called from a request
-handler tags its flows with that request's id too.
+The application's middleware sets it for a request's duration, and the runner while a step, rollback or callback
+runs. Executors without a bound id read it, so a service injected with ``WorkflowExecutor`` tags the flows it
+starts with the id of the request, or of the flow, that it works for.
 """
 
 

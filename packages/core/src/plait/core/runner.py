@@ -33,6 +33,7 @@ from plait.core.engine import (
     build_error,
 )
 from plait.core.errors import DefinitionError, FlowConflictError, NonRetryableError, WorkflowValidationError
+from plait.core.executor import current_correlation_id
 from plait.core.options import ConsumerOptions
 from plait.core.workflow import WorkflowDefinition
 
@@ -242,30 +243,39 @@ class Runner(Generic[D, R]):
             provider_id=self.provider_id,
         )
 
-    async def _call(self, what: str, fn: Any, *args: object) -> Any:
-        timeout = self.step_timeout
-        if timeout is None:
-            out = fn(*args)
-            return await out if inspect.isawaitable(out) else out
-        scope = asyncio.timeout(timeout)
+    async def _call(self, what: str, fn: Any, ctx: WorkflowContext[D], *extra: object) -> Any:
+        # A flow that a handler starts through the application's executor carries this flow's correlation id.
+        token = current_correlation_id.set(ctx.correlation_id)
         try:
-            async with scope:
-                out = fn(*args)
+            timeout = self.step_timeout
+            if timeout is None:
+                out = fn(ctx, *extra)
                 return await out if inspect.isawaitable(out) else out
-        except TimeoutError as error:
-            if not scope.expired():
-                raise  # the handler's own TimeoutError (say, from an HTTP client): keep it as the cause
-            raise TimeoutError(f"{what} timed out after {timeout:g}s") from error
+            scope = asyncio.timeout(timeout)
+            try:
+                async with scope:
+                    out = fn(ctx, *extra)
+                    return await out if inspect.isawaitable(out) else out
+            except TimeoutError as error:
+                if not scope.expired():
+                    raise  # the handler's own TimeoutError (say, from an HTTP client): keep it as the cause
+                raise TimeoutError(f"{what} timed out after {timeout:g}s") from error
+        finally:
+            current_correlation_id.reset(token)
 
     async def run_step(self, view: FlowView[D], step: str, attempt: int) -> StepSucceeded | StepFailed:
         """Runs attempt ``attempt`` of ``step``; returns the event to hand to the engine."""
         ctx = self._context(view, step, attempt, self.engine.visible_steps(step))
         execute = self._executes[step]
         try:
-            if self.step_timeout is None:  # the common case, without _call's extra coroutine
-                out: Any = execute(ctx)
-                if inspect.isawaitable(out):
-                    out = await out
+            if self.step_timeout is None:  # the common case, without _call's extra coroutine (same as _call)
+                token = current_correlation_id.set(ctx.correlation_id)
+                try:
+                    out: Any = execute(ctx)
+                    if inspect.isawaitable(out):
+                        out = await out
+                finally:
+                    current_correlation_id.reset(token)
             else:
                 out = await self._call(f"Step '{step}'", execute, ctx)
         except _FAILURES as error:

@@ -48,3 +48,13 @@ async def test_readme_quickstart_serves_orders_through_the_app() -> None:
             assert (await client.get("/orders/flow-unknown")).status_code == 404
     finally:
         await app.stop()
+
+
+async def test_readme_testing_snippet_runs_against_the_quickstart() -> None:
+    ns = quickstart_namespace()
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    testing = next(block for block in blocks if "create_mock_step_context" in block)
+    exec(compile(testing, str(README), "exec"), ns)
+    await ns["test_charge_returns_the_charge_id"]()
+    await ns["test_place_order"]()
+    assert not ns["app"].started  # run_app stopped it

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -27,6 +28,7 @@ from plait.core import (
 )
 from plait.core.engine import FlowState
 from plait.providers.inprocess import InProcessWorkflowProvider
+from plait.testing import run_app
 
 
 class Item(BaseModel):
@@ -215,6 +217,58 @@ async def test_a_body_that_is_not_json_is_a_422(client: httpx.AsyncClient, conte
     assert response.status_code == 422
     assert response.json()["error"] == "invalid_json"
     assert response.json()["message"].startswith("The request body is not valid JSON: ")
+
+
+@pytest.mark.parametrize(
+    "content_type", [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data"]
+)
+async def test_a_body_without_a_json_content_type_is_a_415(client: httpx.AsyncClient, content_type: str | None) -> None:
+    # A cross-site form or a "simple" fetch can send text/plain; only JSON content types are read.
+    headers = {} if content_type is None else {"content-type": content_type}
+    response = await client.post("/orders", content=json.dumps(ORDER).encode(), headers=headers)
+    assert response.status_code == 415
+    assert response.json()["error"] == "unsupported_media_type"
+    assert "Content-Type: application/json" in response.json()["message"]
+
+
+@pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", "application/merge-patch+json"])
+async def test_json_content_types_with_parameters_or_suffixes_are_read(
+    client: httpx.AsyncClient, content_type: str
+) -> None:
+    response = await client.post("/orders", content=json.dumps(ORDER).encode(), headers={"content-type": content_type})
+    assert response.status_code == 202
+
+
+async def test_a_body_over_the_limit_is_a_413_even_without_a_content_length() -> None:
+    application = Plait.create(max_body_size=100).controller("/echo", EchoController)
+    async with run_app(application) as client:
+        small = await client.put("/echo/items/1", json={"sku": "a", "quantity": 1})
+        assert small.status_code == 200
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield b'{"sku": "' + b"x" * 80
+            yield b"x" * 80 + b'", "quantity": 1}'
+
+        streamed = await client.put("/echo/items/1", content=chunks(), headers={"content-type": "application/json"})
+        assert streamed.status_code == 413
+        assert streamed.json() == {
+            "error": "body_too_large",
+            "message": "The request body is larger than the limit of 100 bytes",
+        }
+        declared = await client.put("/echo/items/1", json={"sku": "x" * 200, "quantity": 1})
+        assert declared.status_code == 413
+
+
+async def test_the_default_body_limit_is_one_mebibyte(client: httpx.AsyncClient) -> None:
+    big = {"sku": "x" * (1024 * 1024), "quantity": 1}
+    assert (await client.put("/echo/items/1", json=big)).status_code == 413
+    assert (await client.put("/echo/items/1", json={"sku": "x" * 1000, "quantity": 1})).status_code == 200
+
+
+def test_max_body_size_must_be_a_positive_int() -> None:
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(PlaitError, match="max_body_size"):
+            Plait.create(max_body_size=bad)  # type: ignore[arg-type]
 
 
 async def test_a_body_of_the_wrong_shape_names_the_body(client: httpx.AsyncClient) -> None:

@@ -27,7 +27,14 @@ from plait.core.errors import DefinitionError, PlaitError, ProviderNotStartedErr
 from plait.core.executor import CorrelatedExecutor
 from plait.core.options import ConsumerOptions
 from plait.core.provider import WorkflowExecutor, WorkflowProvider
-from plait.core.routing import PlaitMiddleware, RouteBuilder, RouteSpec, build_routes, exception_handlers
+from plait.core.routing import (
+    MAX_BODY_SIZE,
+    PlaitMiddleware,
+    RouteBuilder,
+    RouteSpec,
+    build_routes,
+    exception_handlers,
+)
 from plait.core.workflow import WorkflowDefinition
 
 __all__ = ["AppContext", "Application", "Plait", "WorkflowRegistration"]
@@ -48,6 +55,8 @@ class Plait:
     @staticmethod
     def create(
         container: containers.Container | type[containers.DeclarativeContainer] | None = None,
+        *,
+        max_body_size: int = MAX_BODY_SIZE,
     ) -> Application:
         """Returns a new, empty :class:`Application`.
 
@@ -56,10 +65,12 @@ class Plait:
                 instantiate). Its providers can be given as dependencies, a class it provides can be named as a
                 dependency without registering it again, and its resources are initialised at ``start()`` and
                 shut down at ``stop()``.
+            max_body_size: the most bytes a request handler's ``ctx.body()`` reads (1 MiB by default); a larger
+                body is answered with a 413.
         """
         if isinstance(container, type):
             container = container()
-        return Application(container)
+        return Application(container, max_body_size=max_body_size)
 
 
 @dataclass(slots=True)
@@ -161,7 +172,10 @@ class Application:
     or without HTTP with ``await start()`` / ``await stop()`` (a worker process, a script, a test).
     """
 
-    def __init__(self, container: containers.Container | None = None) -> None:
+    def __init__(self, container: containers.Container | None = None, *, max_body_size: int = MAX_BODY_SIZE) -> None:
+        if isinstance(max_body_size, bool) or not isinstance(max_body_size, int) or max_body_size < 1:
+            raise PlaitError(f"max_body_size must be a positive int of bytes, got {max_body_size!r}")
+        self.max_body_size = max_body_size
         self._executor = CorrelatedExecutor(self._running_provider)
         self._graph = ServiceGraph(container, instances={WorkflowExecutor: self._executor})
         self._user_container = container
@@ -354,7 +368,7 @@ class Application:
         return routes
 
     def _starlette_routes(self) -> list[BaseRoute]:
-        return list(build_routes(self._routes, self._executor))
+        return list(build_routes(self._routes, self._executor, self.max_body_size))
 
     def _running_provider(self) -> WorkflowProvider:
         # Before the first start the provider has no registrations yet, so refuse here. After that, the provider

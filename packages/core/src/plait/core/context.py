@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Mapping, MutableMapping
 from types import MappingProxyType
@@ -9,7 +11,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
-__all__ = ["StepContext", "WorkflowContext"]
+__all__ = ["StepContext", "WorkflowContext", "idempotency_key"]
 
 D_co = TypeVar("D_co", bound=BaseModel, covariant=True)
 M = TypeVar("M", bound=BaseModel)
@@ -39,9 +41,10 @@ class WorkflowContext(Generic[D_co]):
         meta: propagated metadata (correlation and trace ids).
         correlation_id: ``meta["correlation_id"]``, else the flow id.
         provider_id: which provider instance runs this code.
+        kind: what runs: ``"step"``, ``"rollback"``, ``"on_complete"`` or ``"on_error"``.
     """
 
-    __slots__ = ("_log", "correlation_id", "data", "flow_id", "meta", "provider_id", "results", "workflow")
+    __slots__ = ("_log", "correlation_id", "data", "flow_id", "kind", "meta", "provider_id", "results", "workflow")
 
     def __init__(
         self,
@@ -52,8 +55,10 @@ class WorkflowContext(Generic[D_co]):
         results: Mapping[str, BaseModel],
         meta: Mapping[str, str],
         provider_id: str,
+        kind: str = "on_complete",
     ) -> None:
         self.flow_id = flow_id
+        self.kind = kind
         self.workflow = workflow
         self.data = data
         # Read-only views, not copies: providers hand over a fresh results dict and never mutate meta.
@@ -83,6 +88,16 @@ class WorkflowContext(Generic[D_co]):
                 },
             )
         return self._log
+
+    @property
+    def idempotency_key(self) -> str:
+        """A key to hand to external APIs so that a re-run of this handler is deduplicated there.
+
+        It is the same for every attempt of the same handler of the same flow, in every process (a step re-run
+        after a crash gets the key its first run had), and differs between handlers: a step's execute and its
+        rollback, each step, each for-each item. 32 hex digits.
+        """
+        return idempotency_key(self.flow_id, self.kind, self.step_name)
 
     def result(self, step: str, model: type[M]) -> M:
         """Returns step ``step``'s result typed as ``model``.
@@ -121,9 +136,16 @@ class StepContext(WorkflowContext[D_co]):
         provider_id: str,
         step_name: str,
         attempt: int,
+        kind: str = "step",
     ) -> None:
         super().__init__(
-            flow_id=flow_id, workflow=workflow, data=data, results=results, meta=meta, provider_id=provider_id
+            flow_id=flow_id,
+            workflow=workflow,
+            data=data,
+            results=results,
+            meta=meta,
+            provider_id=provider_id,
+            kind=kind,
         )
         self._step_name = step_name
         self.attempt = attempt
@@ -132,3 +154,10 @@ class StepContext(WorkflowContext[D_co]):
     def step_name(self) -> str:
         """The step being run (or rolled back)."""
         return self._step_name
+
+
+def idempotency_key(flow_id: str, kind: str, step: str | None, index: int | None = None) -> str:
+    """The idempotency key of one handler of one flow (see :attr:`WorkflowContext.idempotency_key`)."""
+    # A JSON array, not a joined string: no flow id can be crafted to collide with another flow's keys.
+    identity = json.dumps([flow_id, kind, step, index], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(identity.encode()).hexdigest()[:32]

@@ -9,13 +9,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 __all__ = [
+    "CorruptFlowError",
     "DefinitionError",
     "FlowConflictError",
     "FlowNotFoundError",
+    "FlowStateError",
+    "NoEffectError",
     "NonRetryableError",
+    "PayloadTooLargeError",
     "PlaitError",
     "ProviderNotStartedError",
+    "ProviderUnavailableError",
     "RemoteError",
+    "SignalError",
     "WorkflowCancelledError",
     "WorkflowCompletionError",
     "WorkflowError",
@@ -36,17 +42,18 @@ class DefinitionError(PlaitError):
 
 
 class WorkflowValidationError(PlaitError):
-    """The data given to ``execute()`` does not match the workflow's ``data`` model.
+    """The data given to ``execute()`` (or a signal's payload) does not match its model.
 
-    Nothing was persisted or enqueued. ``errors`` is pydantic's list of problems.
+    Nothing was persisted or enqueued. ``errors`` is pydantic's list of problems (empty when the data could not
+    be read at all, for instance because it nests too deeply).
     """
 
-    def __init__(self, workflow: str, cause: Exception) -> None:
+    def __init__(self, workflow: str, cause: Exception, *, what: str = "data") -> None:
         self.workflow = workflow
         self.cause = cause
         errors = getattr(cause, "errors", None)
         self.errors: list[dict[str, object]] = list(errors()) if callable(errors) else []
-        super().__init__(f"Invalid data for workflow '{workflow}': {cause}")
+        super().__init__(f"Invalid {what} for workflow '{workflow}': {cause}")
 
 
 class WorkflowNotRegisteredError(PlaitError):
@@ -78,11 +85,68 @@ class ProviderNotStartedError(PlaitError):
     """The provider is not running: call ``await provider.start()`` first (or it was stopped)."""
 
 
+class ProviderUnavailableError(PlaitError):
+    """The provider's backing store (Redis, say) cannot be reached right now; nothing was changed.
+
+    Raised quickly by ``execute()`` and reads during an outage, so that a request handler can answer 503 rather
+    than hang. Waiting callers (``result()``) ride through outages instead.
+    """
+
+
+class FlowStateError(PlaitError):
+    """The flow's status does not allow the operation (compensating a flow that has not completed, say).
+
+    Attributes:
+        flow_id: the flow.
+        status: its status when the operation was refused.
+    """
+
+    def __init__(self, flow_id: str, status: str, message: str) -> None:
+        self.flow_id = flow_id
+        self.status = status
+        super().__init__(f"Flow '{flow_id}' is {status}: {message}")
+
+
+class CorruptFlowError(PlaitError):
+    """A flow's stored state cannot be read (it was damaged, or written by an incompatible version).
+
+    Such a flow is failed once by the worker that finds it; reads of it raise this error, naming the flow.
+    """
+
+    def __init__(self, flow_id: str, reason: str) -> None:
+        self.flow_id = flow_id
+        self.reason = reason
+        super().__init__(f"Flow '{flow_id}' has unreadable state: {reason}")
+
+
+class SignalError(PlaitError):
+    """A signal cannot be delivered: the workflow declares no such signal, the flow has ended, or a signal of
+    that name already arrived with another payload."""
+
+
+class PayloadTooLargeError(PlaitError):
+    """Data, an output or a signal payload is larger, as JSON, than the provider's ``max_payload_size``."""
+
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(f"{what} is {size:,} bytes of JSON, above the limit of {limit:,} bytes (max_payload_size)")
+
+
 class NonRetryableError(PlaitError):
     """Raise it (or a subclass) from a step to fail that step at once, without its remaining attempts.
 
     For failures that the same input will always meet again: a declined card, a rejected address. The flow then
     rolls back as for any failed step; the error's cause is this exception.
+    """
+
+
+class NoEffectError(NonRetryableError):
+    """Raise it from a step to say the failed attempt changed nothing, so no rollback is needed for it.
+
+    It matters for steps registered with ``StepHandler(..., rollback_if_failed=True)``: such a step is normally
+    rolled back even when it fails (its failure may have had an effect); this error skips that rollback. Like any
+    :class:`NonRetryableError`, it also fails the step at once.
     """
 
 

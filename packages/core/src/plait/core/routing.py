@@ -9,7 +9,9 @@ read.
 
 Errors a handler lets through become JSON responses ``{"error": <code>, "message": ..., ...}``: a body that is not
 JSON or does not validate (``ctx.body``) and data ``execute()`` rejects are 422 with ``fields`` naming each invalid
-field, an unknown flow id is 404, a provider that is not running is 503; anything else is Starlette's 500.
+field, a body sent without a JSON content type is 415 (a cross-site form cannot send one), a body over the size
+limit is 413, an unknown flow id is 404, a provider that is not running or cannot reach its store is 503;
+anything else is Starlette's 500.
 """
 
 from __future__ import annotations
@@ -31,7 +33,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from plait.core.errors import FlowNotFoundError, PlaitError, ProviderNotStartedError, WorkflowValidationError
+from plait.core.errors import (
+    FlowNotFoundError,
+    PayloadTooLargeError,
+    PlaitError,
+    ProviderNotStartedError,
+    ProviderUnavailableError,
+    WorkflowValidationError,
+)
 from plait.core.executor import CorrelatedExecutor, current_correlation_id
 from plait.core.provider import WorkflowExecutor
 
@@ -48,6 +57,8 @@ CORRELATION_HEADER = "x-correlation-id"
 REQUEST_ID_HEADER = "x-request-id"
 _SCOPE_KEY = "plait.correlation_id"
 _MAX_ID_LENGTH = 200
+MAX_BODY_SIZE = 1024 * 1024
+"""The default limit of a request body read by ``ctx.body()``: 1 MiB."""
 _PARAM = re.compile(r"{[^}:]*(:[^}]*)?}")
 
 _log = logging.getLogger("plait.app")
@@ -142,14 +153,18 @@ class RequestContext:
         request: the Starlette request.
         workflows: the application's executor, bound to this request's correlation id.
         correlation_id: this request's correlation id (also echoed in the ``x-correlation-id`` response header).
+        max_body_size: the most bytes ``body()`` reads (``Plait.create(max_body_size=...)``).
     """
 
-    __slots__ = ("correlation_id", "request", "workflows")
+    __slots__ = ("correlation_id", "max_body_size", "request", "workflows")
 
-    def __init__(self, request: Request, workflows: WorkflowExecutor, correlation_id: str) -> None:
+    def __init__(
+        self, request: Request, workflows: WorkflowExecutor, correlation_id: str, max_body_size: int = MAX_BODY_SIZE
+    ) -> None:
         self.request = request
         self.workflows = workflows
         self.correlation_id = correlation_id
+        self.max_body_size = max_body_size
 
     @property
     def params(self) -> Mapping[str, Any]:
@@ -164,11 +179,15 @@ class RequestContext:
     async def body(self, model: type[M]) -> M:
         """Parses the JSON body into ``model``.
 
+        The request must say its body is JSON (``Content-Type: application/json``, or another ``+json`` type):
+        a cross-site form post cannot, so a browser cannot be tricked into starting a flow.
+
         Raises:
-            HTTPException: a subclass that the application turns into a 422 JSON response naming each invalid
-                field (or saying the body is not JSON).
+            HTTPException: a subclass that the application turns into a JSON response: 415 without a JSON
+                content type, 413 for a body over ``max_body_size``, 422 naming each invalid field (or saying the
+                body is not JSON).
         """
-        raw = await self.request.body()
+        raw = await read_json_body(self.request, self.max_body_size)
         try:
             return model.model_validate_json(raw)
         except ValidationError as error:
@@ -180,6 +199,45 @@ class RequestContext:
 
     def __repr__(self) -> str:
         return f"RequestContext({self.request.method} {self.request.url.path}, correlation_id={self.correlation_id!r})"
+
+
+def is_json_content_type(value: str) -> bool:
+    """Whether a ``Content-Type`` header value names JSON (``application/json`` or ``application/<x>+json``)."""
+    media = value.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+async def read_json_body(request: Request, limit: int) -> bytes:
+    """Reads a request's body, refusing one that is not declared JSON (415) or is longer than ``limit`` (413)."""
+    if not is_json_content_type(request.headers.get("content-type", "")):
+        raise RequestBodyError(
+            415, "unsupported_media_type", "The request body must be JSON: send Content-Type: application/json"
+        )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    request._body = body  # later request.body() calls read it from here, as Starlette does itself
+    return body
+
+
+def _too_large(limit: int) -> RequestBodyError:
+    return RequestBodyError(413, "body_too_large", f"The request body is larger than the limit of {limit:,} bytes")
+
+
+class RequestBodyError(HTTPException):
+    """A request body refused before parsing: not declared JSON (415) or too large (413)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(status, message)
 
 
 class InvalidBodyError(HTTPException):
@@ -210,17 +268,27 @@ def field_errors(errors: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
     ]
 
 
-def build_routes(specs: Sequence[RouteSpec], executor: CorrelatedExecutor) -> list[Route]:
+def build_routes(
+    specs: Sequence[RouteSpec], executor: CorrelatedExecutor, max_body_size: int = MAX_BODY_SIZE
+) -> list[Route]:
     """Starlette routes that call each handler with a :class:`RequestContext`."""
-    return [Route(spec.path, _endpoint(spec, executor), methods=[spec.method]) for spec in specs]
+    return [Route(spec.path, _endpoint(spec, executor, max_body_size), methods=[spec.method]) for spec in specs]
 
 
-def _endpoint(spec: RouteSpec, executor: CorrelatedExecutor) -> Callable[[Request], Awaitable[Response]]:
+def request_correlation_id(request: Request) -> str:
+    """The correlation id the middleware gave ``request`` (a new one outside the middleware)."""
+    return request.scope.get(_SCOPE_KEY) or current_correlation_id.get() or new_correlation_id()
+
+
+def _endpoint(
+    spec: RouteSpec, executor: CorrelatedExecutor, max_body_size: int
+) -> Callable[[Request], Awaitable[Response]]:
     handler = spec.handler
 
     async def endpoint(request: Request) -> Response:
-        correlation_id = request.scope.get(_SCOPE_KEY) or current_correlation_id.get() or new_correlation_id()
-        response = await handler(RequestContext(request, executor.bind(correlation_id), correlation_id))
+        correlation_id = request_correlation_id(request)
+        ctx = RequestContext(request, executor.bind(correlation_id), correlation_id, max_body_size)
+        response = await handler(ctx)
         if not isinstance(response, Response):
             raise TypeError(
                 f"Handler of {spec.method} {spec.path} returned {type(response).__name__}, not a Response: "
@@ -290,15 +358,28 @@ def exception_handlers() -> dict[type[Exception], Callable[[Request, Exception],
     """JSON responses for the errors a handler lets through: bad bodies and data (422), unknown flows (404)."""
     return {
         InvalidBodyError: _invalid_body,
+        RequestBodyError: _refused_body,
         WorkflowValidationError: _invalid_data,
+        PayloadTooLargeError: _payload_too_large,
         FlowNotFoundError: _not_found,
         ProviderNotStartedError: _not_running,
+        ProviderUnavailableError: _not_running,
     }
 
 
 async def _invalid_body(request: Request, error: Exception) -> Response:
     assert isinstance(error, InvalidBodyError)
     return _error(422, "invalid_json" if error.not_json else "invalid_body", error.detail, fields=error.fields)
+
+
+async def _refused_body(request: Request, error: Exception) -> Response:
+    assert isinstance(error, RequestBodyError)
+    return _error(error.status_code, error.code, error.detail)
+
+
+async def _payload_too_large(request: Request, error: Exception) -> Response:
+    assert isinstance(error, PayloadTooLargeError)
+    return _error(413, "payload_too_large", str(error), size=error.size, limit=error.limit)
 
 
 async def _invalid_data(request: Request, error: Exception) -> Response:
@@ -312,8 +393,9 @@ async def _not_found(request: Request, error: Exception) -> Response:
 
 
 async def _not_running(request: Request, error: Exception) -> Response:
-    _log.error("Workflow provider not running while handling %s %s: %s", request.method, request.url.path, error)
-    return _error(503, "not_started", str(error))
+    _log.error("Workflow provider not available while handling %s %s: %s", request.method, request.url.path, error)
+    code = "unavailable" if isinstance(error, ProviderUnavailableError) else "not_started"
+    return _error(503, code, str(error))
 
 
 def _error(status: int, code: str, message: str, **extra: object) -> JSONResponse:

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Container, Iterable
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from plait.core.consumer import IWorkflowConsumer, check_consumer
 from plait.core.context import StepContext, WorkflowContext
@@ -32,14 +32,16 @@ from plait.core.engine import (
     StepSucceeded,
     build_error,
 )
-from plait.core.errors import DefinitionError, FlowConflictError, NonRetryableError, WorkflowValidationError
+from plait.core.errors import DefinitionError, FlowConflictError, NonRetryableError, PayloadTooLargeError
 from plait.core.executor import current_correlation_id
 from plait.core.options import ConsumerOptions
+from plait.core.validation import MAX_PAYLOAD_SIZE, check_flow_id, json_size, validate
 from plait.core.workflow import WorkflowDefinition
 
 __all__ = [
     "FlowView",
     "Runner",
+    "check_flow_id",
     "check_same_flow",
     "check_timeout",
     "error_record",
@@ -60,21 +62,19 @@ def new_flow_id() -> str:
     return f"flow-{uuid.uuid4().hex}"
 
 
-def validate_data(definition: WorkflowDefinition[D, Any], data: object) -> D:
+def validate_data(
+    definition: WorkflowDefinition[D, Any], data: object, *, max_size: int = MAX_PAYLOAD_SIZE
+) -> tuple[D, Any]:
     """Validates ``data`` (a model instance or a mapping) against the definition's ``data`` model.
+
+    Returns:
+        The validated model and its JSON form, which is what a provider stores.
 
     Raises:
         WorkflowValidationError: naming the workflow and pydantic's problems.
+        PayloadTooLargeError: the data is larger, as JSON, than ``max_size`` bytes.
     """
-    model = definition.data
-    if type(data) is model:
-        return data  # exactly the model: pydantic validated it when it was built
-    try:
-        if isinstance(data, BaseModel):
-            data = data.model_dump()
-        return model.model_validate(data)
-    except ValidationError as error:
-        raise WorkflowValidationError(definition.name, error) from error
+    return validate(definition.data, data, workflow=definition.name, what="data", max_size=max_size)
 
 
 def check_same_flow(state: FlowState, workflow: str, data: object) -> None:
@@ -121,12 +121,13 @@ def prepare_registration(
     registered: Container[str],
     provider_id: str,
     step_timeout: float | None,
+    max_payload_size: int = MAX_PAYLOAD_SIZE,
 ) -> Runner[D, R] | None:
     """What every provider's ``register()`` checks first; returns the consumer's runner (``None`` without one).
 
     Args:
         registered: the workflow names the provider has already.
-        provider_id, step_timeout: the provider's, handed to the :class:`Runner`.
+        provider_id, step_timeout, max_payload_size: the provider's, handed to the :class:`Runner`.
 
     Raises:
         DefinitionError: not a definition, a name registered twice, or a consumer that does not match.
@@ -137,7 +138,14 @@ def prepare_registration(
         raise DefinitionError(f"Workflow '{definition.name}' is registered twice")
     if consumer is None:
         return None
-    return Runner(definition, consumer, options, provider_id=provider_id, step_timeout=step_timeout)
+    return Runner(
+        definition,
+        consumer,
+        options,
+        provider_id=provider_id,
+        step_timeout=step_timeout,
+        max_payload_size=max_payload_size,
+    )
 
 
 class FlowView(Generic[D]):
@@ -185,12 +193,23 @@ class Runner(Generic[D, R]):
         options: the consumer's options; ``None`` for the defaults.
         provider_id: the running provider's id, shown in contexts and logs.
         step_timeout: the provider's default step timeout, used when ``options.step_timeout`` is ``None``.
+        max_payload_size: the most bytes of JSON a step's output or the flow's result may take.
 
     Raises:
         DefinitionError: the consumer does not match the definition.
     """
 
-    __slots__ = ("_executes", "_outputs", "consumer", "definition", "engine", "options", "provider_id", "step_timeout")
+    __slots__ = (
+        "_executes",
+        "_outputs",
+        "consumer",
+        "definition",
+        "engine",
+        "max_payload_size",
+        "options",
+        "provider_id",
+        "step_timeout",
+    )
 
     def __init__(
         self,
@@ -200,6 +219,7 @@ class Runner(Generic[D, R]):
         *,
         provider_id: str = "",
         step_timeout: float | None = None,
+        max_payload_size: int = MAX_PAYLOAD_SIZE,
     ) -> None:
         if options is not None and not isinstance(options, ConsumerOptions):
             raise DefinitionError(
@@ -211,6 +231,7 @@ class Runner(Generic[D, R]):
         self.engine = Engine(definition, self.options, check_consumer(definition, consumer))
         self.provider_id = provider_id
         self.step_timeout = resolve_timeout(self.options.step_timeout, step_timeout)
+        self.max_payload_size = max_payload_size
         # Looked up once per step run: keep them a dict access away.
         self._executes = {name: handler.execute for name, handler in consumer.steps.items()}
         self._outputs = {name: definition.step(name).output for name in definition.step_names}
@@ -219,7 +240,9 @@ class Runner(Generic[D, R]):
         """A :class:`FlowView` of ``state``."""
         return FlowView(self.definition, state, data)
 
-    def _context(self, view: FlowView[D], step: str, attempt: int, names: Iterable[str]) -> StepContext[D]:
+    def _context(
+        self, view: FlowView[D], step: str, attempt: int, names: Iterable[str], kind: str = "step"
+    ) -> StepContext[D]:
         state = view.state
         return StepContext(
             flow_id=state.flow_id,
@@ -230,9 +253,10 @@ class Runner(Generic[D, R]):
             provider_id=self.provider_id,
             step_name=step,
             attempt=attempt,
+            kind=kind,
         )
 
-    def _workflow_context(self, view: FlowView[D]) -> WorkflowContext[D]:
+    def _workflow_context(self, view: FlowView[D], kind: str) -> WorkflowContext[D]:
         state = view.state
         return WorkflowContext(
             flow_id=state.flow_id,
@@ -241,6 +265,7 @@ class Runner(Generic[D, R]):
             results=view.results(self.definition.step_names),
             meta=state.meta,
             provider_id=self.provider_id,
+            kind=kind,
         )
 
     async def _call(self, what: str, fn: Any, ctx: WorkflowContext[D], *extra: object) -> Any:
@@ -262,6 +287,11 @@ class Runner(Generic[D, R]):
                 raise TimeoutError(f"{what} timed out after {timeout:g}s") from error
         finally:
             current_correlation_id.reset(token)
+
+    def _check_size(self, value: Any, what: str) -> None:
+        size = json_size(value)
+        if size > self.max_payload_size:
+            raise PayloadTooLargeError(f"The {what}", size, self.max_payload_size)
 
     async def run_step(self, view: FlowView[D], step: str, attempt: int) -> StepSucceeded | StepFailed:
         """Runs attempt ``attempt`` of ``step``; returns the event to hand to the engine."""
@@ -287,6 +317,7 @@ class Runner(Generic[D, R]):
         try:
             model = out if type(out) is output_model else output_model.model_validate(_plain(out))
             output = model.model_dump(mode="json")
+            self._check_size(output, f"output of step '{step}'")
         except Exception as error:
             # A handler that returns the wrong shape, or a value JSON cannot hold, will do so again: no retry.
             view.exceptions["step", step] = error
@@ -301,7 +332,7 @@ class Runner(Generic[D, R]):
         rollback = self.consumer.steps[step].rollback
         if rollback is None:  # pragma: no cover - the engine only asks for rollbacks that exist
             return RollbackSucceeded(step, attempt)
-        ctx = self._context(view, step, attempt, self.definition.step_names)
+        ctx = self._context(view, step, attempt, self.definition.step_names, "rollback")
         try:
             await self._call(f"Rollback of step '{step}'", rollback, ctx)
         except _FAILURES as error:
@@ -312,7 +343,7 @@ class Runner(Generic[D, R]):
 
     async def run_complete(self, view: FlowView[D]) -> CompleteSucceeded | CompleteFailed:
         """Calls ``on_complete`` and validates its result."""
-        ctx = self._workflow_context(view)
+        ctx = self._workflow_context(view, "on_complete")
         result_model = self.definition.result
         try:
             out = await self._call("on_complete", self.consumer.on_complete, ctx)
@@ -323,6 +354,7 @@ class Runner(Generic[D, R]):
         try:
             model = out if type(out) is result_model else result_model.model_validate(_plain(out))
             result = model.model_dump(mode="json")
+            self._check_size(result, "result")
         except Exception as error:
             view.exceptions["complete", None] = error
             record = error_record(error)
@@ -332,7 +364,7 @@ class Runner(Generic[D, R]):
 
     async def run_on_error(self, view: FlowView[D]) -> ErrorHandled:
         """Calls ``on_error`` with the flow's error; an exception there is logged and swallowed."""
-        ctx = self._workflow_context(view)
+        ctx = self._workflow_context(view, "on_error")
         error = build_error(view.state, view.exceptions)
         try:
             await self._call("on_error", self.consumer.on_error, ctx, error)
@@ -342,9 +374,11 @@ class Runner(Generic[D, R]):
         return ErrorHandled()
 
 
-# A handler may raise CancelledError without being cancelled (it awaited a future somebody else cancelled);
-# that is a failure like any other, whereas a cancellation of the running task itself must propagate.
-_FAILURES = (Exception, asyncio.CancelledError)
+# Whatever a handler raises fails that attempt, BaseExceptions included: a handler's SystemExit,
+# KeyboardInterrupt or GeneratorExit must not stop the process (or leave its flow running forever). Only the
+# provider cancelling the running task itself (a timeout, a shutdown) propagates; a CancelledError the handler
+# raised without being cancelled (it awaited a future somebody else cancelled) is a failure like any other.
+_FAILURES = BaseException
 
 
 def _reraise_cancellation(error: BaseException) -> None:

@@ -26,6 +26,7 @@ from plait.core import (
 )
 from plait.testing._contract_failure import FailureRules
 from plait.testing._contract_flow import FlowRules
+from plait.testing._contract_hardening import HardeningRules
 from plait.testing._scripted import (
     DIAMOND,
     FOREVER,
@@ -41,7 +42,7 @@ __all__ = ["ProviderContract"]
 
 
 @pytest.mark.asyncio
-class ProviderContract(FailureRules, FlowRules):
+class ProviderContract(HardeningRules, FailureRules, FlowRules):
     """DESIGN §3 as a pytest class: subclass it and override the ``provider`` fixture.
 
     The fixture returns a new, unstarted provider; each test registers its workflows on it, starts it and stops

@@ -28,6 +28,7 @@ from plait.core import (
 )
 
 __all__ = [
+    "BAG",
     "BARE",
     "DIAMOND",
     "FAST",
@@ -38,6 +39,7 @@ __all__ = [
     "SOLO",
     "AOut",
     "BOut",
+    "Bag",
     "COut",
     "Call",
     "DOut",
@@ -115,6 +117,12 @@ class Opaque(BaseModel):
     value: Any = None
 
 
+class Bag(Order):
+    """Order data that may carry anything besides."""
+
+    extra: Any = None
+
+
 class StepBoom(Exception):
     """Raised by scripted steps, rollbacks and callbacks that are told to fail."""
 
@@ -151,6 +159,11 @@ OPAQUE = Workflow.define(name="contract-opaque", data=Order, result=FlowOut).ste
 )
 """Step a, then step b whose output can hold anything."""
 
+BAG = Workflow.define(name="contract-bag", data=Bag, result=FlowOut).steps(
+    lambda s: s.sequential(s.step("a", AOut), s.step("b", BOut))
+)
+"""Steps a and b over data that may carry anything."""
+
 FAST = Backoff.fixed(0.01)
 FOREVER = 1_000_000  # attempts that fail: every one
 
@@ -172,6 +185,8 @@ class Do:
         plain: return a dict rather than the output model.
         rollback: whether the step has a rollback.
         rollback_fail: the first ``rollback_fail`` rollback attempts raise.
+        rollback_raises: what a failing rollback attempt raises.
+        pad: add a string of this many characters to the output (to make it large).
         rollback_sleep: seconds each rollback attempt takes.
         finish_late: when cancelled, keep going and return the output anyway (a worker that cannot be interrupted).
     """
@@ -185,6 +200,8 @@ class Do:
     plain: bool = False
     rollback: bool = True
     rollback_fail: int = 0
+    rollback_raises: type[BaseException] = StepBoom
+    pad: int = 0
     rollback_sleep: float = 0.0
     finish_late: bool = False
 
@@ -208,7 +225,7 @@ class Scripted(IWorkflowConsumer[Order, FlowOut]):
 
     def __init__(
         self,
-        definition: WorkflowDefinition[Order, FlowOut],
+        definition: WorkflowDefinition[Any, FlowOut],
         plan: Mapping[str, Do] | None = None,
         *,
         complete: Literal["ok", "raise", "invalid"] = "ok",
@@ -264,7 +281,8 @@ class Scripted(IWorkflowConsumer[Order, FlowOut]):
                 if do.invalid:
                     invalid: dict[str, object] = {"step": name, "attempt": "not a number", "seen": None}
                     return self._end(call, "ok", invalid)
-                fields: dict[str, object] = {"step": name, "attempt": ctx.attempt, "seen": list(ctx.results)}
+                seen = [*ctx.results, "x" * do.pad] if do.pad else list(ctx.results)
+                fields: dict[str, object] = {"step": name, "attempt": ctx.attempt, "seen": seen}
                 return self._end(call, "ok", fields if do.plain else output.model_validate(fields))
             except BaseException as error:
                 if call.outcome == "running":
@@ -282,7 +300,7 @@ class Scripted(IWorkflowConsumer[Order, FlowOut]):
                 await asyncio.sleep(do.rollback_sleep)
             if ctx.attempt <= do.rollback_fail:
                 self._end(call, "raised", None)
-                raise StepBoom(f"rollback boom {name} {ctx.attempt}")
+                raise do.rollback_raises(f"rollback boom {name} {ctx.attempt}")
             self._end(call, "ok", None)
 
         return rollback

@@ -61,7 +61,15 @@ from plait.core import (
     WorkflowNotRegisteredError,
 )
 from plait.core.engine import Engine, FlowState, build_error
-from plait.core.runner import check_same_flow, check_timeout, new_flow_id, prepare_registration, validate_data
+from plait.core.runner import (
+    check_flow_id,
+    check_same_flow,
+    check_timeout,
+    new_flow_id,
+    prepare_registration,
+    validate_data,
+)
+from plait.core.validation import MAX_PAYLOAD_SIZE, check_max_payload_size
 from plait.providers.arq._keys import Job, Keys, dumps, loads
 from plait.providers.arq._notify import Notifier
 from plait.providers.arq._store import Store
@@ -133,6 +141,7 @@ class ArqWorkflowProvider:
         concurrency: jobs of one workflow this process runs at once, unless its registration's
             ``ConsumerOptions.concurrency`` says otherwise (arq's ``max_jobs``, per workflow).
         stop_grace: seconds ``stop()`` lets running jobs finish before handing them back to their queues.
+        max_payload_size: the most bytes of JSON a flow's data, a step's output or a signal's payload may take.
     """
 
     def __init__(
@@ -150,7 +159,9 @@ class ArqWorkflowProvider:
         retention: float = 7 * _DAY,
         concurrency: int = 10,
         stop_grace: float = 10.0,
+        max_payload_size: int = MAX_PAYLOAD_SIZE,
     ) -> None:
+        self.max_payload_size = check_max_payload_size(max_payload_size)
         settings = redis_url if isinstance(redis_url, ArqSettings) else ArqSettings.from_url(redis_url)
         if password is not None:
             settings = replace(settings, password=password)
@@ -204,6 +215,7 @@ class ArqWorkflowProvider:
             registered=self._registrations,
             provider_id=self.provider_id,
             step_timeout=self.step_timeout,
+            max_payload_size=self.max_payload_size,
         )
         runtime = None
         if runner is not None:
@@ -292,13 +304,14 @@ class ArqWorkflowProvider:
             FlowConflictError: ``id`` names an existing flow of another workflow or with other data.
             ProviderNotStartedError: the provider is not started (or is stopping).
         """
-        model = validate_data(definition, data)
+        if id is not None:
+            id = check_flow_id(id)
+        _, payload = validate_data(definition, data, max_size=self.max_payload_size)
         check_timeout(timeout, "execute(timeout=)")
         store = self._running_store()
         registration = self._registrations.get(definition.name)
         if registration is None:
             raise WorkflowNotRegisteredError(definition.name, "register the definition (a consumer is optional)")
-        payload = model.model_dump(mode="json")
         flow_id = new_flow_id() if id is None else id
         state = registration.engine.new_state(flow_id, payload, meta=meta, timeout=timeout, now=time.time())
         start = Job("start", definition.name, flow_id)

@@ -49,6 +49,7 @@ from plait.core.engine import (
 from plait.core.runner import (
     FlowView,
     Runner,
+    check_flow_id,
     check_same_flow,
     check_timeout,
     new_flow_id,
@@ -56,6 +57,7 @@ from plait.core.runner import (
     resolve_timeout,
     validate_data,
 )
+from plait.core.validation import MAX_PAYLOAD_SIZE, check_max_payload_size
 
 __all__ = ["InProcessWorkflowProvider"]
 
@@ -160,6 +162,7 @@ class InProcessWorkflowProvider:
         max_finished: how many finished flows are kept at most (the oldest go first); state lives in this
             process's memory, so a busy application needs a bound. ``None`` for no bound.
         stop_grace: seconds ``stop()`` lets running flows finish, and then lets cancelled flows roll back.
+        max_payload_size: the most bytes of JSON a flow's data, a step's output or a signal's payload may take.
     """
 
     def __init__(
@@ -171,7 +174,9 @@ class InProcessWorkflowProvider:
         retention: float = 7 * _DAY,
         max_finished: int | None = 100_000,
         stop_grace: float = 10.0,
+        max_payload_size: int = MAX_PAYLOAD_SIZE,
     ) -> None:
+        self.max_payload_size = check_max_payload_size(max_payload_size)
         self.default_timeout = default_timeout
         self.step_timeout = step_timeout
         self.provider_id = provider_id or f"inprocess-{os.getpid()}"
@@ -206,6 +211,7 @@ class InProcessWorkflowProvider:
             registered=self._registrations,
             provider_id=self.provider_id,
             step_timeout=self.step_timeout,
+            max_payload_size=self.max_payload_size,
         )
         slots = runner.options.concurrency if runner is not None else None
         self._registrations[definition.name] = _Registration(definition, runner, slots)
@@ -271,7 +277,9 @@ class InProcessWorkflowProvider:
             FlowConflictError: ``id`` names an existing flow of another workflow or with other data.
             ProviderNotStartedError: the provider is not started (or is stopping).
         """
-        model = validate_data(definition, data)
+        if id is not None:
+            id = check_flow_id(id)
+        model, payload = validate_data(definition, data, max_size=self.max_payload_size)
         check_timeout(timeout, "execute(timeout=)")
         if not self._started or self._stopping:
             raise ProviderNotStartedError(
@@ -284,7 +292,6 @@ class InProcessWorkflowProvider:
                 "register it with a consumer" if registration is None else "no consumer is registered here",
             )
         runner = registration.runner
-        payload = model.model_dump(mode="json")
         if id is not None:
             existing = self._flows.get(id)
             if existing is not None:

@@ -1,0 +1,94 @@
+"""What may be stored: flow ids, and data, outputs and signal payloads that validate and fit the size limit.
+
+Every provider checks what a caller hands it here, before anything is stored, so that a flow never holds a value
+its own models would refuse (an instance built with ``model_construct`` or changed after validation, say), a
+value too large to keep, or an id that could reach another flow's keys, channels or log lines.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import pydantic_core
+from pydantic import BaseModel, ValidationError
+
+from plait.core.errors import PayloadTooLargeError, WorkflowValidationError
+
+__all__ = ["MAX_FLOW_ID_LENGTH", "MAX_PAYLOAD_SIZE", "check_flow_id", "check_max_payload_size", "json_size", "validate"]
+
+M = TypeVar("M", bound=BaseModel)
+
+MAX_FLOW_ID_LENGTH = 200
+"""The longest flow id a caller may give, in characters."""
+
+MAX_PAYLOAD_SIZE = 2 * 1024 * 1024
+"""The default ``max_payload_size``: 2 MiB of JSON for a flow's data, a step's output or a signal's payload."""
+
+
+def check_flow_id(flow_id: object) -> str:
+    """Returns ``flow_id`` if it is a ``str`` of 1 to 200 printable characters.
+
+    Raises:
+        TypeError: it is not a ``str`` (``123`` would otherwise alias ``"123"``).
+        ValueError: it is empty, too long, or holds a character that is not printable (a newline, say).
+    """
+    if type(flow_id) is not str:
+        if not isinstance(flow_id, str):
+            raise TypeError(f"A flow id must be a str, got {type(flow_id).__name__} {flow_id!r}")
+        flow_id = str.__str__(flow_id)  # a str subclass: keep its plain value only
+    if not 0 < len(flow_id) <= MAX_FLOW_ID_LENGTH or not flow_id.isprintable():
+        raise ValueError(
+            f"A flow id must be 1-{MAX_FLOW_ID_LENGTH} printable characters (no newlines or control characters), "
+            f"got {_shorten(flow_id)}"
+        )
+    return flow_id
+
+
+def check_max_payload_size(value: object) -> int:
+    """Returns ``value`` if it is a usable ``max_payload_size`` (an int of at least 1 KiB)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1024:
+        raise ValueError(f"max_payload_size must be an int of at least 1024 bytes, got {value!r}")
+    return value
+
+
+def json_size(value: Any) -> int:
+    """How many bytes ``value`` (already JSON-shaped) takes as compact JSON.
+
+    Raises:
+        ValueError: it cannot be written as JSON (it nests too deeply, say).
+    """
+    try:
+        return len(pydantic_core.to_json(value))
+    except (pydantic_core.PydanticSerializationError, RecursionError) as error:
+        raise ValueError(f"cannot be written as JSON: {error}") from error
+
+
+def validate(model: type[M], value: object, *, workflow: str, what: str, max_size: int) -> tuple[M, Any]:
+    """Validates ``value`` (an instance, another model with the same fields, or a mapping) against ``model``.
+
+    An instance of ``model`` itself is validated again from its fields: it may have been built with
+    ``model_construct`` or changed after validation.
+
+    Returns:
+        The validated model and its JSON form (plain dicts, lists, strings, numbers).
+
+    Raises:
+        WorkflowValidationError: ``value`` does not validate, or cannot be written as JSON.
+        PayloadTooLargeError: its JSON is larger than ``max_size`` bytes.
+    """
+    try:
+        if isinstance(value, BaseModel):
+            value = value.model_dump(warnings=False)
+        validated = model.model_validate(value)
+        payload = validated.model_dump(mode="json")
+        size = json_size(payload)
+    except (ValidationError, ValueError, TypeError, RecursionError) as error:
+        raise WorkflowValidationError(workflow, error, what=what) from error
+    if size > max_size:
+        raise PayloadTooLargeError(f"The {what} of workflow '{workflow}'", size, max_size)
+    return validated, payload
+
+
+def _shorten(value: str) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(value)} characters)"

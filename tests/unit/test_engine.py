@@ -12,10 +12,14 @@ from plait.core import (
     Backoff,
     ConsumerOptions,
     FlowStatus,
+    IWorkflowConsumer,
     RemoteError,
+    StepContext,
+    StepHandler,
     Workflow,
     WorkflowCancelledError,
     WorkflowCompletionError,
+    WorkflowContext,
     WorkflowDefinition,
     WorkflowRollbackError,
     WorkflowStepError,
@@ -42,8 +46,10 @@ from plait.core.engine import (
     StepFailed,
     StepSucceeded,
     TimedOut,
+    Unrunnable,
     build_error,
 )
+from plait.core.runner import Runner
 
 
 class Data(BaseModel):
@@ -503,6 +509,41 @@ def test_abort_during_on_error_leaves_nothing_undone() -> None:
     assert engine.abort(state, "stop") == [CancelRunning(()), Finish(FlowStatus.CANCELLED)]
     error = build_error(state)
     assert isinstance(error, WorkflowStepError)
+
+
+def test_an_unrunnable_flow_fails_at_once_naming_the_flow_and_what_was_not_rolled_back() -> None:
+    engine = make()
+    state, _ = begin(engine)
+    feed(engine, state, ok("a"))
+    actions = engine.handle(state, Unrunnable(err("data no longer validates", "ValidationError")))
+    assert actions == [CancelRunning(("b", "c")), Finish(FlowStatus.FAILED)]
+    error = build_error(state)
+    assert isinstance(error, WorkflowRollbackError)
+    assert str(error.primary_error) == "Flow 'flow-1' cannot run: data no longer validates"
+    assert error.primary_error.flow_id == "flow-1"
+    assert [e.step_name for e in error.rollback_errors] == ["a"]
+    assert "not rolled back: the flow cannot run: data no longer validates" in str(error.rollback_errors[0])
+    assert engine.handle(state, Unrunnable(err())) == []
+
+
+async def test_the_runner_reports_a_flow_whose_data_no_longer_validates_as_unrunnable() -> None:
+    class Consumer(IWorkflowConsumer[Data, Res]):
+        def __init__(self) -> None:
+            self.steps = {name: StepHandler(execute=self.run) for name in ("a", "b", "c")}
+
+        async def run(self, ctx: StepContext[Data]) -> Out:
+            raise AssertionError("never runs")
+
+        async def on_complete(self, ctx: WorkflowContext[Data]) -> Res:
+            raise AssertionError("never runs")
+
+    runner = Runner(LINE, Consumer())
+    state = runner.engine.new_state("flow-9", {"n": "not a number"})
+    runner.engine.start(state)
+    event = await runner.run_step(runner.view(state), "a", 1)
+    assert isinstance(event, Unrunnable)
+    assert "no longer validate" in event.error["message"]
+    assert isinstance(await runner.run_complete(runner.view(state)), Unrunnable)
 
 
 # --- persistence ----------------------------------------------------------------------------------------

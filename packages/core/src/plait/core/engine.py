@@ -54,6 +54,7 @@ __all__ = [
     "StepFailed",
     "StepSucceeded",
     "TimedOut",
+    "Unrunnable",
     "build_error",
 ]
 
@@ -88,6 +89,7 @@ KIND_STEP = "step"
 KIND_COMPLETE = "complete"
 KIND_TIMEOUT = "timeout"
 KIND_CANCELLED = "cancelled"
+KIND_UNRUNNABLE = "unrunnable"
 
 
 @dataclass(slots=True)
@@ -208,6 +210,13 @@ class Cancel:
     reason: str
 
 
+@dataclass(slots=True)
+class Unrunnable:
+    """The flow's recorded data or results no longer validate against its models: no handler can run."""
+
+    error: ErrorRecord
+
+
 Event = (
     StepSucceeded
     | StepFailed
@@ -218,6 +227,7 @@ Event = (
     | ErrorHandled
     | TimedOut
     | Cancel
+    | Unrunnable
 )
 
 # --- actions ------------------------------------------------------------------------------------------------
@@ -416,6 +426,11 @@ class Engine:
                 return self._interrupt(state, {"kind": KIND_TIMEOUT, "timeout": state.timeout})
             case Cancel():
                 return self._interrupt(state, {"kind": KIND_CANCELLED, "reason": event.reason})
+            case Unrunnable():
+                # Its handlers cannot be given valid contexts, rollbacks included: end it now, saying what was
+                # left undone, rather than retry it forever.
+                error = {"kind": KIND_UNRUNNABLE, "step": None, **event.error}
+                return self._end_now(state, error, FlowStatus.FAILED, f"the flow cannot run: {event.error['message']}")
         raise TypeError(f"Not an engine event: {event!r}")  # pragma: no cover - guarded by the type checker
 
     def abort(self, state: FlowState, reason: str) -> list[Action]:
@@ -426,6 +441,11 @@ class Engine:
         back"), so the flow's error says what was left undone; providers also log it loudly. An earlier error
         stays the primary one.
         """
+        error = {"kind": KIND_CANCELLED, "step": None, "type": "", "message": "", "traceback": ""}
+        error["reason"] = f"{reason} (aborted)"
+        return self._end_now(state, error, FlowStatus.CANCELLED, reason)
+
+    def _end_now(self, state: FlowState, error: dict[str, Any], status: FlowStatus, reason: str) -> list[Action]:
         if state.status.is_terminal:
             return []
         running = tuple(n for n, r in state.steps.items() if r["status"] in (RUNNING, COMPENSATING))
@@ -439,21 +459,14 @@ class Engine:
         else:
             undone = [n for n in self._rollback_order if n in state.results]
         if state.error is None:
-            state.error = {
-                "kind": KIND_CANCELLED,
-                "step": None,
-                "type": "",
-                "message": "",
-                "traceback": "",
-                "reason": f"{reason} (aborted)",
-            }
+            state.error = error
         for name in undone:
             record: ErrorRecord = {"type": _ABORTED, "message": f"not rolled back: {reason}", "traceback": ""}
             state.steps[name]["status"] = COMPENSATION_FAILED
             state.steps[name]["rollback_error"] = dict(record)
             state.rollback_errors.append({"step": name, **record})
         state.rollbacks = []
-        return [CancelRunning(running, complete=state.phase == "complete"), *self._finish(state, FlowStatus.CANCELLED)]
+        return [CancelRunning(running, complete=state.phase == "complete"), *self._finish(state, status)]
 
     # -- internals --
 
@@ -594,6 +607,8 @@ def build_error(
         error = WorkflowCompletionError(found.get(("complete", None)) or _remote(primary), flow_id=flow_id)
     elif kind == KIND_TIMEOUT:
         error = WorkflowTimeoutError(primary.get("timeout") or 0.0, flow_id=flow_id)
+    elif kind == KIND_UNRUNNABLE:
+        error = WorkflowError(f"Flow '{flow_id}' cannot run: {primary['message']}", flow_id=flow_id)
     else:
         error = WorkflowCancelledError(primary.get("reason") or "cancelled", flow_id=flow_id)
     if not state.rollback_errors:

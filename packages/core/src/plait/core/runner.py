@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Container, Iterable
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from plait.core.consumer import IWorkflowConsumer, check_consumer
 from plait.core.context import StepContext, WorkflowContext
@@ -30,6 +30,7 @@ from plait.core.engine import (
     RollbackSucceeded,
     StepFailed,
     StepSucceeded,
+    Unrunnable,
     build_error,
 )
 from plait.core.errors import DefinitionError, FlowConflictError, NonRetryableError, PayloadTooLargeError
@@ -293,9 +294,12 @@ class Runner(Generic[D, R]):
         if size > self.max_payload_size:
             raise PayloadTooLargeError(f"The {what}", size, self.max_payload_size)
 
-    async def run_step(self, view: FlowView[D], step: str, attempt: int) -> StepSucceeded | StepFailed:
+    async def run_step(self, view: FlowView[D], step: str, attempt: int) -> StepSucceeded | StepFailed | Unrunnable:
         """Runs attempt ``attempt`` of ``step``; returns the event to hand to the engine."""
-        ctx = self._context(view, step, attempt, self.engine.visible_steps(step))
+        try:
+            ctx = self._context(view, step, attempt, self.engine.visible_steps(step))
+        except ValidationError as error:
+            return _unrunnable(error)
         execute = self._executes[step]
         try:
             if self.step_timeout is None:  # the common case, without _call's extra coroutine (same as _call)
@@ -327,12 +331,17 @@ class Runner(Generic[D, R]):
         view.models[step] = model
         return StepSucceeded(step, attempt, output, model)
 
-    async def run_rollback(self, view: FlowView[D], step: str, attempt: int) -> RollbackSucceeded | RollbackFailed:
+    async def run_rollback(
+        self, view: FlowView[D], step: str, attempt: int
+    ) -> RollbackSucceeded | RollbackFailed | Unrunnable:
         """Runs attempt ``attempt`` of ``step``'s rollback (it sees every completed result)."""
         rollback = self.consumer.steps[step].rollback
         if rollback is None:  # pragma: no cover - the engine only asks for rollbacks that exist
             return RollbackSucceeded(step, attempt)
-        ctx = self._context(view, step, attempt, self.definition.step_names, "rollback")
+        try:
+            ctx = self._context(view, step, attempt, self.definition.step_names, "rollback")
+        except ValidationError as error:
+            return _unrunnable(error)
         try:
             await self._call(f"Rollback of step '{step}'", rollback, ctx)
         except _FAILURES as error:
@@ -341,9 +350,12 @@ class Runner(Generic[D, R]):
             return RollbackFailed(step, attempt, error_record(error), error)
         return RollbackSucceeded(step, attempt)
 
-    async def run_complete(self, view: FlowView[D]) -> CompleteSucceeded | CompleteFailed:
+    async def run_complete(self, view: FlowView[D]) -> CompleteSucceeded | CompleteFailed | Unrunnable:
         """Calls ``on_complete`` and validates its result."""
-        ctx = self._workflow_context(view, "on_complete")
+        try:
+            ctx = self._workflow_context(view, "on_complete")
+        except ValidationError as error:
+            return _unrunnable(error)
         result_model = self.definition.result
         try:
             out = await self._call("on_complete", self.consumer.on_complete, ctx)
@@ -362,12 +374,15 @@ class Runner(Generic[D, R]):
             return CompleteFailed(record, error)
         return CompleteSucceeded(result, model)
 
-    async def run_on_error(self, view: FlowView[D]) -> ErrorHandled:
+    async def run_on_error(self, view: FlowView[D]) -> ErrorHandled | Unrunnable:
         """Calls ``on_error`` with the flow's error; an exception there is logged and swallowed."""
-        ctx = self._workflow_context(view, "on_error")
-        error = build_error(view.state, view.exceptions)
         try:
-            await self._call("on_error", self.consumer.on_error, ctx, error)
+            ctx = self._workflow_context(view, "on_error")
+        except ValidationError as invalid:
+            return _unrunnable(invalid)
+        flow_error = build_error(view.state, view.exceptions)
+        try:
+            await self._call("on_error", self.consumer.on_error, ctx, flow_error)
         except _FAILURES as error:
             _reraise_cancellation(error)
             ctx.log.exception("on_error raised; the flow still fails with its original error")
@@ -386,6 +401,14 @@ def _reraise_cancellation(error: BaseException) -> None:
         task = asyncio.current_task()
         if task is None or task.cancelling():
             raise error
+
+
+def _unrunnable(error: ValidationError) -> Unrunnable:
+    # The recorded data or a recorded result no longer validates (the models changed since it was stored):
+    # no handler of this flow can be given a valid context, now or later.
+    record = error_record(error)
+    record["message"] = f"its recorded data or results no longer validate against the workflow's models: {error}"
+    return Unrunnable(record)
 
 
 def _plain(value: object) -> object:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from collections.abc import AsyncIterator, Mapping
-from typing import Any, TypeVar, assert_type
+from collections.abc import AsyncIterator
+from typing import TypeVar, assert_type
 
 import httpx
 import pytest
@@ -18,8 +18,6 @@ from plait.core import (
     Application,
     ConsumerOptions,
     DefinitionError,
-    FlowHandle,
-    FlowInfo,
     FlowStatus,
     IWorkflowConsumer,
     Plait,
@@ -91,11 +89,11 @@ class IncompleteWorkflow(IWorkflowConsumer[Order, Receipt]):
         raise AssertionError("never runs")  # pragma: no cover
 
 
-class RecordingProvider:
-    """A provider that records what the application registers and delegates to a real in-process provider."""
+class RecordingProvider(InProcessWorkflowProvider):
+    """An in-process provider that records what the application registers, starts and stops."""
 
     def __init__(self) -> None:
-        self.inner = InProcessWorkflowProvider(stop_grace=1.0)
+        super().__init__(stop_grace=1.0)
         self.registered: list[tuple[str, object, ConsumerOptions | None]] = []
         self.starts = 0
         self.stops = 0
@@ -107,35 +105,15 @@ class RecordingProvider:
         options: ConsumerOptions | None = None,
     ) -> None:
         self.registered.append((definition.name, consumer, options))
-        self.inner.register(definition, consumer, options)
+        super().register(definition, consumer, options)
 
     async def start(self) -> None:
         self.starts += 1
-        await self.inner.start()
+        await super().start()
 
     async def stop(self) -> None:
         self.stops += 1
-        await self.inner.stop()
-
-    async def execute(
-        self,
-        definition: WorkflowDefinition[D, R],
-        data: D | Mapping[str, Any],
-        *,
-        id: str | None = None,
-        timeout: float | None = None,
-        meta: Mapping[str, str] | None = None,
-    ) -> FlowHandle[R]:
-        return await self.inner.execute(definition, data, id=id, timeout=timeout, meta=meta)
-
-    async def get_status(self, flow_id: str) -> FlowStatus:
-        return await self.inner.get_status(flow_id)
-
-    async def get_handle(self, flow_id: str) -> FlowHandle[BaseModel]:
-        return await self.inner.get_handle(flow_id)
-
-    async def describe(self, flow_id: str) -> FlowInfo:
-        return await self.inner.describe(flow_id)
+        await super().stop()
 
 
 def running(app: Application) -> bool:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
 
 from plait.core import (
     Backoff,
-    ConsumerOptions,
     FlowStatus,
     IWorkflowConsumer,
     RemoteError,
@@ -26,26 +26,28 @@ from plait.core import (
     WorkflowTimeoutError,
 )
 from plait.core.engine import (
+    JSON,
     Action,
     Cancel,
     CancelRunning,
-    CompleteFailed,
-    CompleteSucceeded,
+    CompleteRaised,
+    CompleteReturned,
     Engine,
     ErrorHandled,
     ErrorRecord,
     Event,
     Finish,
     FlowState,
-    RollbackFailed,
-    RollbackSucceeded,
+    Policy,
+    RollbackRaised,
+    RollbackReturned,
     RunComplete,
     RunOnError,
     RunRollback,
     RunStep,
-    StepFailed,
-    StepSucceeded,
-    TimedOut,
+    StepRaised,
+    StepReturned,
+    Tick,
     Unrunnable,
     build_error,
 )
@@ -76,24 +78,64 @@ ALL = ("a", "b", "c", "d")
 HALF = Backoff.fixed(0.5)
 
 
+class Harness:
+    """An engine with the policy a consumer would record, at a fixed time (``now``, moved by the tests)."""
+
+    def __init__(self, definition: WorkflowDefinition[Data, Any], policy: Policy) -> None:
+        self.engine = Engine(definition, rand=lambda: 0.5)
+        self.policy = policy
+        self.now = 100.0
+
+    def new_state(self, flow_id: str, data: JSON, **kwargs: Any) -> FlowState:
+        kwargs.setdefault("now", self.now)
+        return self.engine.new_state(flow_id, data, **kwargs)
+
+    def start(self, state: FlowState, default_timeout: float | None = None) -> list[Action]:
+        return self.engine.start(state, policy=self.policy, default_timeout=default_timeout, now=self.now)
+
+    def handle(self, state: FlowState, event: Event) -> list[Action]:
+        if event is LATE:
+            self.now = max(self.now, (state.deadline or 0.0) + 1.0)
+            event = Tick()
+        return self.engine.handle(state, event, self.now)
+
+    def abort(self, state: FlowState, reason: str) -> list[Action]:
+        return self.engine.abort(state, reason, self.now)
+
+    def expects(self, state: FlowState, action: Action) -> bool:
+        return self.engine.expects(state, action)
+
+    def startable(self, state: FlowState) -> bool:
+        return self.engine.startable(state)
+
+    def visible(self, step: str | None) -> tuple[str, ...]:
+        return self.engine.visible(step)
+
+
+LATE = Tick()
+"""A tick after the flow's deadline."""
+
+
 def make(
-    definition: WorkflowDefinition[Data, Res] = DIAMOND,
+    definition: WorkflowDefinition[Data, Any] = DIAMOND,
     *,
     attempts: int = 1,
     backoff: Backoff = HALF,
     rollbacks: Collection[str] = ALL,
-) -> Engine:
-    steps = set(definition.step_names)
-    return Engine(
-        definition,
-        ConsumerOptions(attempts=attempts, backoff=backoff),
-        [r for r in rollbacks if r in steps],
-        rand=lambda: 0.5,
-    )
+    in_doubt: Collection[str] = (),
+) -> Harness:
+    steps = definition.step_names
+    policy: Policy = {
+        "attempts": attempts,
+        "backoff": [backoff.kind, backoff.delay, backoff.max_delay, backoff.jitter],
+        "undo": [n for n in steps if n in rollbacks],
+        "in_doubt": [n for n in steps if n in in_doubt],
+    }
+    return Harness(definition, policy)
 
 
-def begin(engine: Engine, timeout: float | None = None) -> tuple[FlowState, list[Action]]:
-    state = engine.new_state("flow-1", {"n": 1}, meta={"correlation_id": "c-1"}, timeout=timeout, now=100.0)
+def begin(engine: Harness, timeout: float | None = None) -> tuple[FlowState, list[Action]]:
+    state = engine.new_state("flow-1", {"n": 1}, meta={"correlation_id": "c-1"}, timeout=timeout)
     return state, engine.start(state)
 
 
@@ -101,15 +143,15 @@ def err(message: str = "boom", kind: str = "RuntimeError") -> ErrorRecord:
     return {"type": kind, "message": message, "traceback": f"Traceback...\n{kind}: {message}\n"}
 
 
-def ok(step: str, attempt: int = 1) -> StepSucceeded:
-    return StepSucceeded(step, attempt, {"v": attempt})
+def ok(step: str, attempt: int = 1) -> StepReturned:
+    return StepReturned(step, attempt, {"v": attempt})
 
 
-def boom(step: str, attempt: int = 1, *, retryable: bool = True) -> StepFailed:
-    return StepFailed(step, attempt, err(f"boom {step}"), retryable)
+def boom(step: str, attempt: int = 1, *, retryable: bool = True) -> StepRaised:
+    return StepRaised(step, attempt, err(f"boom {step}"), retryable)
 
 
-def feed(engine: Engine, state: FlowState, *events: Event) -> list[Action]:
+def feed(engine: Harness, state: FlowState, *events: Event) -> list[Action]:
     """Feeds events in order; returns the actions of the last one."""
     actions: list[Action] = []
     for event in events:
@@ -142,7 +184,7 @@ def test_start_runs_the_first_group_once() -> None:
     state, actions = begin(engine)
     assert actions == [RunStep("a", 1)]
     assert state.status == FlowStatus.RUNNING
-    assert state.steps == {"a": {"status": "running", "attempt": 1}}
+    assert state.nodes == {"a": {"status": "running", "attempt": 1}}
     assert engine.start(state) == []
 
 
@@ -150,12 +192,22 @@ def test_a_step_less_workflow_goes_straight_to_on_complete() -> None:
     engine = make(BARE)
     state, actions = begin(engine)
     assert actions == [RunComplete()]
-    assert feed(engine, state, CompleteSucceeded({"ok": True})) == [Finish(FlowStatus.COMPLETED)]
+    assert feed(engine, state, CompleteReturned({"ok": True})) == [Finish(FlowStatus.COMPLETED)]
     assert state.result == {"ok": True}
 
 
-def test_options_default_to_consumer_options_defaults() -> None:
-    assert Engine(LINE).options == ConsumerOptions()
+def test_start_records_the_consumers_policy_so_any_process_can_drive_the_flow() -> None:
+    engine = make(LINE, attempts=3, rollbacks=("a", "c"), in_doubt=("c",))
+    state, _ = begin(engine)
+    assert state.policy == {
+        "attempts": 3,
+        "backoff": ["fixed", 0.5, 0.5, False],
+        "undo": ["a", "c"],
+        "in_doubt": ["c"],
+    }
+    # Another engine of the same definition, with no consumer at hand, drives it the same way.
+    other = Engine(LINE, rand=lambda: 0.5)
+    assert other.handle(state, boom("a", 1), 100.0) == [RunStep("a", 2, 0.5)]
 
 
 # --- ordering and visibility ------------------------------------------------------------------------------
@@ -169,7 +221,7 @@ def test_sequential_steps_run_one_after_another_then_on_complete() -> None:
     assert feed(engine, state, ok("b")) == [RunStep("c", 1)]
     assert feed(engine, state, ok("c")) == [RunComplete()]
     assert state.phase == "complete"
-    assert feed(engine, state, CompleteSucceeded({"ok": True})) == [Finish(FlowStatus.COMPLETED)]
+    assert feed(engine, state, CompleteReturned({"ok": True})) == [Finish(FlowStatus.COMPLETED)]
     assert (state.status, state.phase, state.result) == (FlowStatus.COMPLETED, "done", {"ok": True})
     assert state.results == {"a": {"v": 1}, "b": {"v": 1}, "c": {"v": 1}}
     assert state.error is None
@@ -186,19 +238,10 @@ def test_a_parallel_group_starts_together_and_the_next_waits_for_all() -> None:
 
 def test_steps_see_earlier_stages_never_siblings() -> None:
     engine = make()
-    assert [engine.visible_steps(n) for n in ALL] == [(), ("a",), ("a",), ("a", "b", "c")]
+    assert [engine.visible(n) for n in ALL] == [(), ("a",), ("a",), ("a", "b", "c")]
+    assert engine.visible(None) == ALL
     line = make(LINE)
-    assert [line.visible_steps(n) for n in "abc"] == [(), ("a",), ("a", "b")]
-
-
-def test_visible_results_follow_definition_order() -> None:
-    engine = make()
-    state, _ = begin(engine)
-    feed(engine, state, ok("a"), StepSucceeded("c", 1, {"v": 3}))
-    assert engine.visible_results(state, "b") == {"a": {"v": 1}}
-    assert engine.visible_results(state, "d") == {"a": {"v": 1}, "c": {"v": 3}}
-    feed(engine, state, StepSucceeded("b", 1, {"v": 2}))
-    assert list(engine.visible_results(state, None)) == ["a", "b", "c"]
+    assert [line.visible(n) for n in "abc"] == [(), ("a",), ("a", "b")]
 
 
 # --- retries --------------------------------------------------------------------------------------------
@@ -211,7 +254,7 @@ def test_a_failed_attempt_is_retried_with_exponential_backoff() -> None:
     assert feed(engine, state, boom("a", 1)) == [RunStep("a", 2, 0.75)]
     assert feed(engine, state, boom("a", 2)) == [RunStep("a", 3, 1.5)]
     assert feed(engine, state, boom("a", 3)) == [RunStep("a", 4, 2.25)]
-    assert state.steps["a"]["attempt"] == 4
+    assert state.nodes["a"]["attempt"] == 4
     assert feed(engine, state, ok("a", 4)) == [RunStep("b", 1)]
     assert state.results["a"] == {"v": 4}
 
@@ -229,7 +272,7 @@ def test_a_step_failing_its_last_attempt_fails_the_flow() -> None:
     feed(engine, state, ok("a"), boom("b", 1))
     assert feed(engine, state, boom("b", 2)) == [RunRollback("a", 1)]
     assert state.status == FlowStatus.COMPENSATING
-    assert state.steps["b"]["status"] == "failed"
+    assert state.nodes["b"]["status"] == "failed"
     assert state.error is not None
     assert (state.error["kind"], state.error["step"], state.error["message"]) == ("step", "b", "boom b")
 
@@ -238,7 +281,7 @@ def test_an_invalid_output_is_not_retried() -> None:
     engine = make(LINE, attempts=5)
     state, _ = begin(engine)
     assert feed(engine, state, boom("a", retryable=False)) == [RunOnError()]
-    assert state.steps["a"]["status"] == "failed"
+    assert state.nodes["a"]["status"] == "failed"
 
 
 # --- failure, siblings and rollbacks ----------------------------------------------------------------------
@@ -253,11 +296,11 @@ def test_a_failure_waits_for_running_siblings_then_rolls_back_in_reverse_order()
     assert feed(engine, state, ok("c")) == [RunRollback("c", 1)]
     assert status_of(state) == FlowStatus.COMPENSATING
     assert state.rollbacks == ["c", "a"]  # b failed: it is not rolled back
-    assert state.steps["c"]["status"] == "compensating"
-    assert feed(engine, state, RollbackSucceeded("c", 1)) == [RunRollback("a", 1)]
-    assert feed(engine, state, RollbackSucceeded("a", 1)) == [RunOnError()]
+    assert state.nodes["c"]["status"] == "compensating"
+    assert feed(engine, state, RollbackReturned("c", 1)) == [RunRollback("a", 1)]
+    assert feed(engine, state, RollbackReturned("a", 1)) == [RunOnError()]
     assert feed(engine, state, ErrorHandled()) == [Finish(FlowStatus.FAILED)]
-    assert {n: r["status"] for n, r in state.steps.items()} == {
+    assert {n: r["status"] for n, r in state.nodes.items()} == {
         "a": "compensated",
         "b": "failed",
         "c": "compensated",
@@ -272,15 +315,27 @@ def test_running_siblings_are_not_retried_once_the_flow_fails() -> None:
     feed(engine, state, ok("a"))
     assert feed(engine, state, boom("b", retryable=False)) == []
     assert feed(engine, state, boom("c", 1)) == [RunRollback("a", 1)]
-    assert state.steps["c"]["status"] == "failed"
+    assert state.nodes["c"]["status"] == "failed"
     assert state.error is not None and state.error["step"] == "b"  # the first failure stays the primary error
 
 
-def test_a_sibling_already_waiting_to_retry_runs_that_attempt() -> None:
+def test_a_sibling_waiting_out_its_backoff_is_not_retried_once_the_flow_fails() -> None:
     engine = make(attempts=3)
     state, _ = begin(engine)
     feed(engine, state, ok("a"))
     assert feed(engine, state, boom("c", 1)) == [RunStep("c", 2, 0.5)]
+    # b fails for good before c's retry is due: the retry is dropped and the rollback starts now.
+    assert feed(engine, state, boom("b", retryable=False)) == [CancelRunning((("c", 2),)), RunRollback("a", 1)]
+    assert state.nodes["c"]["status"] == "cancelled"
+    assert feed(engine, state, ok("c", 2)) == []  # had it started anyway, its success is ignored
+    assert state.rollbacks == ["a"]
+
+
+def test_a_sibling_whose_retry_is_due_finishes_that_attempt() -> None:
+    engine = make(attempts=3)
+    state, _ = begin(engine)
+    feed(engine, state, ok("a"), boom("c", 1))
+    engine.now += 0.6  # the retry is due: it may be running
     assert feed(engine, state, boom("b", retryable=False)) == []
     assert feed(engine, state, ok("c", 2)) == [RunRollback("c", 1)]
 
@@ -303,14 +358,14 @@ def test_a_failing_rollback_is_retried_then_recorded_and_the_rest_still_run() ->
     engine = make(attempts=2)
     state, _ = begin(engine)
     assert feed(engine, state, ok("a"), ok("b"), ok("c"), boom("d", 1), boom("d", 2)) == [RunRollback("c", 1)]
-    assert feed(engine, state, RollbackFailed("c", 1, err("no refund"))) == [RunRollback("c", 2, 0.5)]
+    assert feed(engine, state, RollbackRaised("c", 1, err("no refund"))) == [RunRollback("c", 2, 0.5)]
     assert state.rollback_attempt == 2
-    assert feed(engine, state, RollbackFailed("c", 2, err("still no refund"))) == [RunRollback("b", 1)]
-    assert state.steps["c"]["status"] == "compensation_failed"
-    assert state.rollback_errors == [{"step": "c", **err("still no refund")}]
-    assert feed(engine, state, RollbackFailed("b", 1, err("flaky"))) == [RunRollback("b", 2, 0.5)]
-    assert feed(engine, state, RollbackSucceeded("b", 2)) == [RunRollback("a", 1)]
-    assert feed(engine, state, RollbackSucceeded("a", 1), ErrorHandled()) == [Finish(FlowStatus.FAILED)]
+    assert feed(engine, state, RollbackRaised("c", 2, err("still no refund"))) == [RunRollback("b", 1)]
+    assert state.nodes["c"]["status"] == "compensation_failed"
+    assert state.rollback_errors == [{"step": "c", "index": None, **err("still no refund")}]
+    assert feed(engine, state, RollbackRaised("b", 1, err("flaky"))) == [RunRollback("b", 2, 0.5)]
+    assert feed(engine, state, RollbackReturned("b", 2)) == [RunRollback("a", 1)]
+    assert feed(engine, state, RollbackReturned("a", 1), ErrorHandled()) == [Finish(FlowStatus.FAILED)]
     error = build_error(state)
     assert isinstance(error, WorkflowRollbackError)
     assert isinstance(error.primary_error, WorkflowStepError) and error.primary_error.step_name == "d"
@@ -323,10 +378,10 @@ def test_on_complete_failing_rolls_back_every_step() -> None:
     engine = make()
     state, _ = begin(engine)
     feed(engine, state, ok("a"), ok("b"), ok("c"), ok("d"))
-    assert feed(engine, state, CompleteFailed(err("bad result", "ValidationError"))) == [RunRollback("d", 1)]
+    assert feed(engine, state, CompleteRaised(err("bad result", "ValidationError"))) == [RunRollback("d", 1)]
     assert state.rollbacks == ["d", "c", "b", "a"]
     assert state.error is not None and state.error["kind"] == "complete"
-    feed(engine, state, *(RollbackSucceeded(n, 1) for n in ("d", "c", "b", "a")))
+    feed(engine, state, *(RollbackReturned(n, 1) for n in ("d", "c", "b", "a")))
     assert state.phase == "on_error"
     assert feed(engine, state, ErrorHandled()) == [Finish(FlowStatus.FAILED)]
     assert isinstance(build_error(state), WorkflowCompletionError)
@@ -357,10 +412,10 @@ def test_duplicate_and_stale_events_change_nothing() -> None:
         ok("b", 3),  # an attempt never asked for
         ok("d"),  # a step of a later group
         ok("zzz"),  # no such step
-        RollbackSucceeded("a", 1),  # not rolling back
-        RollbackFailed("a", 1, err()),
-        CompleteSucceeded({"ok": True}),  # on_complete was not asked for
-        CompleteFailed(err()),
+        RollbackReturned("a", 1),  # not rolling back
+        RollbackRaised("a", 1, err()),
+        CompleteReturned({"ok": True}),  # on_complete was not asked for
+        CompleteRaised(err()),
         ErrorHandled(),
     ]
     for event in stale:
@@ -371,27 +426,27 @@ def test_duplicate_and_stale_events_change_nothing() -> None:
 def test_stale_rollback_events_change_nothing() -> None:
     engine = make(LINE, attempts=2)
     state, _ = begin(engine)
-    feed(engine, state, ok("a"), ok("b"), boom("c", 1), boom("c", 2), RollbackFailed("b", 1, err()))
+    feed(engine, state, ok("a"), ok("b"), boom("c", 1), boom("c", 2), RollbackRaised("b", 1, err()))
     before = snapshot(state)
-    for event in (RollbackSucceeded("b", 1), RollbackSucceeded("a", 1), RollbackFailed("a", 2, err()), ok("c", 2)):
+    for event in (RollbackReturned("b", 1), RollbackReturned("a", 1), RollbackRaised("a", 2, err()), ok("c", 2)):
         assert engine.handle(state, event) == [], event
     assert snapshot(state) == before
-    assert feed(engine, state, RollbackSucceeded("b", 2)) == [RunRollback("a", 1)]
+    assert feed(engine, state, RollbackReturned("b", 2)) == [RunRollback("a", 1)]
 
 
 def test_a_terminal_flow_ignores_everything() -> None:
     engine = make(LINE)
     state, _ = begin(engine)
-    feed(engine, state, ok("a"), ok("b"), ok("c"), CompleteSucceeded({"ok": True}))
+    feed(engine, state, ok("a"), ok("b"), ok("c"), CompleteReturned({"ok": True}))
     before = snapshot(state)
     events: list[Event] = [
         ok("a"),
         boom("c"),
-        RollbackSucceeded("a", 1),
-        CompleteSucceeded({"ok": False}),
-        CompleteFailed(err()),
+        RollbackReturned("a", 1),
+        CompleteReturned({"ok": False}),
+        CompleteRaised(err()),
         ErrorHandled(),
-        TimedOut(),
+        LATE,
         Cancel("late"),
     ]
     for event in events:
@@ -409,11 +464,11 @@ def test_a_timeout_cancels_running_steps_and_compensates() -> None:
     engine = make()
     state, _ = begin(engine, timeout=2.0)
     feed(engine, state, ok("a"))
-    assert feed(engine, state, TimedOut()) == [CancelRunning(("b", "c")), RunRollback("a", 1)]
-    assert state.steps["b"]["status"] == state.steps["c"]["status"] == "cancelled"
+    assert feed(engine, state, LATE) == [CancelRunning((("b", 1), ("c", 1))), RunRollback("a", 1)]
+    assert state.nodes["b"]["status"] == state.nodes["c"]["status"] == "cancelled"
     assert feed(engine, state, ok("b")) == []  # a late success changes nothing
     assert "b" not in state.results
-    assert feed(engine, state, RollbackSucceeded("a", 1)) == [RunOnError()]
+    assert feed(engine, state, RollbackReturned("a", 1)) == [RunOnError()]
     assert feed(engine, state, ErrorHandled()) == [Finish(FlowStatus.FAILED)]
     error = build_error(state)
     assert isinstance(error, WorkflowTimeoutError)
@@ -424,18 +479,18 @@ def test_a_timeout_during_on_complete_cancels_it_and_compensates_everything() ->
     engine = make(LINE)
     state, _ = begin(engine, timeout=1.0)
     feed(engine, state, ok("a"), ok("b"), ok("c"))
-    assert feed(engine, state, TimedOut()) == [CancelRunning((), complete=True), RunRollback("c", 1)]
-    assert feed(engine, state, CompleteSucceeded({"ok": True})) == []
+    assert feed(engine, state, LATE) == [CancelRunning(complete=True), RunRollback("c", 1)]
+    assert feed(engine, state, CompleteReturned({"ok": True})) == []
     assert state.result is None
 
 
 def test_a_timeout_while_pending_skips_the_steps() -> None:
     engine = make()
     state = engine.new_state("flow-1", {"n": 1}, timeout=1.0)
-    assert engine.handle(state, TimedOut()) == [RunOnError()]
+    assert engine.handle(state, LATE) == [RunOnError()]
     assert engine.start(state) == []
     assert feed(engine, state, ErrorHandled()) == [Finish(FlowStatus.FAILED)]
-    assert state.steps == {}
+    assert state.nodes == {}
 
 
 def test_a_timeout_while_rolling_back_changes_nothing() -> None:
@@ -443,10 +498,10 @@ def test_a_timeout_while_rolling_back_changes_nothing() -> None:
     state, _ = begin(engine, timeout=1.0)
     feed(engine, state, ok("a"), boom("b"))
     before = snapshot(state)
-    assert feed(engine, state, TimedOut()) == []
+    assert feed(engine, state, LATE) == []
     assert feed(engine, state, Cancel("stop")) == []
     assert snapshot(state) == before
-    assert feed(engine, state, RollbackSucceeded("a", 1), ErrorHandled()) == [Finish(FlowStatus.FAILED)]
+    assert feed(engine, state, RollbackReturned("a", 1), ErrorHandled()) == [Finish(FlowStatus.FAILED)]
     assert isinstance(build_error(state), WorkflowStepError)
 
 
@@ -454,7 +509,7 @@ def test_a_timeout_after_a_step_failed_keeps_the_step_error() -> None:
     engine = make()
     state, _ = begin(engine, timeout=1.0)
     feed(engine, state, ok("a"), boom("b"))
-    assert feed(engine, state, TimedOut()) == [CancelRunning(("c",)), RunRollback("a", 1)]
+    assert feed(engine, state, LATE) == [CancelRunning((("c", 1),)), RunRollback("a", 1)]
     assert state.error is not None and state.error["kind"] == "step"
 
 
@@ -462,8 +517,8 @@ def test_a_cancelled_flow_rolls_back_and_ends_cancelled() -> None:
     engine = make(LINE)
     state, _ = begin(engine)
     feed(engine, state, ok("a"))
-    assert feed(engine, state, Cancel("shutting down")) == [CancelRunning(("b",)), RunRollback("a", 1)]
-    assert feed(engine, state, RollbackSucceeded("a", 1), ErrorHandled()) == [Finish(FlowStatus.CANCELLED)]
+    assert feed(engine, state, Cancel("shutting down")) == [CancelRunning((("b", 1),)), RunRollback("a", 1)]
+    assert feed(engine, state, RollbackReturned("a", 1), ErrorHandled()) == [Finish(FlowStatus.CANCELLED)]
     error = build_error(state)
     assert isinstance(error, WorkflowCancelledError)
     assert error.reason == "shutting down"
@@ -473,9 +528,9 @@ def test_abort_ends_the_flow_at_once_and_records_what_was_not_rolled_back() -> N
     engine = make()
     state, _ = begin(engine)
     feed(engine, state, ok("a"), ok("c"))
-    assert engine.abort(state, "gone") == [CancelRunning(("b",)), Finish(FlowStatus.CANCELLED)]
+    assert engine.abort(state, "gone") == [CancelRunning((("b", 1),)), Finish(FlowStatus.CANCELLED)]
     assert (state.status, state.rollbacks) == (FlowStatus.CANCELLED, [])
-    assert {n: r["status"] for n, r in state.steps.items()} == {
+    assert {n: r["status"] for n, r in state.nodes.items()} == {
         "a": "compensation_failed",
         "b": "cancelled",
         "c": "compensation_failed",
@@ -493,20 +548,20 @@ def test_abort_ends_the_flow_at_once_and_records_what_was_not_rolled_back() -> N
 def test_abort_while_rolling_back_keeps_the_primary_error_and_cancels_the_rollback() -> None:
     engine = make(LINE)
     state, _ = begin(engine)
-    feed(engine, state, ok("a"), ok("b"), boom("c"), RollbackSucceeded("b", 1))
-    assert engine.abort(state, "stop") == [CancelRunning(("a",)), Finish(FlowStatus.CANCELLED)]
+    feed(engine, state, ok("a"), ok("b"), boom("c"), RollbackReturned("b", 1))
+    assert engine.abort(state, "stop") == [CancelRunning((("a", 1),)), Finish(FlowStatus.CANCELLED)]
     error = build_error(state)
     assert isinstance(error, WorkflowRollbackError)
     assert isinstance(error.primary_error, WorkflowStepError) and error.primary_error.step_name == "c"
     assert [e.step_name for e in error.rollback_errors] == ["a"]
-    assert state.steps["b"]["status"] == "compensated"
+    assert state.nodes["b"]["status"] == "compensated"
 
 
 def test_abort_during_on_error_leaves_nothing_undone() -> None:
     engine = make(LINE)
     state, _ = begin(engine)
-    feed(engine, state, ok("a"), boom("b"), RollbackSucceeded("a", 1))
-    assert engine.abort(state, "stop") == [CancelRunning(()), Finish(FlowStatus.CANCELLED)]
+    feed(engine, state, ok("a"), boom("b"), RollbackReturned("a", 1))
+    assert engine.abort(state, "stop") == [CancelRunning(), Finish(FlowStatus.CANCELLED)]
     error = build_error(state)
     assert isinstance(error, WorkflowStepError)
 
@@ -516,7 +571,7 @@ def test_an_unrunnable_flow_fails_at_once_naming_the_flow_and_what_was_not_rolle
     state, _ = begin(engine)
     feed(engine, state, ok("a"))
     actions = engine.handle(state, Unrunnable(err("data no longer validates", "ValidationError")))
-    assert actions == [CancelRunning(("b", "c")), Finish(FlowStatus.FAILED)]
+    assert actions == [CancelRunning((("b", 1), ("c", 1))), Finish(FlowStatus.FAILED)]
     error = build_error(state)
     assert isinstance(error, WorkflowRollbackError)
     assert str(error.primary_error) == "Flow 'flow-1' cannot run: data no longer validates"
@@ -539,7 +594,7 @@ async def test_the_runner_reports_a_flow_whose_data_no_longer_validates_as_unrun
 
     runner = Runner(LINE, Consumer())
     state = runner.engine.new_state("flow-9", {"n": "not a number"})
-    runner.engine.start(state)
+    runner.start(state, 0.0)
     event = await runner.run_step(runner.view(state), "a", 1)
     assert isinstance(event, Unrunnable)
     assert "no longer validate" in event.error["message"]
@@ -563,15 +618,16 @@ def test_state_survives_a_json_round_trip_at_every_event() -> None:
         (ok("b", 2), [RunStep("d", 1)]),
         (boom("d", 1), [RunStep("d", 2, 0.5)]),
         (boom("d", 2), [RunRollback("c", 1)]),
-        (RollbackFailed("c", 1, err()), [RunRollback("c", 2, 0.5)]),
-        (RollbackFailed("c", 2, err()), [RunRollback("b", 1)]),
-        (RollbackSucceeded("b", 1), [RunRollback("a", 1)]),
-        (RollbackSucceeded("a", 1), [RunOnError()]),
+        (RollbackRaised("c", 1, err()), [RunRollback("c", 2, 0.5)]),
+        (RollbackRaised("c", 2, err()), [RunRollback("b", 1)]),
+        (RollbackReturned("b", 1), [RunRollback("a", 1)]),
+        (RollbackReturned("a", 1), [RunOnError()]),
         (ErrorHandled(), [Finish(FlowStatus.FAILED)]),
     ]
     for event, expected in events:
         state = _round_trip(state)
         assert engine.handle(state, event) == expected, event
+        state.take_events()
         assert _round_trip(state) == state
     assert isinstance(state.status, FlowStatus)
     error = build_error(state)
@@ -582,7 +638,9 @@ def test_state_survives_a_json_round_trip_at_every_event() -> None:
 def test_to_dict_holds_every_field() -> None:
     state, _ = begin(make())
     raw = state.to_dict()
-    assert set(raw) == set(FlowState.__dataclass_fields__)
+    transient = {"emitted", "items", "items_loaded", "items_changed"}
+    assert set(raw) == set(FlowState.__dataclass_fields__) - transient
+    state.take_events()
     assert raw["status"] == "running" and raw["meta"] == {"correlation_id": "c-1"}
     assert FlowState.from_dict(raw) == state
 
@@ -593,9 +651,9 @@ def test_to_dict_holds_every_field() -> None:
 def test_build_error_uses_the_original_exceptions_when_given() -> None:
     engine = make(LINE, attempts=1)
     state, _ = begin(engine)
-    feed(engine, state, ok("a"), boom("b"), RollbackFailed("a", 1, err("undo")), ErrorHandled())
+    feed(engine, state, ok("a"), boom("b"), RollbackRaised("a", 1, err("undo")), ErrorHandled())
     step_cause, rollback_cause = KeyError("b"), OSError("undo")
-    error = build_error(state, {("step", "b"): step_cause, ("rollback", "a"): rollback_cause})
+    error = build_error(state, {("step", "b", None): step_cause, ("rollback", "a", None): rollback_cause})
     assert isinstance(error, WorkflowRollbackError)
     assert isinstance(error.primary_error, WorkflowStepError)
     assert error.primary_error.cause is step_cause
@@ -608,7 +666,7 @@ def test_build_error_uses_the_original_exceptions_when_given() -> None:
 def test_build_error_rebuilds_remote_errors_from_the_record() -> None:
     engine = make(LINE)
     state, _ = begin(engine)
-    feed(engine, state, StepFailed("a", 1, err("card declined", "billing.CardDeclined")))
+    feed(engine, state, StepRaised("a", 1, err("card declined", "billing.CardDeclined")))
     error = build_error(state)
     assert isinstance(error, WorkflowStepError)
     assert str(error) == "Step 'a' failed: billing.CardDeclined: card declined"
@@ -622,9 +680,9 @@ def test_build_error_rebuilds_remote_errors_from_the_record() -> None:
 def test_build_error_of_a_completion_failure() -> None:
     engine = make(BARE)
     state, _ = begin(engine)
-    feed(engine, state, CompleteFailed(err("no", "ValueError")))
+    feed(engine, state, CompleteRaised(err("no", "ValueError")))
     cause = ValueError("no")
-    error = build_error(state, {("complete", None): cause})
+    error = build_error(state, {("complete", None, None): cause})
     assert isinstance(error, WorkflowCompletionError)
     assert error.cause is cause
     assert str(error) == "on_complete failed: no"
@@ -668,7 +726,7 @@ def test_expects_only_the_outcomes_the_flow_waits_for() -> None:
     assert engine.expects(state, RunRollback("a", 1))
     assert not engine.expects(state, RunRollback("a", 2))
     assert not engine.expects(state, RunOnError())
-    feed(engine, state, RollbackSucceeded("a", 1))
+    feed(engine, state, RollbackReturned("a", 1))
     assert engine.expects(state, RunOnError())
     feed(engine, state, ErrorHandled())
     for action in (RunStep("b", 2), RunRollback("a", 1), RunComplete(), RunOnError()):
@@ -678,5 +736,5 @@ def test_expects_only_the_outcomes_the_flow_waits_for() -> None:
 def test_expects_nothing_of_a_step_cancelled_by_a_timeout() -> None:
     engine = make(LINE)
     state, _ = begin(engine, timeout=1.0)
-    feed(engine, state, TimedOut())
+    feed(engine, state, LATE)
     assert not engine.expects(state, RunStep("a", 1))

@@ -64,7 +64,8 @@ def test_definitions_are_frozen() -> None:
 
 
 def test_a_partial_builder_chain_can_be_reused() -> None:
-    base = StepBuilder().sequential(Step("a", Out))
+    empty: StepBuilder[Data] = StepBuilder()
+    base = empty.sequential(Step("a", Out))
     one = base.sequential(Step("b", Out))
     two = base.parallel(Step("c", Out), Step("d", Out))
     assert len(base.groups) == 1
@@ -119,7 +120,7 @@ def test_empty_groups_are_rejected(kind: str) -> None:
 
 
 def test_groups_take_steps_only() -> None:
-    with pytest.raises(DefinitionError, match=r"groups take steps made by s\.step"):
+    with pytest.raises(DefinitionError, match=r"groups take nodes made by s\.step"):
         Workflow.define(name="wf", data=Data, result=Res).steps(
             lambda s: s.sequential("a")  # type: ignore[arg-type]
         )

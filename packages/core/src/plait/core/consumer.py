@@ -24,13 +24,17 @@ class StepHandler(Generic[D]):
     """How to run one step, and optionally how to undo it.
 
     Attributes:
-        execute: returns the step's output model (or a dict that validates against it).
-        rollback: undoes a completed step when a later one fails; must be idempotent, since it can run
-            again after a crash.
+        execute: returns the step's output model (or a dict that validates against it). For a for-each, it runs
+            once per item and sees ``ctx.item`` and ``ctx.index``.
+        rollback: undoes a completed step when a later one fails (``ctx.output`` is the step's output); must be
+            idempotent, since it can run again after a crash.
+        rollback_if_failed: the step is in doubt when it fails: its failure may have had an effect (a timeout
+            after the charge went through), so it is rolled back too, first, unless it raised ``NoEffectError``.
     """
 
     execute: Callable[[StepContext[D]], Awaitable[BaseModel | Mapping[str, object]]]
     rollback: Callable[[StepContext[D]], Awaitable[None]] | None = None
+    rollback_if_failed: bool = False
 
 
 class IWorkflowConsumer(ABC, Generic[D, R]):
@@ -51,13 +55,15 @@ class IWorkflowConsumer(ABC, Generic[D, R]):
 
 
 def check_consumer(definition: WorkflowDefinition[Any, Any], consumer: object) -> frozenset[str]:
-    """Checks that ``consumer`` implements every step of ``definition`` and nothing else.
+    """Checks that ``consumer`` implements every step and for-each of ``definition`` and nothing else.
+
+    Waits, sleeps and sub-workflows take no handler: a handler for one is a mistake worth naming.
 
     Returns:
         The names of the steps that have a rollback.
 
     Raises:
-        DefinitionError: naming what is missing, unknown or not callable.
+        DefinitionError: naming what is missing, unknown, not callable, or given to a node that takes none.
     """
     name = definition.name
     kind = type(consumer).__name__
@@ -68,15 +74,19 @@ def check_consumer(definition: WorkflowDefinition[Any, Any], consumer: object) -
         raise DefinitionError(
             f"Consumer {kind} of workflow '{name}': 'steps' must be a mapping of step name to StepHandler"
         )
-    expected = definition.step_names
-    missing = [s for s in expected if s not in steps]
-    unknown = [s for s in steps if s not in expected]
-    if missing or unknown:
+    handled = [n for n in definition.step_names if definition.step(n).has_handler]
+    missing = [s for s in handled if s not in steps]
+    unknown = [s for s in steps if s not in definition.step_names]
+    handlerless = [s for s in steps if s in definition.step_names and not definition.step(s).has_handler]
+    if missing or unknown or handlerless:
         parts = []
         if missing:
             parts.append(f"no handler for step(s) {', '.join(map(repr, missing))}")
         if unknown:
             parts.append(f"handler(s) for unknown step(s) {', '.join(map(repr, unknown))}")
+        if handlerless:
+            nodes = ", ".join(f"'{s}' (a {definition.step(s).kind})" for s in handlerless)
+            parts.append(f"handler(s) for {nodes}, which take none")
         raise DefinitionError(f"Consumer {kind} of workflow '{name}': {'; '.join(parts)}")
     with_rollback = set()
     for step, handler in steps.items():
@@ -91,4 +101,8 @@ def check_consumer(definition: WorkflowDefinition[Any, Any], consumer: object) -
             if not callable(handler.rollback):
                 raise DefinitionError(f"Consumer {kind} of workflow '{name}': step '{step}' rollback is not callable")
             with_rollback.add(step)
+        elif handler.rollback_if_failed:
+            raise DefinitionError(
+                f"Consumer {kind} of workflow '{name}': step '{step}' has rollback_if_failed=True but no rollback"
+            )
     return frozenset(with_rollback)

@@ -23,6 +23,7 @@ __all__ = [
     "RemoteError",
     "SignalError",
     "WorkflowCancelledError",
+    "WorkflowCompensatedError",
     "WorkflowCompletionError",
     "WorkflowError",
     "WorkflowNotRegisteredError",
@@ -178,15 +179,27 @@ class WorkflowStepError(WorkflowError):
     """A step (or a step's rollback) failed for good.
 
     ``cause`` is the exception the handler raised: the very object in-process, a :class:`RemoteError` when it
-    was raised in another process.
+    was raised in another process. ``index`` is the for-each item that failed, if the step is a for-each. A
+    ``wait_for`` that timed out fails with a ``TimeoutError`` cause; a sub-workflow that failed with a
+    :class:`RemoteError` carrying the child's error.
     """
 
-    def __init__(self, step_name: str, cause: BaseException, *, flow_id: str = "", rollback: bool = False) -> None:
+    def __init__(
+        self,
+        step_name: str,
+        cause: BaseException,
+        *,
+        flow_id: str = "",
+        rollback: bool = False,
+        index: int | None = None,
+    ) -> None:
         self.step_name = step_name
         self.cause = cause
         self.rollback = rollback
+        self.index = index
         what = "Rollback of step" if rollback else "Step"
-        super().__init__(f"{what} '{step_name}' failed: {_describe(cause)}", flow_id=flow_id)
+        item = "" if index is None else f" (item {index})"
+        super().__init__(f"{what} '{step_name}'{item} failed: {_describe(cause)}", flow_id=flow_id)
         self.__cause__ = cause
 
 
@@ -208,11 +221,20 @@ class WorkflowTimeoutError(WorkflowError):
 
 
 class WorkflowCancelledError(WorkflowError):
-    """The flow was cancelled (for example by a provider shutting down) and rolled back."""
+    """The flow was cancelled (``cancel()``, a parent's cancellation, a provider shutting down) and rolled back."""
 
     def __init__(self, reason: str, *, flow_id: str = "") -> None:
         self.reason = reason
         super().__init__(f"Workflow cancelled: {reason}", flow_id=flow_id)
+
+
+class WorkflowCompensatedError(WorkflowError):
+    """The flow completed and was then undone (``compensate()``, or its parent rolled back): its completed steps
+    were rolled back, so its result no longer stands."""
+
+    def __init__(self, reason: str, *, flow_id: str = "") -> None:
+        self.reason = reason
+        super().__init__(f"Workflow compensated: {reason}", flow_id=flow_id)
 
 
 class WorkflowRollbackError(WorkflowError):

@@ -8,13 +8,15 @@ engine.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Callable, Mapping
+from datetime import datetime
+from typing import Any, TypeVar, overload
 
 from pydantic import BaseModel
 
+from plait.core.events import FlowEvent
 from plait.core.handle import FlowHandle, FlowStatus
-from plait.core.info import FlowInfo
+from plait.core.info import FlowInfo, FlowPage
 from plait.core.provider import WorkflowProvider
 from plait.core.workflow import WorkflowDefinition
 
@@ -83,13 +85,68 @@ class CorrelatedExecutor:
         """Returns a flow's status; raises ``FlowNotFoundError`` for an unknown id."""
         return await self._provider().get_status(flow_id)
 
-    async def get_handle(self, flow_id: str) -> FlowHandle[BaseModel]:
+    @overload
+    async def get_handle(self, flow_id: str) -> FlowHandle[BaseModel]: ...
+
+    @overload
+    async def get_handle(self, flow_id: str, definition: WorkflowDefinition[Any, R]) -> FlowHandle[R]: ...
+
+    async def get_handle(self, flow_id: str, definition: WorkflowDefinition[Any, Any] | None = None) -> FlowHandle[Any]:
         """Re-attaches to an existing flow; raises ``FlowNotFoundError`` for an unknown id."""
-        return await self._provider().get_handle(flow_id)
+        if definition is None:
+            return await self._provider().get_handle(flow_id)
+        return await self._provider().get_handle(flow_id, definition)
 
     async def describe(self, flow_id: str) -> FlowInfo:
-        """Returns a flow's status with each step's fate; raises ``FlowNotFoundError`` for an unknown id."""
+        """Returns a flow's status with each node's fate; raises ``FlowNotFoundError`` for an unknown id."""
         return await self._provider().describe(flow_id)
+
+    async def signal(self, flow_id: str, name: str, payload: BaseModel | Mapping[str, Any]) -> None:
+        """Delivers signal ``name`` to a flow (see :meth:`WorkflowExecutor.signal`)."""
+        await self._provider().signal(flow_id, name, payload)
+
+    async def cancel(self, flow_id: str, reason: str | None = None) -> FlowStatus:
+        """Cancels a flow (see :meth:`WorkflowExecutor.cancel`)."""
+        return await self._provider().cancel(flow_id, reason)
+
+    async def compensate(self, flow_id: str, reason: str | None = None) -> FlowStatus:
+        """Undoes a completed flow (see :meth:`WorkflowExecutor.compensate`)."""
+        return await self._provider().compensate(flow_id, reason)
+
+    async def retry(self, flow_id: str) -> FlowHandle[BaseModel]:
+        """Starts a new flow with an ended flow's data (see :meth:`WorkflowExecutor.retry`)."""
+        return await self._provider().retry(flow_id)
+
+    async def retry_compensation(self, flow_id: str) -> FlowStatus:
+        """Runs an ended flow's failed rollbacks again (see :meth:`WorkflowExecutor.retry_compensation`)."""
+        return await self._provider().retry_compensation(flow_id)
+
+    async def list_flows(
+        self,
+        *,
+        workflow: str | None = None,
+        status: FlowStatus | str | None = None,
+        parent_id: str | None = None,
+        created_after: float | datetime | None = None,
+        created_before: float | datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> FlowPage:
+        """Lists flows newest first (see :meth:`WorkflowExecutor.list_flows`)."""
+        return await self._provider().list_flows(
+            workflow=workflow,
+            status=status,
+            parent_id=parent_id,
+            created_after=created_after,
+            created_before=created_before,
+            limit=limit,
+            cursor=cursor,
+        )
+
+    async def subscribe(self, flow_id: str) -> AsyncIterator[FlowEvent]:
+        """Yields a flow's events, first to last (see :meth:`WorkflowExecutor.subscribe`)."""
+        async for event in self._provider().subscribe(flow_id):
+            yield event
 
     def __repr__(self) -> str:
         return f"CorrelatedExecutor(correlation_id={self.correlation_id!r})"

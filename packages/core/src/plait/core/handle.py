@@ -14,22 +14,29 @@ R_co = TypeVar("R_co", bound=BaseModel, covariant=True)
 
 
 class FlowStatus(StrEnum):
-    """Where a flow is in its life. ``completed``, ``failed`` and ``cancelled`` are terminal."""
+    """Where a flow is in its life.
+
+    ``pending`` (accepted, not started), ``running``, ``waiting`` (blocked only on signals or timers: it holds no
+    worker), ``compensating`` (rolling back), and the terminal ``completed``, ``failed``, ``cancelled`` and
+    ``compensated`` (completed, then undone).
+    """
 
     PENDING = "pending"
     RUNNING = "running"
+    WAITING = "waiting"
     COMPENSATING = "compensating"
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    COMPENSATED = "compensated"
 
     @property
     def is_terminal(self) -> bool:
-        """True for ``completed``, ``failed`` and ``cancelled``."""
+        """True for ``completed``, ``failed``, ``cancelled`` and ``compensated``."""
         return self in _TERMINAL
 
 
-_TERMINAL = frozenset({FlowStatus.COMPLETED, FlowStatus.FAILED, FlowStatus.CANCELLED})
+_TERMINAL = frozenset({FlowStatus.COMPLETED, FlowStatus.FAILED, FlowStatus.CANCELLED, FlowStatus.COMPENSATED})
 
 
 class FlowHandle(ABC, Generic[R_co]):

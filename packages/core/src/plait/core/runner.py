@@ -2,7 +2,9 @@
 
 A :class:`Runner` binds a definition, its consumer and options. Its ``run_*`` methods build the context, await
 the handler (under the step timeout), validate what it returns and turn the outcome into the engine event to
-feed back. Providers decide only where and when these run: in a task, in an arq job, in a thread.
+feed back; :meth:`Runner.evaluate` does the same for the definition's own callables (conditions, for-each items,
+sub-workflow data, sleep times). Providers decide only where and when these run: in a task, in an arq job, in a
+thread.
 """
 
 from __future__ import annotations
@@ -12,28 +14,41 @@ import inspect
 import logging
 import traceback
 import uuid
-from collections.abc import Container, Iterable
+from collections.abc import Container, Iterable, Mapping
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 
+import pydantic_core
 from pydantic import BaseModel, ValidationError
 
 from plait.core.consumer import IWorkflowConsumer, check_consumer
-from plait.core.context import StepContext, WorkflowContext
+from plait.core.context import Reporter, StepContext, WorkflowContext
 from plait.core.engine import (
-    CompleteFailed,
-    CompleteSucceeded,
+    JSON,
+    Action,
+    CompleteRaised,
+    CompleteReturned,
     Engine,
     ErrorHandled,
     ErrorRecord,
+    Evaluated,
+    ExceptionKey,
     FlowState,
-    RollbackFailed,
-    RollbackSucceeded,
-    StepFailed,
-    StepSucceeded,
+    Policy,
+    RollbackRaised,
+    RollbackReturned,
+    StepRaised,
+    StepReturned,
     Unrunnable,
     build_error,
 )
-from plait.core.errors import DefinitionError, FlowConflictError, NonRetryableError, PayloadTooLargeError
+from plait.core.errors import (
+    DefinitionError,
+    FlowConflictError,
+    NoEffectError,
+    NonRetryableError,
+    PayloadTooLargeError,
+)
 from plait.core.executor import current_correlation_id
 from plait.core.options import ConsumerOptions
 from plait.core.validation import MAX_PAYLOAD_SIZE, check_flow_id, json_size, validate
@@ -122,13 +137,15 @@ def prepare_registration(
     registered: Container[str],
     provider_id: str,
     step_timeout: float | None,
+    default_timeout: float | None = None,
     max_payload_size: int = MAX_PAYLOAD_SIZE,
 ) -> Runner[D, R] | None:
     """What every provider's ``register()`` checks first; returns the consumer's runner (``None`` without one).
 
     Args:
         registered: the workflow names the provider has already.
-        provider_id, step_timeout, max_payload_size: the provider's, handed to the :class:`Runner`.
+        provider_id, step_timeout, default_timeout, max_payload_size: the provider's, handed to the
+            :class:`Runner`.
 
     Raises:
         DefinitionError: not a definition, a name registered twice, or a consumer that does not match.
@@ -145,6 +162,7 @@ def prepare_registration(
         options,
         provider_id=provider_id,
         step_timeout=step_timeout,
+        default_timeout=default_timeout,
         max_payload_size=max_payload_size,
     )
 
@@ -153,16 +171,24 @@ class FlowView(Generic[D]):
     """A flow's data and results as models, validated from the state's JSON once and then cached.
 
     In-process providers keep one per flow (so nothing is validated twice); remote providers build one per job.
+
+    Attributes:
+        definition: the workflow definition.
+        state: the flow's recorded state.
+        models: validated results by node name, cached.
+        exceptions: the exceptions handlers of this flow raised here, for its error's causes.
+        report: where ``ctx.progress()`` goes; ``None`` ignores it.
     """
 
-    __slots__ = ("_data", "definition", "exceptions", "models", "state")
+    __slots__ = ("_data", "definition", "exceptions", "models", "report", "state")
 
     def __init__(self, definition: WorkflowDefinition[D, Any], state: FlowState, data: D | None = None) -> None:
         self.definition = definition
         self.state = state
         self._data = data
-        self.models: dict[str, BaseModel] = {}
-        self.exceptions: dict[tuple[str, str | None], BaseException] = {}
+        self.models: dict[str, Any] = {}
+        self.exceptions: dict[ExceptionKey, BaseException] = {}
+        self.report: Reporter | None = None
 
     @property
     def data(self) -> D:
@@ -171,18 +197,44 @@ class FlowView(Generic[D]):
             self._data = self.definition.data.model_validate(self.state.data)
         return self._data
 
-    def results(self, names: Iterable[str]) -> dict[str, BaseModel]:
-        """The output models of those of ``names`` that completed."""
+    def results(self, names: Iterable[str]) -> dict[str, Any]:
+        """The result models of those of ``names`` that completed (a for-each's: a list of models)."""
         recorded = self.state.results
         models = self.models
-        out: dict[str, BaseModel] = {}
+        out: dict[str, Any] = {}
         for name in names:
             if name in recorded:
                 model = models.get(name)
                 if model is None:
-                    model = models[name] = self.definition.step(name).output.model_validate(recorded[name])
+                    model = models[name] = self._validate(name, recorded[name])
                 out[name] = model
         return out
+
+    def _validate(self, name: str, value: JSON) -> Any:
+        step = self.definition.step(name)
+        output = step.output
+        assert output is not None  # sleeps record no result
+        if step.kind == "for_each":
+            return [output.model_validate(v) for v in value]
+        return output.model_validate(value)
+
+    def item(self, step: str, index: int) -> JSON:
+        """For-each ``step``'s item ``index`` (its recorded JSON value)."""
+        return self.state.items[step][index].get("value")
+
+    def output(self, step: str, index: int | None) -> BaseModel | None:
+        """The output of ``step`` (of item ``index``), for its rollback; ``None`` if it did not complete."""
+        if index is None:
+            value = self.results((step,)).get(step)
+            return value if isinstance(value, BaseModel) else None
+        item = self.state.items[step][index]
+        if item.get("status") not in ("completed", "compensating", "compensated", "compensation_failed"):
+            return None
+        if "output" not in item:
+            return None
+        output = self.definition.step(step).output
+        assert output is not None
+        return output.model_validate(item["output"])
 
 
 class Runner(Generic[D, R]):
@@ -194,7 +246,9 @@ class Runner(Generic[D, R]):
         options: the consumer's options; ``None`` for the defaults.
         provider_id: the running provider's id, shown in contexts and logs.
         step_timeout: the provider's default step timeout, used when ``options.step_timeout`` is ``None``.
-        max_payload_size: the most bytes of JSON a step's output or the flow's result may take.
+        default_timeout: the provider's default flow timeout, used when ``options.timeout`` is ``None``.
+        max_payload_size: the most bytes of JSON a step's output, the flow's result, a for-each's items or a
+            sub-workflow's data may take.
 
     Raises:
         DefinitionError: the consumer does not match the definition.
@@ -204,10 +258,12 @@ class Runner(Generic[D, R]):
         "_executes",
         "_outputs",
         "consumer",
+        "default_timeout",
         "definition",
         "engine",
         "max_payload_size",
         "options",
+        "policy",
         "provider_id",
         "step_timeout",
     )
@@ -220,6 +276,7 @@ class Runner(Generic[D, R]):
         *,
         provider_id: str = "",
         step_timeout: float | None = None,
+        default_timeout: float | None = None,
         max_payload_size: int = MAX_PAYLOAD_SIZE,
     ) -> None:
         if options is not None and not isinstance(options, ConsumerOptions):
@@ -228,10 +285,21 @@ class Runner(Generic[D, R]):
             )
         self.definition = definition
         self.consumer = consumer
-        self.options = options or ConsumerOptions()
-        self.engine = Engine(definition, self.options, check_consumer(definition, consumer))
+        self.options = options = options or ConsumerOptions()
+        undo = check_consumer(definition, consumer)
+        self.engine = Engine(definition)
+        backoff = options.backoff
+        self.policy: Policy = {
+            "attempts": options.attempts,
+            "backoff": [backoff.kind, backoff.delay, backoff.max_delay, backoff.jitter],
+            "undo": [name for name in definition.step_names if name in undo],
+            "in_doubt": [name for name, handler in consumer.steps.items() if handler.rollback_if_failed],
+        }
+        """What the engine records in each flow at its start: attempts, backoff, rollbacks, in-doubt steps."""
         self.provider_id = provider_id
-        self.step_timeout = resolve_timeout(self.options.step_timeout, step_timeout)
+        self.step_timeout = resolve_timeout(options.step_timeout, step_timeout)
+        self.default_timeout = resolve_timeout(options.timeout, default_timeout)
+        """A flow's timeout when ``execute()`` gives none: the registration's, else the provider's."""
         self.max_payload_size = max_payload_size
         # Looked up once per step run: keep them a dict access away.
         self._executes = {name: handler.execute for name, handler in consumer.steps.items()}
@@ -241,8 +309,21 @@ class Runner(Generic[D, R]):
         """A :class:`FlowView` of ``state``."""
         return FlowView(self.definition, state, data)
 
+    def start(self, state: FlowState, now: float) -> list[Action]:
+        """Starts a pending flow with this consumer's policy and default timeout (see :meth:`Engine.start`)."""
+        return self.engine.start(state, policy=self.policy, default_timeout=self.default_timeout, now=now)
+
+    # -- contexts --
+
     def _context(
-        self, view: FlowView[D], step: str, attempt: int, names: Iterable[str], kind: str = "step"
+        self,
+        view: FlowView[D],
+        step: str,
+        attempt: int,
+        names: Iterable[str],
+        kind: str = "step",
+        index: int | None = None,
+        output: BaseModel | None = None,
     ) -> StepContext[D]:
         state = view.state
         return StepContext(
@@ -255,18 +336,23 @@ class Runner(Generic[D, R]):
             step_name=step,
             attempt=attempt,
             kind=kind,
+            item=None if index is None else view.item(step, index),
+            index=index,
+            output=output,
+            reporter=view.report,
         )
 
-    def _workflow_context(self, view: FlowView[D], kind: str) -> WorkflowContext[D]:
+    def _workflow_context(self, view: FlowView[D], kind: str, names: Iterable[str] | None = None) -> WorkflowContext[D]:
         state = view.state
         return WorkflowContext(
             flow_id=state.flow_id,
             workflow=state.workflow,
             data=view.data,
-            results=view.results(self.definition.step_names),
+            results=view.results(self.definition.step_names if names is None else names),
             meta=state.meta,
             provider_id=self.provider_id,
             kind=kind,
+            reporter=view.report,
         )
 
     async def _call(self, what: str, fn: Any, ctx: WorkflowContext[D], *extra: object) -> Any:
@@ -294,10 +380,14 @@ class Runner(Generic[D, R]):
         if size > self.max_payload_size:
             raise PayloadTooLargeError(f"The {what}", size, self.max_payload_size)
 
-    async def run_step(self, view: FlowView[D], step: str, attempt: int) -> StepSucceeded | StepFailed | Unrunnable:
-        """Runs attempt ``attempt`` of ``step``; returns the event to hand to the engine."""
+    # -- handlers --
+
+    async def run_step(
+        self, view: FlowView[D], step: str, attempt: int, index: int | None = None
+    ) -> StepReturned | StepRaised | Unrunnable:
+        """Runs attempt ``attempt`` of ``step`` (of for-each item ``index``); returns the event for the engine."""
         try:
-            ctx = self._context(view, step, attempt, self.engine.visible_steps(step))
+            ctx = self._context(view, step, attempt, self.engine.visible(step), index=index)
         except ValidationError as error:
             return _unrunnable(error)
         execute = self._executes[step]
@@ -314,43 +404,47 @@ class Runner(Generic[D, R]):
                 out = await self._call(f"Step '{step}'", execute, ctx)
         except _FAILURES as error:
             _reraise_cancellation(error)
-            view.exceptions["step", step] = error
+            view.exceptions["step", step, index] = error
             retryable = not isinstance(error, NonRetryableError)
-            return StepFailed(step, attempt, error_record(error), retryable, error)
+            no_effect = isinstance(error, NoEffectError)
+            return StepRaised(step, attempt, error_record(error), retryable, error, index, no_effect)
         output_model = self._outputs[step]
         try:
-            model = out if type(out) is output_model else output_model.model_validate(_plain(out))
+            model = out if type(out) is output_model else output_model.model_validate(_plain(out))  # type: ignore[union-attr]
             output = model.model_dump(mode="json")
             self._check_size(output, f"output of step '{step}'")
         except Exception as error:
             # A handler that returns the wrong shape, or a value JSON cannot hold, will do so again: no retry.
-            view.exceptions["step", step] = error
+            view.exceptions["step", step, index] = error
             record = error_record(error)
-            record["message"] = f"invalid output for {output_model.__name__}: {error}"
-            return StepFailed(step, attempt, record, False, error)
-        view.models[step] = model
-        return StepSucceeded(step, attempt, output, model)
+            record["message"] = f"invalid output for {output_model.__name__}: {error}"  # type: ignore[union-attr]
+            return StepRaised(step, attempt, record, False, error, index)
+        if index is None:
+            view.models[step] = model
+        return StepReturned(step, attempt, output, model, index)
 
     async def run_rollback(
-        self, view: FlowView[D], step: str, attempt: int
-    ) -> RollbackSucceeded | RollbackFailed | Unrunnable:
-        """Runs attempt ``attempt`` of ``step``'s rollback (it sees every completed result)."""
+        self, view: FlowView[D], step: str, attempt: int, index: int | None = None
+    ) -> RollbackReturned | RollbackRaised | Unrunnable:
+        """Runs attempt ``attempt`` of ``step``'s rollback (of item ``index``); it sees every completed result and
+        ``ctx.output``, the output being rolled back."""
         rollback = self.consumer.steps[step].rollback
         if rollback is None:  # pragma: no cover - the engine only asks for rollbacks that exist
-            return RollbackSucceeded(step, attempt)
+            return RollbackReturned(step, attempt, index)
         try:
-            ctx = self._context(view, step, attempt, self.definition.step_names, "rollback")
+            output = view.output(step, index)
+            ctx = self._context(view, step, attempt, self.definition.step_names, "rollback", index, output)
         except ValidationError as error:
             return _unrunnable(error)
         try:
             await self._call(f"Rollback of step '{step}'", rollback, ctx)
         except _FAILURES as error:
             _reraise_cancellation(error)
-            view.exceptions["rollback", step] = error
-            return RollbackFailed(step, attempt, error_record(error), error)
-        return RollbackSucceeded(step, attempt)
+            view.exceptions["rollback", step, index] = error
+            return RollbackRaised(step, attempt, error_record(error), error, index)
+        return RollbackReturned(step, attempt, index)
 
-    async def run_complete(self, view: FlowView[D]) -> CompleteSucceeded | CompleteFailed | Unrunnable:
+    async def run_complete(self, view: FlowView[D]) -> CompleteReturned | CompleteRaised | Unrunnable:
         """Calls ``on_complete`` and validates its result."""
         try:
             ctx = self._workflow_context(view, "on_complete")
@@ -361,18 +455,18 @@ class Runner(Generic[D, R]):
             out = await self._call("on_complete", self.consumer.on_complete, ctx)
         except _FAILURES as error:
             _reraise_cancellation(error)
-            view.exceptions["complete", None] = error
-            return CompleteFailed(error_record(error), error)
+            view.exceptions["complete", None, None] = error
+            return CompleteRaised(error_record(error), error)
         try:
             model = out if type(out) is result_model else result_model.model_validate(_plain(out))
             result = model.model_dump(mode="json")
             self._check_size(result, "result")
         except Exception as error:
-            view.exceptions["complete", None] = error
+            view.exceptions["complete", None, None] = error
             record = error_record(error)
             record["message"] = f"invalid result for {result_model.__name__}: {error}"
-            return CompleteFailed(record, error)
-        return CompleteSucceeded(result, model)
+            return CompleteRaised(record, error)
+        return CompleteReturned(result, model)
 
     async def run_on_error(self, view: FlowView[D]) -> ErrorHandled | Unrunnable:
         """Calls ``on_error`` with the flow's error; an exception there is logged and swallowed."""
@@ -387,6 +481,57 @@ class Runner(Generic[D, R]):
             _reraise_cancellation(error)
             ctx.log.exception("on_error raised; the flow still fails with its original error")
         return ErrorHandled()
+
+    # -- the definition's callables --
+
+    async def evaluate(
+        self, view: FlowView[D], eval_id: int, targets: Iterable[tuple[str, str]]
+    ) -> Evaluated | Unrunnable:
+        """Runs the definition's callables the engine asked for (conditions, for-each items, sub-workflow data,
+        sleep times) and returns their values as JSON, or the errors they raised."""
+        values: dict[str, JSON] = {}
+        errors: dict[str, ErrorRecord] = {}
+        graph = self.engine.graph
+        for what, name in targets:
+            key = f"{what}:{name}"
+            try:
+                if what == "group":
+                    group = int(name)
+                    fn: Any = self.definition.step_groups[group].when
+                    ctx = self._workflow_context(view, "condition", graph.nodes[graph.roots[group][0]].visible)
+                else:
+                    node = graph.nodes[name]
+                    fn = {"when": node.step.when, "items": node.step.items, "data": node.step.data}.get(
+                        what, node.step.until
+                    )
+                    ctx = self._workflow_context(view, "condition", node.visible)
+            except ValidationError as error:
+                return _unrunnable(error)
+            try:
+                value = await self._call(f"{what}() of '{name}'", fn, ctx)
+                values[key] = self._to_json(what, name, value)
+            except _FAILURES as error:
+                _reraise_cancellation(error)
+                errors[key] = error_record(error)
+        return Evaluated(eval_id, values, errors)
+
+    def _to_json(self, what: str, name: str, value: Any) -> JSON:
+        if what in ("when", "group"):
+            return bool(value)
+        if what == "until":
+            if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
+                raise TypeError(f"until() of sleep '{name}' must return an aware datetime, got {value!r}")
+            return value.timestamp()
+        if what == "items":
+            if isinstance(value, str | bytes | Mapping) or not isinstance(value, Iterable):
+                raise TypeError(f"items() of for-each '{name}' must return a list (or another iterable) of items")
+            items = pydantic_core.to_jsonable_python(list(value))
+            self._check_size(items, f"items of for-each '{name}'")
+            return items
+        child = self.definition.step(name).workflow
+        assert child is not None
+        _, payload = validate(child.data, value, workflow=child.name, what="data", max_size=self.max_payload_size)
+        return payload
 
 
 # Whatever a handler raises fails that attempt, BaseExceptions included: a handler's SystemExit,

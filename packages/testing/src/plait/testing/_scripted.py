@@ -233,7 +233,12 @@ class Scripted(IWorkflowConsumer[Order, FlowOut]):
         on_error_raises: bool = False,
     ) -> None:
         self.plan = dict(plan or {})
-        self.outputs = {step.name: step.output for group in definition.step_groups for step in group.steps}
+        self.outputs = {
+            step.name: step.output
+            for group in definition.step_groups
+            for step in group.steps
+            if step.output is not None and step.has_handler
+        }
         self.complete = complete
         self.complete_sleep = complete_sleep
         self.on_error_raises = on_error_raises

@@ -2,20 +2,21 @@
 
 Each flow's actions run in asyncio tasks. A task that finishes an action hands the event to the engine and, when
 the engine asks for exactly one more thing, runs it itself rather than starting another task; so a sequential
-flow costs one task, and a parallel group one task per sibling. All engine calls happen on the event loop's
-thread, so they never race.
+flow costs one task, and a parallel group one task per sibling. A flow that waits for a signal or a timer holds no
+task and no concurrency slot, only a timer. All engine calls happen on the event loop's thread, so they never race.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import marshal
 import os
-import time
 from collections import OrderedDict
-from collections.abc import Mapping
-from typing import Any, Generic, NamedTuple, TypeVar
+from collections.abc import AsyncIterator, Mapping
+from datetime import datetime
+from typing import Any, Generic, NamedTuple, TypeVar, overload
 
 from pydantic import BaseModel
 
@@ -27,25 +28,45 @@ from plait.core import (
     FlowStatus,
     IWorkflowConsumer,
     ProviderNotStartedError,
+    SignalError,
     WorkflowDefinition,
-    WorkflowError,
     WorkflowNotRegisteredError,
 )
+from plait.core.clock import Clock, SystemClock, Timer
 from plait.core.engine import (
     Action,
     Cancel,
+    CancelChild,
     CancelRunning,
-    CompleteSucceeded,
+    ChildSettled,
+    Compensate,
+    CompensateChild,
+    CompleteReturned,
+    Evaluate,
     Event,
+    EventRecord,
+    ExceptionKey,
     Finish,
     FlowState,
+    ItemRecord,
+    NotifyParent,
+    ParentRef,
+    Progress,
+    RetryCompensation,
     RunComplete,
     RunOnError,
     RunRollback,
     RunStep,
-    TimedOut,
+    Signal,
+    StartChild,
+    Tick,
     build_error,
+    log_flow_end,
 )
+from plait.core.events import FlowEvent, event_from_record, is_last
+from plait.core.info import FlowPage, FlowSummary
+from plait.core.listing import ListQuery, encode_cursor
+from plait.core.provider import EventHook
 from plait.core.runner import (
     FlowView,
     Runner,
@@ -54,10 +75,9 @@ from plait.core.runner import (
     check_timeout,
     new_flow_id,
     prepare_registration,
-    resolve_timeout,
     validate_data,
 )
-from plait.core.validation import MAX_PAYLOAD_SIZE, check_max_payload_size
+from plait.core.validation import MAX_PAYLOAD_SIZE, check_max_payload_size, validate
 
 __all__ = ["InProcessWorkflowProvider"]
 
@@ -66,48 +86,76 @@ R = TypeVar("R", bound=BaseModel)
 
 _log = logging.getLogger("plait.providers.inprocess")
 
-_COMPLETE = "\x00on_complete"  # task key of on_complete; step names cannot start with a NUL
+_COMPLETE = "\x00on_complete"  # task keys of callbacks; step names cannot start with a NUL
+_ON_ERROR = "\x00on_error"
+_SLOT = "\x00slot"
 _DAY = 86400.0
+
+TaskKey = str | tuple[str, int]
 
 
 class _Flow:
-    """One flow in memory: its engine state, its cached models, the tasks running its actions."""
+    """One flow in memory: its engine state, its cached models, the tasks running its actions, its history."""
 
-    __slots__ = ("done", "runner", "slot", "state", "tasks", "timer", "view")
+    __slots__ = (
+        "armed",
+        "done",
+        "events",
+        "listeners",
+        "registration",
+        "runner",
+        "slot",
+        "state",
+        "tasks",
+        "timer",
+        "view",
+    )
 
-    def __init__(self, runner: Runner[Any, Any], state: FlowState, data: BaseModel) -> None:
-        self.runner = runner
+    def __init__(self, registration: _Registration, state: FlowState, data: BaseModel | None) -> None:
+        runner = registration.runner
+        assert runner is not None
+        self.registration = registration
+        self.runner: Runner[Any, Any] = runner
         self.state = state
         self.view: FlowView[Any] = runner.view(state, data)
-        self.tasks: dict[str, asyncio.Task[None]] = {}
-        self.timer: asyncio.TimerHandle | None = None
+        self.tasks: dict[TaskKey, asyncio.Task[None]] = {}
+        self.timer: Timer | None = None
+        self.armed: float | None = None  # the wake-up time the timer is armed for
         self.done: asyncio.Future[None] | None = asyncio.get_running_loop().create_future()  # None once ended
         self.slot: asyncio.Semaphore | None = None
+        self.events: list[EventRecord] = []
+        self.listeners: list[asyncio.Queue[list[EventRecord]]] | None = None
 
 
 class _Ended(NamedTuple):
     """A finished flow, as kept for its retention.
 
     A busy application keeps many finished flows, and every object they hold is walked by each full pass of
-    the garbage collector (it was most of the in-process provider's cost). So a finished flow is only strings
-    and bytes, which CPython does not track: its state ``marshal``-ed (this process's own JSON-shaped data,
-    read back only here) and its result as JSON. A failed flow also keeps its exception objects, so that
-    ``result()`` raises the very exceptions its handlers raised.
+    the garbage collector (it was most of the in-process provider's cost). So a finished flow is only strings,
+    bytes and numbers, which CPython does not track: its state, items and events ``marshal``-ed (this process's own
+    JSON-shaped data, read back only here), its result as JSON, and what listings filter on. A failed flow also
+    keeps its exception objects, so that ``result()`` raises the very exceptions its handlers raised.
     """
 
     status: str
     workflow: str
     result: str | None
-    state: bytes
-    causes: dict[tuple[str, str | None], BaseException] | None
+    record: bytes
+    causes: dict[ExceptionKey, BaseException] | None
+    created_at: float
+    parent_id: str | None
 
-    def load(self) -> FlowState:
-        """The flow's recorded state."""
-        return FlowState.from_dict(marshal.loads(self.state))
+    def load(self) -> tuple[FlowState, list[EventRecord]]:
+        """The flow's recorded state (items included) and its events."""
+        raw, items, events = marshal.loads(self.record)
+        state = FlowState.from_dict(raw)
+        state.items = items
+        state.items_loaded = set(items)
+        return state, events
 
 
 class _Registration:
-    __slots__ = ("definition", "runner", "slots")
+    __slots__ = ("definition", "runner", "semaphore", "slots")
 
     def __init__(
         self, definition: WorkflowDefinition[Any, Any], runner: Runner[Any, Any] | None, slots: int | None
@@ -115,6 +163,7 @@ class _Registration:
         self.definition = definition
         self.runner = runner
         self.slots = slots
+        self.semaphore: asyncio.Semaphore | None = None
 
 
 class InProcessFlowHandle(FlowHandle[R], Generic[R]):
@@ -142,10 +191,10 @@ class InProcessFlowHandle(FlowHandle[R], Generic[R]):
             # Ended now; if max_finished already let it go, the flow this caller waited on still knows.
             kept = provider._flows.get(self.id)
             found = kept if isinstance(kept, _Ended) else _ended(flow)
-        if found.result is not None:  # completed
+        if found.result is not None and found.status == FlowStatus.COMPLETED:
             definition = provider._registrations[found.workflow].definition
             return definition.result.model_validate_json(found.result)  # type: ignore[no-any-return]
-        raise build_error(found.load(), found.causes)
+        raise build_error(found.load()[0], found.causes)
 
 
 class InProcessWorkflowProvider:
@@ -163,6 +212,8 @@ class InProcessWorkflowProvider:
             process's memory, so a busy application needs a bound. ``None`` for no bound.
         stop_grace: seconds ``stop()`` lets running flows finish, and then lets cancelled flows roll back.
         max_payload_size: the most bytes of JSON a flow's data, a step's output or a signal's payload may take.
+        clock: where time comes from; ``plait.testing.VirtualClock`` makes sleeps, signal timeouts, backoff and
+            flow timeouts happen at once in tests.
     """
 
     def __init__(
@@ -175,19 +226,27 @@ class InProcessWorkflowProvider:
         max_finished: int | None = 100_000,
         stop_grace: float = 10.0,
         max_payload_size: int = MAX_PAYLOAD_SIZE,
+        clock: Clock | None = None,
     ) -> None:
         self.max_payload_size = check_max_payload_size(max_payload_size)
+        check_timeout(default_timeout, "default_timeout")
+        check_timeout(step_timeout, "step_timeout")
         self.default_timeout = default_timeout
         self.step_timeout = step_timeout
         self.provider_id = provider_id or f"inprocess-{os.getpid()}"
         self.retention = retention
         self.max_finished = max_finished
         self.stop_grace = stop_grace
+        self.clock: Clock = clock or SystemClock()
+        self.clock.attach(self._is_idle)
         self._registrations: dict[str, _Registration] = {}
         self._flows: dict[str, _Flow | _Ended] = {}
         self._active: dict[str, _Flow] = {}
         self._finished: OrderedDict[str, float] = OrderedDict()
-        self._semaphores: dict[str, asyncio.Semaphore] = {}
+        self._working = 0  # handler or callable runs in progress (a virtual clock waits for none)
+        self._hooks: list[EventHook] = []
+        self._hook_queue: asyncio.Queue[tuple[str, str, list[EventRecord]] | None] | None = None
+        self._hook_task: asyncio.Task[None] | None = None
         self._started = False
         self._stopping = False
 
@@ -211,52 +270,78 @@ class InProcessWorkflowProvider:
             registered=self._registrations,
             provider_id=self.provider_id,
             step_timeout=self.step_timeout,
+            default_timeout=self.default_timeout,
             max_payload_size=self.max_payload_size,
         )
         slots = runner.options.concurrency if runner is not None else None
         self._registrations[definition.name] = _Registration(definition, runner, slots)
 
+    def on_event(self, hook: EventHook) -> None:
+        """Calls ``hook`` with every event of every flow, in order, from a task of its own; a hook that raises is
+        logged and never fails a flow."""
+        if not callable(hook):
+            raise TypeError(f"on_event() takes an async function of a FlowEvent, got {hook!r}")
+        self._hooks.append(hook)
+        self._start_hooks()
+
     async def start(self) -> None:
         """Starts taking work; idempotent."""
         self._started = True
         self._stopping = False
+        self._start_hooks()
+
+    def _start_hooks(self) -> None:
+        if self._hooks and self._hook_task is None and self._started:
+            self._hook_queue = asyncio.Queue()
+            self._hook_task = asyncio.create_task(self._run_hooks(self._hook_queue), name="plait-inprocess-hooks")
 
     async def stop(self) -> None:
         """Stops taking work, lets running flows finish within ``stop_grace`` seconds, then cancels the rest.
 
-        Cancelled flows roll back within another ``stop_grace``; a flow still unfinished after that ends
+        Flows that only wait (for a signal or a timer) are cancelled at once: state in memory cannot outlive the
+        process. Cancelled flows roll back within another ``stop_grace``; a flow still unfinished after that ends
         ``cancelled`` without its remaining rollbacks (logged as an error). Idempotent; safe before ``start()``.
         """
         if not self._started:
             return
         self._stopping = True
         try:
-            if await self._wait_active(self.stop_grace):
-                return
-            for flow in list(self._active.values()):
-                self._dispatch(flow, flow.runner.engine.handle(flow.state, Cancel("provider stopped")))
-            if await self._wait_active(self.stop_grace):
-                return
-            for flow in list(self._active.values()):
-                _log.error(
-                    "Flow %s of workflow '%s' did not finish its rollbacks within the stop grace period; "
-                    "it ends cancelled with steps %s not rolled back",
-                    flow.state.flow_id,
-                    flow.state.workflow,
-                    flow.state.rollbacks,
-                )
-                self._dispatch(flow, flow.runner.engine.abort(flow.state, "provider stopped"))
-                for task in list(flow.tasks.values()):
-                    task.cancel()
-            await asyncio.sleep(0)
+            if not await self._wait_active(self.stop_grace, running_only=True):
+                for flow in list(self._active.values()):
+                    self._deliver(flow, Cancel("provider stopped"))
+                if not await self._wait_active(self.stop_grace, running_only=False):
+                    for flow in list(self._active.values()):
+                        _log.error(
+                            "Flow %s of workflow '%s' did not finish its rollbacks within the stop grace period; "
+                            "it ends cancelled with steps %s not rolled back",
+                            flow.state.flow_id,
+                            flow.state.workflow,
+                            flow.state.rollbacks,
+                        )
+                        self._dispatch(flow, flow.runner.engine.abort(flow.state, "provider stopped", self._now()))
+                        for task in list(flow.tasks.values()):
+                            task.cancel()
+                    await asyncio.sleep(0)
         finally:
             self._started = False
+            await self._stop_hooks()
 
-    async def _wait_active(self, grace: float) -> bool:
-        waiting = [flow.done for flow in self._active.values() if flow.done is not None]
-        if waiting:
-            await asyncio.wait(waiting, timeout=grace)
-        return not self._active
+    async def _wait_active(self, grace: float, *, running_only: bool) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while True:
+            waiting = [
+                flow.done
+                for flow in self._active.values()
+                if flow.done is not None and not (running_only and flow.state.status == FlowStatus.WAITING)
+            ]
+            if not waiting:
+                return not self._active
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            # Wake when one ends, or at most every 50 ms: a flow may go from running to waiting meanwhile.
+            await asyncio.wait(waiting, timeout=min(remaining, 0.05), return_when=asyncio.FIRST_COMPLETED)
 
     # -- executor --
 
@@ -281,98 +366,417 @@ class InProcessWorkflowProvider:
             id = check_flow_id(id)
         model, payload = validate_data(definition, data, max_size=self.max_payload_size)
         check_timeout(timeout, "execute(timeout=)")
-        if not self._started or self._stopping:
-            raise ProviderNotStartedError(
-                "InProcessWorkflowProvider is not running: await provider.start() before execute()"
-            )
-        registration = self._registrations.get(definition.name)
-        if registration is None or registration.runner is None:
-            raise WorkflowNotRegisteredError(
-                definition.name,
-                "register it with a consumer" if registration is None else "no consumer is registered here",
-            )
-        runner = registration.runner
+        registration = self._runnable(definition.name)
         if id is not None:
             existing = self._flows.get(id)
             if existing is not None:
                 check_same_flow(_state(existing), definition.name, payload)
                 return InProcessFlowHandle(id, self)
-        else:
-            id = new_flow_id()
+        flow = self._create(registration, id or new_flow_id(), payload, model, timeout=timeout, meta=meta)
+        return InProcessFlowHandle(flow.state.flow_id, self)
+
+    def _runnable(self, workflow: str) -> _Registration:
+        if not self._started or self._stopping:
+            raise ProviderNotStartedError(
+                "InProcessWorkflowProvider is not running: await provider.start() before execute()"
+            )
+        registration = self._registrations.get(workflow)
+        if registration is None or registration.runner is None:
+            raise WorkflowNotRegisteredError(
+                workflow, "register it with a consumer" if registration is None else "no consumer is registered here"
+            )
+        return registration
+
+    def _create(
+        self,
+        registration: _Registration,
+        flow_id: str,
+        payload: Any,
+        model: BaseModel | None,
+        *,
+        timeout: float | None = None,
+        meta: Mapping[str, str] | None = None,
+        parent: ParentRef | None = None,
+        depth: int = 1,
+        retry_of: str | None = None,
+    ) -> _Flow:
         if self._finished:
             self._prune()
-        now = time.time()
-        flow_timeout = resolve_timeout(timeout, runner.options.timeout, self.default_timeout)
-        state = runner.engine.new_state(id, payload, meta=meta, timeout=flow_timeout, now=now)
-        flow = _Flow(runner, state, model)
-        self._flows[id] = flow
-        self._active[id] = flow
-        if flow_timeout is not None:
-            flow.timer = asyncio.get_running_loop().call_later(flow_timeout, self._deliver, flow, TimedOut())
+        runner = registration.runner
+        assert runner is not None
+        state = runner.engine.new_state(
+            flow_id, payload, meta=meta, timeout=timeout, now=self._now(), parent=parent, depth=depth,
+            retry_of=retry_of,
+        )  # fmt: skip
+        flow = _Flow(registration, state, model)
+        flow.view.report = functools.partial(self._progress, flow)
+        self._flows[flow_id] = flow
+        self._active[flow_id] = flow
         if registration.slots is None:
-            self._dispatch(flow, runner.engine.start(state))
+            self._begin(flow)
         else:
-            semaphore = self._semaphores.get(definition.name)
-            if semaphore is None:
-                semaphore = self._semaphores[definition.name] = asyncio.Semaphore(registration.slots)
-            flow.tasks["\x00start"] = asyncio.create_task(self._start_when_free(flow, semaphore))
-        return InProcessFlowHandle(id, self)
+            flow.tasks[_SLOT] = asyncio.create_task(self._start_when_free(flow))
+        return flow
 
     async def get_status(self, flow_id: str) -> FlowStatus:
         """Returns the status of flow ``flow_id``; raises ``FlowNotFoundError`` when unknown or expired."""
         found = self._find(flow_id)
         return found.state.status if isinstance(found, _Flow) else FlowStatus(found.status)
 
-    async def get_handle(self, flow_id: str) -> InProcessFlowHandle[BaseModel]:
+    @overload
+    async def get_handle(self, flow_id: str) -> InProcessFlowHandle[BaseModel]: ...
+
+    @overload
+    async def get_handle(self, flow_id: str, definition: WorkflowDefinition[Any, R]) -> InProcessFlowHandle[R]: ...
+
+    async def get_handle(
+        self, flow_id: str, definition: WorkflowDefinition[Any, Any] | None = None
+    ) -> InProcessFlowHandle[Any]:
         """Returns a handle on flow ``flow_id``; raises ``FlowNotFoundError`` when unknown or expired."""
         self._find(flow_id)
         return InProcessFlowHandle(flow_id, self)
 
     async def describe(self, flow_id: str) -> FlowInfo:
-        """Returns flow ``flow_id``'s status with each step's fate; raises ``FlowNotFoundError`` when unknown."""
+        """Returns flow ``flow_id``'s status with each node's fate; raises ``FlowNotFoundError`` when unknown."""
         state = self.get_state(flow_id)
         return FlowInfo.from_state(state, self._registrations[state.workflow].definition)
 
     def get_state(self, flow_id: str) -> FlowState:
-        """Returns the recorded state of a flow (step statuses, results, errors) for inspection.
+        """Returns the recorded state of a flow (node statuses, results, errors) for inspection.
 
         A running flow's state is the live object; a finished flow's is a copy.
         """
         return _state(self._find(flow_id))
 
+    async def signal(self, flow_id: str, name: str, payload: BaseModel | Mapping[str, Any]) -> None:
+        """Delivers signal ``name`` with ``payload`` to flow ``flow_id`` (kept until the flow gets to its wait).
+
+        Raises:
+            FlowNotFoundError: unknown flow.
+            SignalError: the workflow does not wait for ``name``, the flow has ended, or the signal already came
+                with another payload.
+            WorkflowValidationError: the payload does not validate; nothing was stored.
+        """
+        found = self._find(flow_id)
+        state = _state(found)
+        definition = self._registrations[state.workflow].definition
+        model = definition.signals.get(name)
+        if model is None:
+            declared = ", ".join(f"'{n}'" for n in definition.signals) or "none"
+            raise SignalError(f"Workflow '{state.workflow}' waits for no signal '{name}' (it waits for: {declared})")
+        _, value = validate(
+            model, payload, workflow=state.workflow, what=f"payload of signal '{name}'", max_size=self.max_payload_size
+        )
+        if isinstance(found, _Flow):
+            self._deliver(found, Signal(name, value), raises=True)
+        else:
+            self._runner(state.workflow).engine.handle(state, Signal(name, value), self._now())  # raises: ended
+
+    async def cancel(self, flow_id: str, reason: str | None = None) -> FlowStatus:
+        """Cancels flow ``flow_id`` (see ``WorkflowExecutor.cancel``); an ended flow is left as it is."""
+        found = self._find(flow_id)
+        if isinstance(found, _Flow):
+            self._deliver(found, Cancel(reason or "cancelled"))
+            return found.state.status
+        return FlowStatus(found.status)
+
+    async def compensate(self, flow_id: str, reason: str | None = None) -> FlowStatus:
+        """Undoes completed flow ``flow_id`` (see ``WorkflowExecutor.compensate``).
+
+        Raises:
+            FlowStateError: the flow has not completed.
+        """
+        return self._operate(flow_id, Compensate(reason or "compensate() was called"))
+
+    async def retry_compensation(self, flow_id: str) -> FlowStatus:
+        """Runs the failed rollbacks of ended flow ``flow_id`` again (see ``WorkflowExecutor.retry_compensation``).
+
+        Raises:
+            FlowStateError: none of its rollbacks failed for good.
+        """
+        return self._operate(flow_id, RetryCompensation())
+
+    def _operate(self, flow_id: str, event: Event) -> FlowStatus:
+        found = self._find(flow_id)
+        if isinstance(found, _Flow):
+            self._deliver(found, event, raises=True)
+            return found.state.status
+        if not self._started or self._stopping:
+            raise ProviderNotStartedError("InProcessWorkflowProvider is not running")
+        state, events = found.load()
+        registration = self._registrations[state.workflow]
+        runner = self._runner(state.workflow)
+        actions = runner.engine.handle(state, event, self._now())  # raises if the operation does not apply
+        flow = _Flow(registration, state, None)
+        flow.view.report = functools.partial(self._progress, flow)
+        flow.events = events
+        flow.view.exceptions.update(found.causes or {})
+        self._flows[flow_id] = flow
+        self._active[flow_id] = flow
+        self._finished.pop(flow_id, None)
+        self._recorded(flow)
+        self._dispatch(flow, actions)
+        return state.status
+
+    async def retry(self, flow_id: str) -> InProcessFlowHandle[BaseModel]:
+        """Starts a new flow with the data and metadata of failed, cancelled or compensated flow ``flow_id``.
+
+        Raises:
+            FlowStateError: the flow is running, or completed.
+        """
+        state = _state(self._find(flow_id))
+        registration = self._runnable(state.workflow)
+        runner = self._runner(state.workflow)
+        runner.engine.check_retry(state)
+        flow = self._create(registration, new_flow_id(), state.data, None, meta=state.meta, retry_of=flow_id)
+        return InProcessFlowHandle(flow.state.flow_id, self)
+
+    async def list_flows(
+        self,
+        *,
+        workflow: str | None = None,
+        status: FlowStatus | str | None = None,
+        parent_id: str | None = None,
+        created_after: float | datetime | None = None,
+        created_before: float | datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> FlowPage:
+        """Lists the flows this process keeps, newest first (see ``WorkflowExecutor.list_flows``)."""
+        query = ListQuery.of(
+            workflow=workflow,
+            status=status,
+            parent_id=parent_id,
+            created_after=created_after,
+            created_before=created_before,
+            limit=limit,
+            cursor=cursor,
+        )
+        items: list[FlowSummary] = []
+        for flow_id, found in reversed(self._flows.items()):
+            if isinstance(found, _Flow):
+                state = found.state
+                parent = state.parent["flow_id"] if state.parent else None
+                facts = (state.workflow, state.status.value, parent, state.created_at)
+            else:
+                facts = (found.workflow, found.status, found.parent_id, found.created_at)
+            if not query.admits(*facts) or not query.follows(facts[3], flow_id):
+                continue
+            if len(items) == query.limit:
+                last = items[-1]
+                return FlowPage(tuple(items), encode_cursor(last.created_at, last.flow_id))
+            items.append(FlowSummary.from_state(_state(found)))
+        return FlowPage(tuple(items))
+
+    async def subscribe(self, flow_id: str) -> AsyncIterator[FlowEvent]:
+        """Yields flow ``flow_id``'s events, from the first to the last; raises ``FlowNotFoundError`` when unknown."""
+        found = self._find(flow_id)
+        if isinstance(found, _Ended):
+            state, events = found.load()
+            for record in events:
+                yield event_from_record(flow_id, state.workflow, record)
+            return
+        flow = found
+        workflow = flow.state.workflow
+        queue: asyncio.Queue[list[EventRecord]] = asyncio.Queue()
+        backlog = list(flow.events)
+        if flow.listeners is None:
+            flow.listeners = []
+        flow.listeners.append(queue)
+        try:
+            batch = backlog
+            while True:
+                for record in batch:
+                    yield event_from_record(flow_id, workflow, record)
+                    if is_last(record):
+                        return
+                batch = await queue.get()
+        finally:
+            if flow.listeners is not None and queue in flow.listeners:
+                flow.listeners.remove(queue)
+
     # -- driving the engine --
 
     def _find(self, flow_id: str) -> _Flow | _Ended:
-        found = self._flows.get(flow_id)
+        found = self._flows.get(flow_id) if isinstance(flow_id, str) else None
         if found is None:
-            raise FlowNotFoundError(flow_id)
+            raise FlowNotFoundError(str(flow_id))
         return found
 
-    async def _start_when_free(self, flow: _Flow, semaphore: asyncio.Semaphore) -> None:
-        await semaphore.acquire()
-        flow.tasks.pop("\x00start", None)
-        flow.slot = semaphore
+    def _runner(self, workflow: str) -> Runner[Any, Any]:
+        registration = self._registrations.get(workflow)
+        if registration is None or registration.runner is None:
+            raise WorkflowNotRegisteredError(workflow, "no consumer is registered here")
+        return registration.runner
+
+    def _now(self) -> float:
+        return self.clock.time()
+
+    def _is_idle(self) -> bool:
+        return self._working == 0
+
+    async def _start_when_free(self, flow: _Flow) -> None:
+        await self._acquire(flow)
+        flow.tasks.pop(_SLOT, None)
         if flow.state.status == FlowStatus.PENDING:
-            self._dispatch(flow, flow.runner.engine.start(flow.state))
+            self._begin(flow)
         else:  # cancelled or timed out while waiting for a slot
-            semaphore.release()
+            self._release(flow)
+
+    def _begin(self, flow: _Flow) -> None:
+        actions = flow.runner.start(flow.state, self._now())
+        self._recorded(flow)
+        self._dispatch(flow, actions)
+
+    async def _acquire(self, flow: _Flow) -> None:
+        registration = flow.registration
+        semaphore = registration.semaphore
+        if semaphore is None:
+            assert registration.slots is not None
+            semaphore = registration.semaphore = asyncio.Semaphore(registration.slots)
+        await semaphore.acquire()
+        flow.slot = semaphore
+
+    def _release(self, flow: _Flow) -> None:
+        if flow.slot is not None:
+            flow.slot.release()
             flow.slot = None
 
-    def _deliver(self, flow: _Flow, event: Event) -> None:
-        self._dispatch(flow, flow.runner.engine.handle(flow.state, event))
+    def _deliver(self, flow: _Flow, event: Event, *, raises: bool = False) -> None:
+        """Hands ``event`` to the engine for ``flow`` and carries out what it answers."""
+        try:
+            actions = flow.runner.engine.handle(flow.state, event, self._now())
+        except Exception:
+            if raises:
+                raise
+            _log.exception("Internal error handling %r for flow %s", event, flow.state.flow_id)
+            return
+        self._recorded(flow)
+        self._dispatch(flow, actions)
+
+    def _recorded(self, flow: _Flow) -> None:
+        """Takes the events the engine recorded, and re-arms the flow's timer if its wake-up time moved."""
+        state = flow.state
+        if state.emitted:
+            events = state.take_events()
+            flow.events.extend(events)
+            if flow.listeners:
+                for queue in flow.listeners:
+                    queue.put_nowait(events)
+            if self._hook_queue is not None:
+                self._hook_queue.put_nowait((state.flow_id, state.workflow, events))
+        wake_at = state.wake_at
+        if wake_at == flow.armed:
+            return
+        if flow.timer is not None:
+            flow.timer.cancel()
+            flow.timer = None
+        flow.armed = wake_at
+        if wake_at is not None:
+            flow.timer = self.clock.call_later(wake_at - self._now(), functools.partial(self._tick, flow))
+
+    def _tick(self, flow: _Flow) -> None:
+        flow.timer = None
+        flow.armed = None
+        if flow.done is not None:
+            self._deliver(flow, Tick())
 
     def _dispatch(self, flow: _Flow, actions: list[Action]) -> None:
-        """Starts a task for each action to run; handles cancellations and the end of the flow."""
+        """Starts a task for each action to run; carries out the others at once."""
+        if not actions:
+            self._after_dispatch(flow)
+            return
+        runnable: list[Action] = []
         for action in actions:
             if isinstance(action, Finish):
                 self._finish(flow)
             elif isinstance(action, CancelRunning):
                 self._cancel(flow, action)
+            elif isinstance(action, StartChild):
+                self._start_child(flow, action)
+            elif isinstance(action, CancelChild):
+                self._to_flow(action.child, Cancel(action.reason))
+            elif isinstance(action, CompensateChild):
+                self._to_flow(action.child, RetryCompensation() if action.retry else Compensate(action.reason))
+            elif isinstance(action, NotifyParent):
+                self._to_flow(action.parent["flow_id"], action.settled)
             else:
-                key = _key(action)
-                flow.tasks[key] = asyncio.create_task(self._run(flow, action, key))
+                runnable.append(action)
+        if runnable:
+            if flow.slot is None and flow.registration.slots is not None and flow.done is not None:
+                self._resume_when_free(flow, runnable)  # it waited without a slot: take one again first
+            else:
+                for action in runnable:
+                    key = _key(action)
+                    flow.tasks[key] = asyncio.create_task(self._run(flow, action, key))
+        self._after_dispatch(flow)
 
-    async def _run(self, flow: _Flow, action: Action, key: str) -> None:
+    def _after_dispatch(self, flow: _Flow) -> None:
+        # A flow that only waits holds no concurrency slot.
+        if flow.slot is not None and flow.state.status == FlowStatus.WAITING and not flow.tasks:
+            self._release(flow)
+
+    def _resume_when_free(self, flow: _Flow, actions: list[Action]) -> None:
+        async def resume() -> None:
+            await self._acquire(flow)
+            flow.tasks.pop(_SLOT, None)
+            if flow.done is None:
+                self._release(flow)
+                return
+            self._dispatch(flow, actions)
+
+        previous = flow.tasks.get(_SLOT)
+        if previous is not None:  # already waiting for a slot: run these too once it has one
+            previous.cancel()
+        flow.tasks[_SLOT] = asyncio.create_task(resume())
+
+    def _to_flow(self, flow_id: str, event: Event) -> None:
+        # On the next turn of the loop: a flow never re-enters another flow's dispatch.
+        target = self._flows.get(flow_id)
+        if isinstance(target, _Flow):
+            asyncio.get_running_loop().call_soon(self._deliver, target, event)
+        elif isinstance(target, _Ended) and isinstance(event, Compensate | RetryCompensation):
+            asyncio.get_running_loop().call_soon(self._operate_quietly, flow_id, event)
+
+    def _operate_quietly(self, flow_id: str, event: Event) -> None:
+        try:
+            self._operate(flow_id, event)
+        except Exception:
+            _log.exception("Could not hand %r to flow %s", event, flow_id)
+
+    def _start_child(self, parent: _Flow, action: StartChild) -> None:
+        state = parent.state
+        registration = self._registrations.get(action.workflow)
+        existing = self._flows.get(action.child)
+        if existing is not None:
+            child_state = _state(existing)
+            if child_state.parent is None or child_state.parent["flow_id"] != state.flow_id:
+                self._settle_child(parent, action, f"a flow with the child's id '{action.child}' already exists")
+            elif child_state.status.is_terminal:
+                self._settle_child(parent, action, None, child_state)
+            return
+        if registration is None or registration.runner is None:
+            self._settle_child(parent, action, f"workflow '{action.workflow}' has no consumer registered here")
+            return
+        if self._stopping:
+            self._settle_child(parent, action, "the provider is stopping")
+            return
+        ref: ParentRef = {"flow_id": state.flow_id, "workflow": state.workflow, "node": action.step}
+        meta = {**state.meta, "correlation_id": state.meta.get("correlation_id") or state.flow_id}
+        self._create(registration, action.child, action.data, None, meta=meta, parent=ref, depth=state.depth + 1)
+
+    def _settle_child(
+        self, parent: _Flow, action: StartChild, error: str | None, ended: FlowState | None = None
+    ) -> None:
+        if ended is not None:
+            result = ended.result if ended.status == FlowStatus.COMPLETED else None
+            message = None if ended.error is None else str(build_error(ended))
+            event = ChildSettled(action.step, action.child, ended.status.value, result, message)
+        else:
+            event = ChildSettled(action.step, action.child, FlowStatus.FAILED.value, None, error)
+        asyncio.get_running_loop().call_soon(self._deliver, parent, event)
+
+    async def _run(self, flow: _Flow, action: Action, key: TaskKey) -> None:
         """Runs ``action``, then keeps running the first of the actions the engine asks for next.
 
         Only the others get tasks of their own: a sequential flow runs in one task, a parallel group of n
@@ -381,20 +785,23 @@ class InProcessWorkflowProvider:
         engine = flow.runner.engine
         tasks = flow.tasks
         me = asyncio.current_task()
+        self._working += 1
         try:
             while True:
                 if type(action) is RunStep and not action.delay:  # the hot path, without _perform's frame
-                    event: Event = await flow.runner.run_step(flow.view, action.step, action.attempt)
+                    event: Event = await flow.runner.run_step(flow.view, action.step, action.attempt, action.index)
                 else:
                     event = await self._perform(flow, action)
                 if tasks.get(key) is not me:
                     return  # cancelled by the engine while finishing; its event is stale
                 del tasks[key]
-                actions = engine.handle(flow.state, event)
+                actions = engine.handle(flow.state, event, self._now())
+                self._recorded(flow)
                 if not actions:
+                    self._after_dispatch(flow)
                     return
                 follow = actions[0]
-                if isinstance(follow, (Finish, CancelRunning)):
+                if not isinstance(follow, RunStep | RunRollback | RunComplete | RunOnError | Evaluate):
                     self._dispatch(flow, actions)
                     return
                 if len(actions) > 1:
@@ -407,62 +814,89 @@ class InProcessWorkflowProvider:
             raise
         except Exception as error:  # a bug in Plait itself: do not leave the caller waiting
             _log.exception("Internal error while running flow %s", flow.state.flow_id)
-            flow.view.exceptions["complete", None] = error
-            self._dispatch(flow, engine.abort(flow.state, f"internal error: {error!r}"))
+            flow.view.exceptions["complete", None, None] = error
+            self._dispatch(flow, engine.abort(flow.state, f"internal error: {error!r}", self._now()))
+            self._recorded(flow)
+        finally:
+            self._working -= 1
+            if not self._working:
+                self.clock.idle()
 
     async def _perform(self, flow: _Flow, action: Action) -> Event:
         runner = flow.runner
         if isinstance(action, RunStep):
             if action.delay:
-                await asyncio.sleep(action.delay)
-            return await runner.run_step(flow.view, action.step, action.attempt)
+                await self._pause(action.delay)
+            return await runner.run_step(flow.view, action.step, action.attempt, action.index)
         if isinstance(action, RunRollback):
             if action.delay:
-                await asyncio.sleep(action.delay)
-            return await runner.run_rollback(flow.view, action.step, action.attempt)
+                await self._pause(action.delay)
+            return await runner.run_rollback(flow.view, action.step, action.attempt, action.index)
         if isinstance(action, RunComplete):
             event = await runner.run_complete(flow.view)
-            if isinstance(event, CompleteSucceeded) and isinstance(event.model, BaseModel):
+            if isinstance(event, CompleteReturned) and isinstance(event.model, BaseModel):
                 flow.view.models[_COMPLETE] = event.model
             return event
         if isinstance(action, RunOnError):
             return await runner.run_on_error(flow.view)
+        if isinstance(action, Evaluate):
+            return await runner.evaluate(flow.view, action.eval_id, action.targets)
         raise TypeError(f"Unexpected action {action!r}")  # pragma: no cover
 
+    async def _pause(self, delay: float) -> None:
+        # A backoff is time waited, not work: a virtual clock may skip it.
+        self._working -= 1
+        if not self._working:
+            self.clock.idle()
+        try:
+            await self.clock.sleep(delay)
+        finally:
+            self._working += 1
+
+    async def _progress(
+        self, flow: _Flow, step: str | None, index: int | None, fraction: float, message: str | None
+    ) -> None:
+        if flow.done is not None:
+            self._deliver(flow, Progress(step, fraction, message, index))
+
     def _cancel(self, flow: _Flow, action: CancelRunning) -> None:
-        keys = [*action.steps, *([_COMPLETE] if action.complete else [])]
+        tasks = flow.tasks
+        keys: list[TaskKey] = [name for name, _ in action.steps]
+        keys += [(name, index) for name, index, _ in action.items]
+        if action.fan_outs:
+            keys += [k for k in tasks if isinstance(k, tuple) and k[0] in action.fan_outs]
+        if action.complete:
+            keys.append(_COMPLETE)
+        keys += [f"\x00eval{e}" for e in action.evals]
         for key in keys:
-            task = flow.tasks.pop(key, None)
+            task = tasks.pop(key, None)
             if task is not None:
                 task.cancel()
 
     def _finish(self, flow: _Flow) -> None:
         state = flow.state
-        state.finished_at = time.time()
         if flow.timer is not None:
             flow.timer.cancel()
-        if flow.slot is not None:
-            flow.slot.release()
-            flow.slot = None
+            flow.timer = None
+        self._release(flow)
         for task in flow.tasks.values():
             task.cancel()
         flow.tasks.clear()
         flow_id = state.flow_id
         self._active.pop(flow_id, None)
+        self._recorded(flow)
         self._flows[flow_id] = _ended(flow)
-        self._finished[flow_id] = state.finished_at
+        self._finished[flow_id] = state.finished_at or self._now()
         if self.max_finished is not None and len(self._finished) > self.max_finished:
             oldest, _ = self._finished.popitem(last=False)
             self._flows.pop(oldest, None)
         if flow.done is not None:
             flow.done.set_result(None)
             flow.done = None
-        if state.status != FlowStatus.COMPLETED:
-            error: WorkflowError = build_error(state, flow.view.exceptions)
-            _log.warning("Flow %s of workflow '%s' ended %s: %s", flow_id, state.workflow, state.status, error)
+        log_flow_end(state, flow.view.exceptions)
 
     def _prune(self) -> None:
-        horizon = time.time() - self.retention
+        horizon = self._now() - self.retention
         finished = self._finished
         while finished:
             flow_id, at = next(iter(finished.items()))
@@ -470,6 +904,34 @@ class InProcessWorkflowProvider:
                 break
             del finished[flow_id]
             self._flows.pop(flow_id, None)
+
+    # -- hooks --
+
+    async def _run_hooks(self, queue: asyncio.Queue[tuple[str, str, list[EventRecord]] | None]) -> None:
+        while True:
+            item = await queue.get()
+            if item is None:
+                return
+            flow_id, workflow, records = item
+            for record in records:
+                event = event_from_record(flow_id, workflow, record)
+                for hook in self._hooks:
+                    try:
+                        await hook(event)
+                    except Exception:
+                        _log.exception("Event hook %r failed on %s of flow %s", hook, record.get("type"), flow_id)
+
+    async def _stop_hooks(self) -> None:
+        task, queue = self._hook_task, self._hook_queue
+        self._hook_task = self._hook_queue = None
+        if task is None or queue is None:
+            return
+        queue.put_nowait(None)  # deliver what is queued, then end
+        try:
+            await asyncio.wait_for(asyncio.shield(task), self.stop_grace)
+        except TimeoutError:
+            task.cancel()
+            _log.error("Event hooks did not finish within the stop grace period")
 
 
 def _ended(flow: _Flow) -> _Ended:
@@ -481,16 +943,21 @@ def _ended(flow: _Flow) -> _Ended:
         model = flow.view.models.get(_COMPLETE) or flow.runner.definition.result.model_validate(state.result)
         result = model.model_dump_json()
     causes = dict(flow.view.exceptions) if flow.view.exceptions else None
-    return _Ended(state.status.value, state.workflow, result, marshal.dumps(raw), causes)
+    items: dict[str, dict[int, ItemRecord]] = state.items
+    record = marshal.dumps((raw, items, flow.events))
+    parent = state.parent["flow_id"] if state.parent else None
+    return _Ended(state.status.value, state.workflow, result, record, causes, state.created_at, parent)
 
 
 def _state(found: _Flow | _Ended) -> FlowState:
-    return found.state if isinstance(found, _Flow) else found.load()
+    return found.state if isinstance(found, _Flow) else found.load()[0]
 
 
-def _key(action: Action) -> str:
-    if isinstance(action, (RunStep, RunRollback)):
-        return action.step
+def _key(action: Action) -> TaskKey:
+    if isinstance(action, RunStep | RunRollback):
+        return action.step if action.index is None else (action.step, action.index)
     if isinstance(action, RunComplete):
         return _COMPLETE
-    return "\x00on_error"
+    if isinstance(action, Evaluate):
+        return f"\x00eval{action.eval_id}"
+    return _ON_ERROR

@@ -1,0 +1,1166 @@
+"""The saga engine: a deterministic state machine that every provider drives.
+
+Given a definition, a flow's recorded state, an event and the current time, :meth:`Engine.handle` updates the state
+and returns the next actions (run these steps, evaluate these conditions, start this child flow, run this rollback,
+call ``on_complete``, finish). It does no I/O: providers move events and actions, persist the state, run handlers
+and the definition's callables through :mod:`plait.core.runner`, and fire a :class:`Tick` once ``state.wake_at``
+has passed.
+
+Events are idempotent: an event that does not match the recorded state (a duplicate completion, a late result after
+a timeout, an old attempt) changes nothing and returns no action, so at-least-once transports can deliver them
+twice. Operations that cannot apply (a signal nobody waits for, compensating a running flow) raise, so that the
+caller learns why.
+
+Each transition also records what happened as plain event records (``state.emitted``), which providers store and
+publish as the flow's history.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from plait.core.engine.failures import build_error, error_text
+from plait.core.engine.graph import Graph, Node
+from plait.core.engine.messages import (
+    Action,
+    Cancel,
+    CancelChild,
+    CancelRunning,
+    ChildSettled,
+    Compensate,
+    CompensateChild,
+    CompleteRaised,
+    CompleteReturned,
+    ErrorHandled,
+    Evaluate,
+    Evaluated,
+    Event,
+    Finish,
+    NotifyParent,
+    Progress,
+    RetryCompensation,
+    RollbackRaised,
+    RollbackReturned,
+    RunComplete,
+    RunOnError,
+    RunRollback,
+    RunStep,
+    Signal,
+    StartChild,
+    StepRaised,
+    StepReturned,
+    Tick,
+    Unrunnable,
+)
+from plait.core.engine.records import (
+    JSON,
+    ErrorRecord,
+    EventRecord,
+    FlowError,
+    FlowState,
+    ItemRecord,
+    NodeRecord,
+    ParentRef,
+    Policy,
+    StepStatus,
+)
+from plait.core.errors import FlowStateError, SignalError
+from plait.core.handle import FlowStatus
+from plait.core.options import Backoff
+from plait.core.workflow import WorkflowDefinition
+
+__all__ = ["Engine", "ItemsNeeded", "child_flow_id"]
+
+# The type recorded for a rollback that an abort left undone.
+_ABORTED = "plait.core.errors.WorkflowCancelledError"
+_NO_POLICY: Policy = {"attempts": 1, "backoff": ["fixed", 0.0, 0.0, False], "undo": [], "in_doubt": []}
+_SETTLED: frozenset[str] = frozenset({"completed", "skipped", "failed", "cancelled"})
+_ACTIVE: frozenset[str] = frozenset({"running", "waiting", "pending"})
+_WAIT_TIMEOUT_TYPE = "TimeoutError"
+_CHILD_ERROR_TYPE = "plait.core.errors.WorkflowError"
+
+
+class ItemsNeeded(Exception):
+    """The engine needs for-each item records that the provider has not loaded into ``state.items``.
+
+    A provider that keeps items apart (in Redis, one key field per item) loads them and hands the same event to a
+    fresh copy of the state again; the state the engine was given is left half-changed and must be dropped. The
+    in-process provider holds every item and never sees this.
+
+    Attributes:
+        node: the for-each node.
+        indices: the items needed, or ``None`` for all of them.
+    """
+
+    def __init__(self, node: str, indices: tuple[int, ...] | None = None) -> None:
+        self.node = node
+        self.indices = indices
+        super().__init__(f"items of '{node}' are needed: {'all' if indices is None else list(indices)}")
+
+
+def child_flow_id(parent_id: str, node: str) -> str:
+    """The id of the child flow of sub-workflow ``node`` of flow ``parent_id``: the same every time it is asked, so
+    that a crash never starts two children. Node names hold no ``.``, so the id names its parent and node."""
+    return f"{parent_id}.{node}"
+
+
+class Engine:
+    """The saga rules of one workflow definition.
+
+    What the consumer registered (attempts, backoff, which steps have rollbacks) is recorded in each flow's state
+    when it starts (``state.policy``), so any process holding the definition can drive any flow of it.
+
+    Args:
+        definition: the workflow definition.
+        rand: source of jitter for backoff, in [0, 1).
+    """
+
+    __slots__ = ("_rand", "definition", "graph")
+
+    def __init__(self, definition: WorkflowDefinition[Any, Any], rand: Callable[[], float] = random.random) -> None:
+        self.definition = definition
+        self.graph = Graph(definition)
+        self._rand = rand
+
+    # -- queries --
+
+    def visible(self, step: str | None) -> tuple[str, ...]:
+        """The nodes whose results ``step`` sees (``None``: a callback or rollback, which see every result)."""
+        if step is None:
+            return self.graph.order
+        return self.graph.nodes[step].visible
+
+    def node(self, name: str) -> Node:
+        """The compiled node called ``name``."""
+        return self.graph.nodes[name]
+
+    # -- creating and starting --
+
+    def new_state(
+        self,
+        flow_id: str,
+        data: JSON,
+        *,
+        meta: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        now: float = 0.0,
+        parent: ParentRef | None = None,
+        depth: int = 1,
+        retry_of: str | None = None,
+    ) -> FlowState:
+        """Creates the state of an accepted, not yet started flow."""
+        deadline = None if timeout is None else now + timeout
+        return FlowState(
+            flow_id=flow_id,
+            workflow=self.definition.name,
+            data=data,
+            meta=dict(meta or {}),
+            created_at=now,
+            timeout=timeout,
+            deadline=deadline,
+            wake_at=deadline,
+            parent=parent,
+            depth=depth,
+            retry_of=retry_of,
+        )
+
+    def start(
+        self, state: FlowState, *, policy: Policy, default_timeout: float | None = None, now: float = 0.0
+    ) -> list[Action]:
+        """Starts a pending flow with the consumer's ``policy``; does nothing for a flow already started.
+
+        Args:
+            policy: what the consumer registered (see :meth:`plait.core.runner.Runner.policy`).
+            default_timeout: the flow's timeout when ``execute()`` gave it none (the registration's, else the
+                provider's), counted from the flow's creation.
+        """
+        if state.phase != "pending":
+            return []
+        state.policy = policy
+        if state.timeout is None and default_timeout is not None:
+            state.timeout = default_timeout
+            state.deadline = state.created_at + default_timeout
+        state.status = FlowStatus.RUNNING
+        self._emit(state, now, "flow_started")
+        if state.deadline is not None and state.deadline <= now:
+            actions = self._interrupt(state, {"kind": "timeout", "timeout": state.timeout}, now)
+        else:
+            actions = self._enter_group(state, 0, now)
+        self._refresh(state, now)
+        return actions
+
+    def check_retry(self, state: FlowState) -> None:
+        """Raises ``FlowStateError`` unless ``state``'s flow may be retried (it failed, was cancelled, or was
+        compensated): ``retry()`` then starts a new flow with its data and metadata."""
+        if state.status not in (FlowStatus.FAILED, FlowStatus.CANCELLED, FlowStatus.COMPENSATED):
+            raise FlowStateError(
+                state.flow_id, state.status, "only a failed, cancelled or compensated flow can be retried"
+            )
+
+    def startable(self, state: FlowState) -> bool:
+        """Whether :meth:`start` would start this flow (it is accepted and not started yet)."""
+        return state.phase == "pending"
+
+    def expects(self, state: FlowState, action: Action) -> bool:
+        """Whether the flow still waits for the outcome of ``action``.
+
+        A job can outlive its need (its step was cancelled by a timeout, it was handed back after a stall and also
+        finished, the flow ended); a transport asks this before running one, so stale work is dropped rather than
+        run. The answers are the same guards :meth:`handle` applies to the events.
+
+        Raises:
+            ItemsNeeded: the action is a for-each item's, and its record is not loaded.
+        """
+        if state.phase == "done":
+            return False
+        if isinstance(action, RunStep):
+            if action.index is None:
+                return self._running(state, action.step, action.attempt) is not None
+            return self._item_running(state, action.step, action.index, action.attempt) is not None
+        if isinstance(action, RunRollback):
+            return self._rollback_due(state, action.step, action.attempt, action.index)
+        if isinstance(action, RunComplete):
+            return state.phase == "complete"
+        if isinstance(action, RunOnError):
+            return state.phase == "on_error"
+        if isinstance(action, Evaluate):
+            return str(action.eval_id) in state.evals
+        return True
+
+    # -- transitions --
+
+    def handle(self, state: FlowState, event: Event, now: float) -> list[Action]:
+        """Applies ``event`` at time ``now`` (seconds since the epoch) to ``state`` (in place); returns what to do.
+
+        Raises:
+            SignalError: a :class:`Signal` the flow does not accept.
+            FlowStateError: a :class:`Compensate` or :class:`RetryCompensation` the flow's status does not allow.
+            ItemsNeeded: for-each item records the provider must load first.
+        """
+        match event:
+            case StepReturned():
+                actions = self._step_returned(state, event, now)
+            case StepRaised():
+                actions = self._step_raised(state, event, now)
+            case RollbackReturned():
+                actions = self._rollback_settled(state, event.step, event.attempt, event.index, None, now)
+            case RollbackRaised():
+                actions = self._rollback_settled(state, event.step, event.attempt, event.index, event.error, now)
+            case CompleteReturned():
+                if state.phase != "complete":
+                    return []
+                state.result = event.result
+                actions = self._finish(state, FlowStatus.COMPLETED, now)
+            case CompleteRaised():
+                if state.phase != "complete":
+                    return []
+                state.error = _flow_error("complete", event.error)
+                actions = self._compensate(state, now)
+            case ErrorHandled():
+                if state.phase != "on_error":
+                    return []
+                assert state.error is not None
+                cancelled = state.error["kind"] == "cancelled"
+                actions = self._finish(state, FlowStatus.CANCELLED if cancelled else FlowStatus.FAILED, now)
+            case Evaluated():
+                actions = self._evaluated(state, event, now)
+            case ChildSettled():
+                actions = self._child_settled(state, event, now)
+            case Tick():
+                actions = self._tick(state, now)
+            case Signal():
+                actions = self._signal(state, event, now)
+            case Cancel():
+                if state.phase in ("done", "rollback", "on_error"):
+                    return []  # ended, or already rolling back: the rollbacks and on_error still run
+                actions = self._interrupt(state, {"kind": "cancelled", "reason": event.reason}, now)
+            case Compensate():
+                actions = self._compensate_completed(state, event.reason, now)
+            case RetryCompensation():
+                actions = self._retry_compensation(state, now)
+            case Progress():
+                if state.phase == "done":
+                    return []
+                state.progress = {
+                    "fraction": event.fraction,
+                    "message": event.message,
+                    "step": event.step,
+                    "index": event.index,
+                    "at": now,
+                }
+                self._emit(
+                    state, now, "progress", step=event.step, index=event.index, fraction=event.fraction,
+                    message=event.message,
+                )  # fmt: skip
+                return []
+            case Unrunnable():
+                # Its handlers cannot be given valid contexts, rollbacks included: end it now, saying what was
+                # left undone, rather than retry it forever.
+                error = _flow_error("unrunnable", event.error)
+                actions = self._end_now(
+                    state, error, FlowStatus.FAILED, f"the flow cannot run: {event.error['message']}", now
+                )
+            case _:  # pragma: no cover - guarded by the type checker
+                raise TypeError(f"Not an engine event: {event!r}")
+        self._refresh(state, now)
+        return actions
+
+    def abort(self, state: FlowState, reason: str, now: float = 0.0) -> list[Action]:
+        """Ends a flow as ``cancelled`` at once, without running its remaining rollbacks.
+
+        The last resort of a provider that can no longer run anything (a process shutting down after its grace
+        periods). Each completed step whose rollback did not run is recorded as a rollback error ("not rolled
+        back"), so the flow's error says what was left undone; providers also log it loudly. An earlier error
+        stays the primary one.
+        """
+        error: FlowError = {"kind": "cancelled", "step": None, "type": "", "message": "", "traceback": ""}
+        error["reason"] = f"{reason} (aborted)"
+        actions = self._end_now(state, error, FlowStatus.CANCELLED, reason, now)
+        self._refresh(state, now)
+        return actions
+
+    # -- groups and nodes --
+
+    def _enter_group(self, state: FlowState, index: int, now: float) -> list[Action]:
+        graph = self.graph
+        if index >= len(graph.groups):
+            state.phase = "complete"
+            return [RunComplete()]
+        state.phase = "steps"
+        state.group = index
+        if graph.conditional[index]:
+            return self._evaluate(state, [("group", str(index))])
+        return self._start_ready(state, graph.roots[index], now)
+
+    def _start_ready(self, state: FlowState, names: Iterable[str], now: float) -> list[Action]:
+        """Starts the nodes ``names`` that became ready; those with a condition are evaluated first."""
+        actions: list[Action] = []
+        targets: list[tuple[str, str]] = []
+        for name in names:
+            node = self.graph.nodes[name]
+            if node.step.when is not None:
+                state.nodes[name] = {"status": "pending"}
+                targets.append(("when", name))
+            else:
+                actions += self._start_node(state, node, targets, now)
+        if targets:
+            actions += self._evaluate(state, targets)
+        return actions
+
+    def _start_node(self, state: FlowState, node: Node, targets: list[tuple[str, str]], now: float) -> list[Action]:
+        """Starts ``node``; appends to ``targets`` what must be evaluated before it can go on."""
+        name = node.name
+        kind = node.kind
+        if kind == "step":
+            state.nodes[name] = {"status": "running", "attempt": 1}
+            self._emit(state, now, "step_started", step=name, attempt=1)
+            return [RunStep(name, 1)]
+        if kind == "wait_for":
+            if name in state.signals:
+                state.nodes[name] = {"status": "running", "attempt": 1}
+                self._emit(state, now, "step_started", step=name, attempt=1)
+                return self._node_completed(state, name, state.signals[name], now)
+            record: NodeRecord = {"status": "waiting", "attempt": 1}
+            if node.step.timeout is not None:
+                record["wake"] = now + node.step.timeout
+            state.nodes[name] = record
+            self._emit(state, now, "step_started", step=name, attempt=1)
+            return []
+        if kind == "sleep" and node.step.seconds is not None:
+            state.nodes[name] = {"status": "running", "attempt": 1}
+            self._emit(state, now, "step_started", step=name, attempt=1)
+            return self._sleep_until(state, name, now + node.step.seconds, now)
+        # A sleep until a computed time, a for-each's items and a sub-workflow's data come from the definition's
+        # callables first.
+        state.nodes[name] = {"status": "running", "attempt": 1}
+        self._emit(state, now, "step_started", step=name, attempt=1)
+        targets.append(({"sleep": "until", "for_each": "items"}.get(kind, "data"), name))
+        return []
+
+    def _sleep_until(self, state: FlowState, name: str, wake: float, now: float) -> list[Action]:
+        if wake <= now:
+            return self._node_completed(state, name, None, now)
+        record = state.nodes[name]
+        record["status"] = "waiting"
+        record["wake"] = wake
+        return []
+
+    def _evaluate(self, state: FlowState, targets: list[tuple[str, str]]) -> list[Action]:
+        state.eval_seq += 1
+        eval_id = state.eval_seq
+        state.evals[str(eval_id)] = [list(t) for t in targets]
+        for what, name in targets:
+            if what != "group":
+                state.nodes[name]["eval"] = eval_id
+        return [Evaluate(eval_id, tuple(targets))]
+
+    def _evaluated(self, state: FlowState, event: Evaluated, now: float) -> list[Action]:
+        targets = state.evals.pop(str(event.eval_id), None)
+        if targets is None:
+            return []  # dropped: the flow moved on (it is failing, or the evaluation ran twice)
+        actions: list[Action] = []
+        more: list[tuple[str, str]] = []
+        for what, name in targets:
+            key = f"{what}:{name}"
+            error = event.errors.get(key)
+            value = event.values.get(key)
+            if what == "group":
+                actions += self._group_evaluated(state, int(name), value, error, now)
+                continue
+            state.nodes[name].pop("eval", None)
+            if error is not None:
+                actions += self._node_failed(state, name, error, now, no_effect=True)
+            elif what == "when":
+                if value:
+                    actions += self._start_node(state, self.graph.nodes[name], more, now)
+                else:
+                    state.nodes[name] = {"status": "skipped"}
+                    self._emit(state, now, "step_skipped", step=name)
+                    actions += self._after_settled(state, name, now)
+            elif what == "until":
+                actions += self._sleep_until(state, name, float(value or 0.0), now)
+            elif what == "items":
+                actions += self._items_computed(state, name, list(value or ()), now)
+            else:
+                node = self.graph.nodes[name]
+                assert node.step.workflow is not None
+                child = child_flow_id(state.flow_id, name)
+                state.nodes[name]["child"] = child
+                actions.append(StartChild(name, node.step.workflow.name, child, value))
+        if more:
+            actions += self._evaluate(state, more)
+        return actions
+
+    def _group_evaluated(
+        self, state: FlowState, index: int, value: JSON, error: ErrorRecord | None, now: float
+    ) -> list[Action]:
+        names = self.graph.groups[index]
+        if error is not None:
+            # A group's condition that raises fails the group's first node: no node of it runs.
+            state.nodes[names[0]] = {"status": "running", "attempt": 1}
+            return self._node_failed(state, names[0], error, now, no_effect=True)
+        if value:
+            return self._start_ready(state, self.graph.roots[index], now)
+        for name in names:
+            state.nodes[name] = {"status": "skipped"}
+            self._emit(state, now, "step_skipped", step=name)
+        return self._after_settled(state, names[-1], now)
+
+    def _node_completed(self, state: FlowState, name: str, result: JSON, now: float) -> list[Action]:
+        record = state.nodes[name]
+        record["status"] = "completed"
+        record.pop("wake", None)
+        kind = self.graph.nodes[name].kind
+        if kind == "for_each":
+            # The node's result is its items' outputs in item order: every item must be at hand once.
+            if name not in state.items_loaded:
+                raise ItemsNeeded(name)
+            items = state.items[name]
+            state.results[name] = [items[i]["output"] for i in range(record["total"])]
+        elif kind != "sleep":
+            state.results[name] = result
+        self._emit(state, now, "step_completed", step=name)
+        return self._after_settled(state, name, now)
+
+    def _node_failed(
+        self, state: FlowState, name: str, error: ErrorRecord, now: float, *, no_effect: bool, index: int | None = None
+    ) -> list[Action]:
+        """A node failed for good: the flow starts failing, and nothing new starts."""
+        record = state.nodes[name]
+        record["status"] = "failed"
+        record["error"] = _copy(error)
+        record.pop("wake", None)
+        if no_effect:
+            record["no_effect"] = True
+        self._emit(
+            state, now, "step_failed", step=name, index=index, attempt=record.get("attempt", 1),
+            error=error_text(error), will_retry=False, delay=0.0,
+        )  # fmt: skip
+        actions: list[Action] = []
+        if state.error is None:
+            state.error = _flow_error("step", error, step=name, index=index)
+            actions = self._stop(state, now, cancel_running=False)
+        return actions + self._after_settled(state, name, now)
+
+    def _after_settled(self, state: FlowState, name: str, now: float) -> list[Action]:
+        """Starts what ``name`` settling made ready; moves on once its group has settled."""
+        graph = self.graph
+        nodes = state.nodes
+        actions: list[Action] = []
+        if state.error is None:
+            ready = [
+                succ
+                for succ in graph.nodes[name].succs
+                if succ not in nodes and all(nodes.get(p, _UNSEEN)["status"] in ("completed", "skipped")
+                                             for p in graph.nodes[succ].preds)
+            ]  # fmt: skip
+            if ready:
+                actions = self._start_ready(state, ready, now)
+        group = state.group
+        for member in graph.groups[group]:
+            record = nodes.get(member)
+            if record is not None and record["status"] in _ACTIVE:
+                return actions
+        if state.phase != "steps":
+            return actions
+        if state.error is not None:
+            return actions + self._compensate(state, now)
+        return actions + self._enter_group(state, group + 1, now)
+
+    def _stop(self, state: FlowState, now: float, *, cancel_running: bool) -> list[Action]:
+        """The flow is failing (or interrupted): nothing new starts in the current group.
+
+        Waits, sleeps, children and pending evaluations are cancelled, and so are retries still waiting out their
+        backoff. With ``cancel_running`` (a timeout or a cancellation) running handlers are cancelled too; else
+        they finish their current attempt.
+        """
+        steps: list[tuple[str, int]] = []
+        items: list[tuple[str, int, int]] = []
+        fan_outs: list[str] = []
+        actions: list[Action] = []
+        for name in self.graph.groups[state.group]:
+            record = state.nodes.get(name)
+            if record is None:
+                continue
+            status = record["status"]
+            if status == "pending":
+                del state.nodes[name]  # its condition was being evaluated: it never started
+                continue
+            if status not in ("running", "waiting"):
+                continue
+            kind = self.graph.nodes[name].kind
+            if kind == "step":
+                due = record.get("due")
+                if cancel_running or (due is not None and due > now):
+                    record["status"] = "cancelled"
+                    steps.append((name, record["attempt"]))
+            elif kind == "for_each" and "total" in record:
+                if cancel_running:
+                    record["status"] = "cancelled"
+                    fan_outs.append(name)
+                else:
+                    items += self._drop_retries(record, name, now)
+                    record["failing"] = True
+                    if record["running"] == 0:
+                        record["status"] = self._fan_out_status(record)
+            elif kind == "sub_workflow" and "child" in record:
+                record["status"] = "cancelled"
+                actions.append(CancelChild(record["child"], self._child_reason(state)))
+            else:  # waits, sleeps, and nodes whose callables are being evaluated
+                record["status"] = "cancelled"
+                record.pop("wake", None)
+        evals = tuple(int(e) for e in state.evals)
+        state.evals.clear()
+        if steps or items or fan_outs or evals:
+            actions.insert(0, CancelRunning(tuple(steps), tuple(items), tuple(fan_outs), evals=evals))
+        return actions
+
+    @staticmethod
+    def _child_reason(state: FlowState) -> str:
+        error = state.error or {}
+        kind = error.get("kind")
+        if kind == "cancelled":
+            return f"its parent flow '{state.flow_id}' was cancelled: {error.get('reason')}"
+        if kind == "timeout":
+            return f"its parent flow '{state.flow_id}' timed out"
+        return f"its parent flow '{state.flow_id}' is failing"
+
+    # -- steps --
+
+    def _running(self, state: FlowState, step: str, attempt: int) -> NodeRecord | None:
+        record = state.nodes.get(step)
+        if record is None or record["status"] != "running" or record.get("attempt") != attempt:
+            return None
+        return record
+
+    def _step_returned(self, state: FlowState, event: StepReturned, now: float) -> list[Action]:
+        if event.index is not None:
+            return self._item_returned(state, event, now)
+        record = self._running(state, event.step, event.attempt)
+        if record is None or state.phase != "steps":
+            return []
+        record.pop("due", None)
+        return self._node_completed(state, event.step, event.output, now)
+
+    def _step_raised(self, state: FlowState, event: StepRaised, now: float) -> list[Action]:
+        if event.index is not None:
+            return self._item_raised(state, event, now)
+        record = self._running(state, event.step, event.attempt)
+        if record is None or state.phase != "steps":
+            return []
+        record.pop("due", None)
+        policy = state.policy or _NO_POLICY
+        # Once the flow is failing, running siblings finish their current attempt but are not retried.
+        if event.retryable and state.error is None and event.attempt < policy["attempts"]:
+            delay = self._delay(policy, event.attempt)
+            record["error"] = _copy(event.error)
+            record["attempt"] = event.attempt + 1
+            record["due"] = now + delay
+            self._emit(
+                state, now, "step_failed", step=event.step, index=None, attempt=event.attempt,
+                error=error_text(event.error), will_retry=True, delay=delay,
+            )  # fmt: skip
+            self._emit(state, now, "step_started", step=event.step, attempt=event.attempt + 1)
+            return [RunStep(event.step, event.attempt + 1, delay)]
+        return self._node_failed(state, event.step, event.error, now, no_effect=event.no_effect)
+
+    def _delay(self, policy: Policy, failed_attempt: int) -> float:
+        kind, delay, max_delay, jitter = policy["backoff"]
+        return Backoff(kind, delay, max_delay, jitter).delay_for(failed_attempt, self._rand)
+
+    # -- waits, sleeps and signals --
+
+    def _tick(self, state: FlowState, now: float) -> list[Action]:
+        if state.phase in ("pending", "steps", "complete") and state.deadline is not None and state.deadline <= now:
+            return self._interrupt(state, {"kind": "timeout", "timeout": state.timeout}, now)
+        if state.phase != "steps":
+            return []
+        actions: list[Action] = []
+        for name in self.graph.groups[state.group]:
+            record = state.nodes.get(name)
+            if record is None or record["status"] != "waiting" or record.get("wake", now + 1) > now:
+                continue
+            if self.graph.nodes[name].kind == "sleep":
+                actions += self._node_completed(state, name, None, now)
+            else:
+                timeout = self.graph.nodes[name].step.timeout
+                error: ErrorRecord = {
+                    "type": _WAIT_TIMEOUT_TYPE,
+                    "message": f"no signal '{name}' arrived within {timeout:g}s",
+                    "traceback": "",
+                }
+                actions += self._node_failed(state, name, error, now, no_effect=True)
+        return actions
+
+    def _signal(self, state: FlowState, event: Signal, now: float) -> list[Action]:
+        name = event.name
+        if name not in self.definition.signals:
+            declared = ", ".join(f"'{n}'" for n in self.definition.signals) or "none"
+            raise SignalError(f"Workflow '{state.workflow}' waits for no signal '{name}' (it waits for: {declared})")
+        if state.status.is_terminal:
+            raise SignalError(f"Flow '{state.flow_id}' has ended ({state.status}); signal '{name}' was not delivered")
+        if name in state.signals:
+            if state.signals[name] == event.payload:
+                return []  # the same signal again: already received
+            raise SignalError(
+                f"Flow '{state.flow_id}' already received signal '{name}' with another payload; a signal is "
+                f"delivered once"
+            )
+        record = state.nodes.get(name)
+        if record is not None and record["status"] in ("skipped", "failed", "cancelled"):
+            raise SignalError(
+                f"Flow '{state.flow_id}' no longer waits for signal '{name}': that step is {record['status']}"
+            )
+        if state.error is not None or state.phase not in ("pending", "steps"):
+            raise SignalError(f"Flow '{state.flow_id}' is {state.status}; it no longer waits for signal '{name}'")
+        state.signals[name] = event.payload
+        self._emit(state, now, "signal_received", name=name)
+        if record is not None and record["status"] == "waiting":
+            return self._node_completed(state, name, event.payload, now)
+        return []
+
+    # -- for-each --
+
+    def _items_computed(self, state: FlowState, name: str, values: list[JSON], now: float) -> list[Action]:
+        record = state.nodes[name]
+        record.update({"total": len(values), "next": 0, "running": 0, "done": 0, "failed": 0, "retrying": []})
+        record["dropped"] = []
+        state.items[name] = {i: {"value": v, "status": "pending"} for i, v in enumerate(values)}
+        state.items_loaded.add(name)
+        state.items_changed.update((name, i) for i in range(len(values)))
+        return self._fan_out(state, name, now)
+
+    def _fan_out(self, state: FlowState, name: str, now: float) -> list[Action]:
+        """Starts items while there are slots; settles the node once nothing runs and nothing is left to start."""
+        record = state.nodes[name]
+        actions: list[Action] = []
+        if not record.get("failing") and state.error is None:
+            limit = self.graph.nodes[name].concurrency
+            total = record["total"]
+            while record["running"] < limit and record["next"] < total:
+                index = record["next"]
+                record["next"] = index + 1
+                record["running"] += 1
+                self._emit(state, now, "step_started", step=name, index=index, attempt=1)
+                actions.append(RunStep(name, 1, 0.0, index))
+        if record["running"] == 0 and (record["next"] >= record["total"] or record.get("failing") or state.error):
+            status = self._fan_out_status(record)
+            if status == "completed":
+                return actions + self._node_completed(state, name, None, now)
+            record["status"] = status
+            if status == "failed":
+                error = state.error if state.error is not None and state.error.get("step") == name else None
+                self._emit(
+                    state, now, "step_failed", step=name, index=None, attempt=1, error=error_text(error),
+                    will_retry=False, delay=0.0,
+                )  # fmt: skip
+            return actions + self._after_settled(state, name, now)
+        return actions
+
+    @staticmethod
+    def _fan_out_status(record: NodeRecord) -> StepStatus:
+        if record["failed"]:
+            return "failed"
+        if record["done"] == record["total"]:
+            return "completed"
+        return "cancelled"
+
+    def _item(self, state: FlowState, name: str, index: int) -> ItemRecord:
+        loaded = state.items.get(name)
+        item = None if loaded is None else loaded.get(index)
+        if item is None:
+            raise ItemsNeeded(name, (index,))
+        return item
+
+    def _item_running(self, state: FlowState, name: str, index: int, attempt: int) -> ItemRecord | None:
+        record = state.nodes.get(name)
+        if record is None or record["status"] != "running" or "total" not in record or index >= record["next"]:
+            return None
+        if index in record["dropped"]:
+            return None
+        item = self._item(state, name, index)
+        if item["status"] != "pending" or item.get("attempt", 1) != attempt:
+            return None
+        return item
+
+    def _item_returned(self, state: FlowState, event: StepReturned, now: float) -> list[Action]:
+        assert event.index is not None
+        item = self._item_running(state, event.step, event.index, event.attempt)
+        if item is None:
+            return []
+        record = state.nodes[event.step]
+        item.update({"status": "completed", "attempt": event.attempt, "output": event.output})
+        item.pop("error", None)
+        state.items_changed.add((event.step, event.index))
+        record["running"] -= 1
+        record["done"] += 1
+        self._forget_retry(record, event.index)
+        self._emit(state, now, "step_completed", step=event.step, index=event.index)
+        return self._fan_out(state, event.step, now)
+
+    def _item_raised(self, state: FlowState, event: StepRaised, now: float) -> list[Action]:
+        index = event.index
+        assert index is not None
+        name = event.step
+        item = self._item_running(state, name, index, event.attempt)
+        if item is None:
+            return []
+        record = state.nodes[name]
+        policy = state.policy or _NO_POLICY
+        item["error"] = _copy(event.error)
+        state.items_changed.add((name, index))
+        self._forget_retry(record, index)
+        if event.retryable and not record.get("failing") and state.error is None and event.attempt < policy["attempts"]:
+            delay = self._delay(policy, event.attempt)
+            item["attempt"] = event.attempt + 1
+            record["retrying"].append([index, event.attempt + 1, now + delay])
+            self._emit(
+                state, now, "step_failed", step=name, index=index, attempt=event.attempt,
+                error=error_text(event.error), will_retry=True, delay=delay,
+            )  # fmt: skip
+            self._emit(state, now, "step_started", step=name, index=index, attempt=event.attempt + 1)
+            return [RunStep(name, event.attempt + 1, delay, index)]
+        item.update({"status": "failed", "attempt": event.attempt})
+        if event.no_effect:
+            item["no_effect"] = True
+        record["running"] -= 1
+        record["failed"] += 1
+        record["failing"] = True
+        self._emit(
+            state, now, "step_failed", step=name, index=index, attempt=event.attempt,
+            error=error_text(event.error), will_retry=False, delay=0.0,
+        )  # fmt: skip
+        actions: list[Action] = []
+        cancelled = self._drop_retries(record, name, now)
+        if cancelled:
+            actions.append(CancelRunning(items=tuple(cancelled)))
+        if state.error is None:
+            state.error = _flow_error("step", event.error, step=name, index=index)
+            actions += self._stop(state, now, cancel_running=False)
+        return actions + self._fan_out(state, name, now)
+
+    @staticmethod
+    def _forget_retry(record: NodeRecord, index: int) -> None:
+        retrying = record["retrying"]
+        if retrying:
+            record["retrying"] = [r for r in retrying if r[0] != index]
+
+    @staticmethod
+    def _drop_retries(record: NodeRecord, name: str, now: float) -> list[tuple[str, int, int]]:
+        """Drops the item retries still waiting out their backoff; returns them as ``(node, index, attempt)``."""
+        dropped = [r for r in record["retrying"] if r[2] > now]
+        if not dropped:
+            return []
+        record["retrying"] = [r for r in record["retrying"] if r[2] <= now]
+        record["dropped"] = [*record["dropped"], *(int(r[0]) for r in dropped)]
+        record["running"] -= len(dropped)
+        return [(name, int(r[0]), int(r[1])) for r in dropped]
+
+    # -- sub-workflows --
+
+    def _child_settled(self, state: FlowState, event: ChildSettled, now: float) -> list[Action]:
+        record = state.nodes.get(event.step)
+        if record is None or record.get("child") != event.child:
+            return []
+        if record["status"] == "running" and state.phase == "steps":
+            if event.status == FlowStatus.COMPLETED:
+                return self._node_completed(state, event.step, event.result, now)
+            if event.status in (FlowStatus.FAILED, FlowStatus.CANCELLED):
+                error: ErrorRecord = {
+                    "type": _CHILD_ERROR_TYPE,
+                    "message": f"child flow '{event.child}' {event.status}: {event.error}",
+                    "traceback": "",
+                }
+                return self._node_failed(state, event.step, error, now, no_effect=False)
+            return []
+        if record["status"] == "cancelled" and event.status == FlowStatus.COMPLETED:
+            # It completed before the cancellation reached it: undo it, as this flow no longer wants it.
+            reason = f"its parent flow '{state.flow_id}' no longer wants it"
+            return [CompensateChild(event.step, event.child, reason)]
+        if record["status"] == "compensating" and event.status == FlowStatus.COMPENSATED:
+            failure: ErrorRecord | None = None
+            if event.rollback_failed:
+                failure = {
+                    "type": _CHILD_ERROR_TYPE,
+                    "message": f"child flow '{event.child}' was compensated with failures: {event.error}",
+                    "traceback": "",
+                }
+            return self._rollback_settled(state, event.step, state.rollback_attempt, None, failure, now, final=True)
+        return []
+
+    # -- failing, cancelling, timing out --
+
+    def _interrupt(self, state: FlowState, error: FlowError, now: float) -> list[Action]:
+        if state.phase == "pending":
+            state.error = {"step": None, "type": "", "message": "", "traceback": "", **error}
+            return self._compensate(state, now)
+        if state.phase not in ("steps", "complete"):
+            return []  # already rolling back: the rollbacks and on_error still run
+        in_complete = state.phase == "complete"
+        # A step that already failed for good stays the primary error; its siblings are simply cut short.
+        if state.error is None:
+            state.error = {"step": None, "type": "", "message": "", "traceback": "", **error}
+        actions = self._stop(state, now, cancel_running=True) if state.phase == "steps" else []
+        if in_complete:
+            actions.insert(0, CancelRunning(complete=True))
+        return actions + self._compensate(state, now)
+
+    def _end_now(self, state: FlowState, error: FlowError, status: FlowStatus, reason: str, now: float) -> list[Action]:
+        if state.status.is_terminal:
+            return []
+        running = tuple(
+            (name, r.get("attempt", 1))
+            for name, r in state.nodes.items()
+            if r["status"] in ("running", "compensating") and self.graph.nodes[name].kind == "step"
+        )
+        fan_outs = tuple(
+            name
+            for name, r in state.nodes.items()
+            if r["status"] in ("running", "compensating") and self.graph.nodes[name].kind == "for_each"
+        )
+        children = [
+            CancelChild(r["child"], reason) for r in state.nodes.values() if r["status"] == "running" and "child" in r
+        ]
+        for record in state.nodes.values():
+            if record["status"] in ("running", "waiting", "pending"):
+                record["status"] = "cancelled"
+        if state.phase == "rollback":
+            undone = list(state.rollbacks)
+        elif state.phase == "on_error":
+            undone = []  # every rollback has run; only on_error is cut short
+        else:
+            undone = self._rollback_order(state)
+        if state.error is None:
+            state.error = error
+        for name in undone:
+            record_: ErrorRecord = {"type": _ABORTED, "message": f"not rolled back: {reason}", "traceback": ""}
+            state.nodes[name]["status"] = "compensation_failed"
+            state.nodes[name]["rollback_error"] = _copy(record_)
+            state.rollback_errors.append({"step": name, **record_})
+        state.rollbacks = []
+        evals = tuple(int(e) for e in state.evals)
+        state.evals.clear()
+        cancel = CancelRunning(running, fan_outs=fan_outs, complete=state.phase == "complete", evals=evals)
+        return [cancel, *children, *self._finish(state, status, now)]
+
+    # -- rollbacks --
+
+    def _rollback_order(self, state: FlowState) -> list[str]:
+        """The nodes to roll back, in order: in-doubt nodes that failed first, then completed ones, each in reverse
+        definition order."""
+        policy = state.policy or _NO_POLICY
+        undo = set(policy["undo"])
+        in_doubt = set(policy["in_doubt"])
+        nodes = state.nodes
+        first: list[str] = []
+        then: list[str] = []
+        for name in reversed(self.graph.order):
+            record = nodes.get(name)
+            if record is None:
+                continue
+            kind = self.graph.nodes[name].kind
+            if kind == "sub_workflow":
+                if record["status"] == "completed":
+                    then.append(name)
+            elif name not in undo:
+                continue
+            elif kind == "for_each":
+                if record.get("done") or (name in in_doubt and record.get("failed")):
+                    then.append(name)
+            elif record["status"] == "completed":
+                then.append(name)
+            elif record["status"] == "failed" and name in in_doubt and not record.get("no_effect"):
+                first.append(name)
+        return first + then
+
+    def _compensate(self, state: FlowState, now: float) -> list[Action]:
+        state.status = FlowStatus.COMPENSATING
+        state.phase = "rollback"
+        state.rollbacks = self._rollback_order(state)
+        return self._next_rollback(state, now)
+
+    def _compensate_completed(self, state: FlowState, reason: str, now: float) -> list[Action]:
+        if state.status in (FlowStatus.COMPENSATED,) or (
+            state.status == FlowStatus.COMPENSATING and state.error is not None and state.error["kind"] == "compensated"
+        ):
+            return []
+        if state.status != FlowStatus.COMPLETED:
+            raise FlowStateError(
+                state.flow_id,
+                state.status,
+                "only a completed flow can be compensated (cancel() stops one that is still running)",
+            )
+        state.error = {
+            "kind": "compensated",
+            "step": None,
+            "type": "",
+            "message": "",
+            "traceback": "",
+            "reason": reason,
+        }
+        state.finished_at = None
+        return self._compensate(state, now)
+
+    def _retry_compensation(self, state: FlowState, now: float) -> list[Action]:
+        if not state.status.is_terminal or not state.rollback_errors:
+            if state.status == FlowStatus.COMPENSATING:
+                return []  # already running them
+            raise FlowStateError(state.flow_id, state.status, "it has no rollbacks that failed for good to run again")
+        assert state.error is not None
+        failed = {r["step"] for r in state.rollback_errors}
+        state.rollback_errors = []
+        for name in failed:
+            record = state.nodes[name]
+            if self.graph.nodes[name].kind == "for_each":
+                indices = sorted(set(record.get("rollback_failed", [])), reverse=True)
+                record["undo"] = [[i, i] for i in indices]
+                record["rollback_failed"] = []
+        state.error["retry"] = True
+        state.finished_at = None
+        state.status = FlowStatus.COMPENSATING
+        state.phase = "rollback"
+        state.rollbacks = [n for n in reversed(self.graph.order) if n in failed]
+        return self._next_rollback(state, now)
+
+    def _next_rollback(self, state: FlowState, now: float) -> list[Action]:
+        while state.rollbacks:
+            name = state.rollbacks[0]
+            record = state.nodes[name]
+            kind = self.graph.nodes[name].kind
+            state.rollback_attempt = 1
+            retry = bool(state.error and state.error.get("retry"))
+            if kind == "sub_workflow":
+                record["status"] = "compensating"
+                self._emit(state, now, "rollback_started", step=name, attempt=1)
+                reason = f"its parent flow '{state.flow_id}' is rolling back"
+                return [CompensateChild(name, record["child"], reason, retry=retry)]
+            if kind == "for_each":
+                if "undo" not in record:
+                    record["undo"] = self._item_undo(state, name)
+                    record["rollback_failed"] = []
+                if not record["undo"]:
+                    record["status"] = "compensation_failed" if record.get("rollback_failed") else "compensated"
+                    state.rollbacks.pop(0)
+                    continue
+                index = record["undo"][0][0]
+                record["status"] = "compensating"
+                record["item"] = index
+                self._emit(state, now, "rollback_started", step=name, index=index, attempt=1)
+                return [RunRollback(name, 1, 0.0, index)]
+            record["status"] = "compensating"
+            self._emit(state, now, "rollback_started", step=name, attempt=1)
+            return [RunRollback(name, 1)]
+        assert state.error is not None
+        ended = state.error["kind"]
+        if ended == "compensated" or state.error.get("retry"):
+            state.error.pop("retry", None)
+            status = {"compensated": FlowStatus.COMPENSATED, "cancelled": FlowStatus.CANCELLED}.get(
+                ended, FlowStatus.FAILED
+            )
+            return self._finish(state, status, now)
+        state.phase = "on_error"
+        return [RunOnError()]
+
+    def _item_undo(self, state: FlowState, name: str) -> list[list[int]]:
+        """A for-each's items to roll back, as descending ``[index, index]`` runs: in-doubt failures first, then the
+        completed items from the last to the first."""
+        if name not in state.items_loaded:
+            raise ItemsNeeded(name)
+        policy = state.policy or _NO_POLICY
+        in_doubt = name in policy["in_doubt"]
+        items = state.items[name]
+        first: list[int] = []
+        then: list[int] = []
+        for index in sorted(items, reverse=True):
+            item = items[index]
+            if item["status"] == "completed":
+                then.append(index)
+            elif in_doubt and item["status"] == "failed" and not item.get("no_effect"):
+                first.append(index)
+        runs: list[list[int]] = []
+        for index in first + then:
+            if runs and runs[-1][1] == index + 1 and index not in first:
+                runs[-1][1] = index
+            else:
+                runs.append([index, index])
+        return runs
+
+    def _rollback_due(self, state: FlowState, step: str, attempt: int, index: int | None) -> bool:
+        if state.phase != "rollback" or state.rollbacks[:1] != [step] or state.rollback_attempt != attempt:
+            return False
+        return index is None or state.nodes[step].get("item") == index
+
+    def _rollback_settled(
+        self,
+        state: FlowState,
+        step: str,
+        attempt: int,
+        index: int | None,
+        error: ErrorRecord | None,
+        now: float,
+        *,
+        final: bool = False,
+    ) -> list[Action]:
+        if not self._rollback_due(state, step, attempt, index):
+            return []
+        record = state.nodes[step]
+        item = self._item(state, step, index) if index is not None else None
+        policy = state.policy or _NO_POLICY
+        if error is not None and not final and attempt < policy["attempts"]:
+            delay = self._delay(policy, attempt)
+            state.rollback_attempt = attempt + 1
+            if item is not None:
+                item["rollback_error"] = _copy(error)
+            else:
+                record["rollback_error"] = _copy(error)
+            self._emit(
+                state, now, "rollback_failed", step=step, index=index, attempt=attempt, error=error_text(error),
+                will_retry=True, delay=delay,
+            )  # fmt: skip
+            return [RunRollback(step, attempt + 1, delay, index)]
+        if error is None:
+            self._emit(state, now, "rollback_completed", step=step, index=index)
+        else:
+            self._emit(
+                state, now, "rollback_failed", step=step, index=index, attempt=attempt, error=error_text(error),
+                will_retry=False, delay=0.0,
+            )  # fmt: skip
+            state.rollback_errors.append({"step": step, "index": index, **error})
+        if item is not None:
+            assert index is not None
+            item["status"] = "compensated" if error is None else "compensation_failed"
+            if error is not None:
+                item["rollback_error"] = _copy(error)
+                record["rollback_failed"] = [*record.get("rollback_failed", []), index]
+            state.items_changed.add((step, index))
+            undo = record["undo"]
+            high, low = undo[0]
+            if high == low:
+                undo.pop(0)
+            else:
+                undo[0] = [high - 1, low]
+            return self._next_rollback(state, now)
+        record["status"] = "compensated" if error is None else "compensation_failed"
+        if error is not None:
+            record["rollback_error"] = _copy(error)
+        state.rollbacks.pop(0)
+        return self._next_rollback(state, now)
+
+    # -- the end --
+
+    def _finish(self, state: FlowState, status: FlowStatus, now: float) -> list[Action]:
+        state.status = status
+        state.phase = "done"
+        state.wake_at = None
+        state.finished_at = now
+        message = None if state.error is None or status == FlowStatus.COMPLETED else str(build_error(state))
+        reason = None if state.error is None else state.error.get("reason")
+        self._emit(state, now, f"flow_{status.value}", error=message, reason=reason)
+        actions: list[Action] = [Finish(status)]
+        if state.parent is not None:
+            settled = ChildSettled(
+                state.parent["node"],
+                state.flow_id,
+                status.value,
+                state.result if status == FlowStatus.COMPLETED else None,
+                message,
+                bool(state.rollback_errors),
+            )
+            actions.append(NotifyParent(state.parent, settled))
+        return actions
+
+    def _refresh(self, state: FlowState, now: float) -> None:
+        """Brings the flow's status (running or waiting) and its next wake-up time up to date."""
+        phase = state.phase
+        if phase == "steps":
+            group = state.group
+            if not self.graph.may_wait[group]:
+                state.wake_at = state.deadline
+                return
+            waiting = False
+            busy = bool(state.evals)
+            wake = state.deadline
+            for name in self.graph.groups[group]:
+                record = state.nodes.get(name)
+                if record is None:
+                    continue
+                status = record["status"]
+                if status == "waiting":
+                    waiting = True
+                    at = record.get("wake")
+                    if at is not None and (wake is None or at < wake):
+                        wake = at
+                elif status in ("running", "pending"):
+                    busy = True
+            state.wake_at = wake
+            flow_status = FlowStatus.WAITING if waiting and not busy else FlowStatus.RUNNING
+            if flow_status != state.status and state.status in (FlowStatus.RUNNING, FlowStatus.WAITING):
+                state.status = flow_status
+                if flow_status == FlowStatus.WAITING:
+                    self._emit(state, now, "flow_waiting")
+        elif phase in ("pending", "complete"):
+            state.wake_at = state.deadline
+        else:
+            state.wake_at = None
+
+    @staticmethod
+    def _emit(state: FlowState, now: float, kind: str, **fields: Any) -> None:
+        state.seq += 1
+        record: EventRecord = {"type": kind, "seq": state.seq, "at": now}
+        record.update(fields)  # type: ignore[typeddict-item]
+        state.emitted.append(record)
+
+
+_UNSEEN: NodeRecord = {"status": "pending"}
+
+
+def _copy(error: ErrorRecord) -> ErrorRecord:
+    return {"type": error["type"], "message": error["message"], "traceback": error["traceback"]}
+
+
+def _flow_error(kind: Any, error: ErrorRecord, *, step: str | None = None, index: int | None = None) -> FlowError:
+    flow_error: FlowError = {"kind": kind, "step": step, "index": index}
+    flow_error.update(_copy(error))  # type: ignore[typeddict-item]  # an ErrorRecord's keys are a FlowError's
+    return flow_error

@@ -1,0 +1,272 @@
+"""What the engine records about a flow: plain JSON data, typed with ``TypedDict``s.
+
+Providers persist :class:`FlowState` (``to_dict``/``from_dict``) and hand it back with every event; they never edit
+it themselves, except ``finished_at``. For-each items are kept apart from the rest (:attr:`FlowState.items`), one
+record per item, so that a durable provider can store and load them one at a time: an item's completion must not
+re-write every other item's record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypedDict
+
+from plait.core.handle import FlowStatus
+
+__all__ = [
+    "JSON",
+    "ErrorRecord",
+    "EventRecord",
+    "FlowError",
+    "FlowState",
+    "ItemRecord",
+    "NodeRecord",
+    "ParentRef",
+    "Phase",
+    "Policy",
+    "Progress",
+    "StepStatus",
+]
+
+JSON = Any
+"""A value made of dicts, lists, strings, numbers, booleans and None."""
+
+Phase = Literal["pending", "steps", "complete", "rollback", "on_error", "done"]
+"""Where the engine is: not started, running groups, calling ``on_complete``, rolling back, calling
+``on_error``, ended."""
+
+StepStatus = Literal[
+    "pending",
+    "running",
+    "waiting",
+    "completed",
+    "skipped",
+    "failed",
+    "cancelled",
+    "compensating",
+    "compensated",
+    "compensation_failed",
+]
+"""A node's (or item's) status: ``pending`` (not started), ``running``, ``waiting`` (for a signal or a timer),
+``completed``, ``skipped`` (its condition was false), ``failed``, ``cancelled`` (cut short by a timeout or a
+cancellation), ``compensating`` (being rolled back), ``compensated`` (rolled back) or ``compensation_failed``."""
+
+
+class ErrorRecord(TypedDict):
+    """An exception as plain data: enough to rebuild a ``RemoteError`` in another process."""
+
+    type: str
+    message: str
+    traceback: str
+
+
+class FlowError(TypedDict, total=False):
+    """The error a flow failed (or was cancelled or compensated) with.
+
+    ``kind`` says what happened: ``step`` (a node failed for good; ``step`` names it, ``index`` the for-each item),
+    ``complete`` (``on_complete`` failed), ``timeout`` (``timeout`` seconds passed), ``cancelled`` and
+    ``compensated`` (``reason`` says why) or ``unrunnable`` (the recorded data no longer validates). ``retry`` is
+    set while failed rollbacks run again.
+    """
+
+    kind: Literal["step", "complete", "timeout", "cancelled", "compensated", "unrunnable"]
+    step: str | None
+    index: int | None
+    type: str
+    message: str
+    traceback: str
+    timeout: float | None
+    reason: str
+    retry: bool
+
+
+class NodeRecord(TypedDict, total=False):
+    """One node of a flow, once it has been reached.
+
+    Attributes:
+        status: the node's status.
+        attempt: a step's attempt (1-based), or a rollback's while it is rolled back.
+        due: when a step's scheduled retry may start (seconds since the epoch).
+        error: its last failed attempt's error.
+        no_effect: its failure said it changed nothing (``NoEffectError``): no rollback even if in doubt.
+        rollback_error: its last failed rollback attempt's error.
+        wake: when a waiting ``wait_for`` times out, or a ``sleep`` wakes.
+        child: a ``sub_workflow``'s child flow id.
+        eval: the evaluation (of ``when``, ``items``, ``data`` or ``until``) the node waits for.
+        total, next, running, done, failed: a ``for_each``'s item counts: items in all, the next index to start,
+            items running (or waiting out a backoff), completed, failed for good.
+        retrying: a ``for_each``'s items waiting out a backoff, as ``[index, attempt, due]``.
+        dropped: a ``for_each``'s items whose pending retry was dropped because the flow is failing.
+        failing: a ``for_each`` starts no new item (an item failed for good, or the flow is failing).
+        undo: a ``for_each``'s items still to roll back, as descending ``[high, low]`` index ranges.
+        item: the item being rolled back.
+        rollback_failed: a ``for_each``'s items whose rollback failed for good.
+    """
+
+    status: StepStatus
+    attempt: int
+    due: float
+    error: ErrorRecord
+    no_effect: bool
+    rollback_error: ErrorRecord
+    wake: float
+    child: str
+    eval: int
+    total: int
+    next: int
+    running: int
+    done: int
+    failed: int
+    retrying: list[list[float]]
+    dropped: list[int]
+    failing: bool
+    undo: list[list[int]]
+    item: int
+    rollback_failed: list[int]
+
+
+class ItemRecord(TypedDict, total=False):
+    """One item of a for-each: its value, and once it has settled, its fate.
+
+    Attributes:
+        value: the item, as computed by ``items(ctx)`` (JSON).
+        status: ``pending`` until it settles (running items stay ``pending`` here; the node counts them).
+        attempt: the attempt it reached.
+        output: its output, once completed (JSON).
+        error: its last failed attempt's error.
+        no_effect: its failure said it changed nothing.
+        rollback_error: its rollback's last error.
+    """
+
+    value: JSON
+    status: StepStatus
+    attempt: int
+    output: JSON
+    error: ErrorRecord
+    no_effect: bool
+    rollback_error: ErrorRecord
+
+
+class ParentRef(TypedDict):
+    """Where a child flow came from: its parent flow, the parent's workflow, and the sub-workflow node."""
+
+    flow_id: str
+    workflow: str
+    node: str
+
+
+class Policy(TypedDict):
+    """What the consumer registered for a flow, recorded when it starts, so that any process can drive it.
+
+    Attributes:
+        attempts: tries per step, item and rollback.
+        backoff: ``[kind, delay, max_delay, jitter]`` of the retry backoff.
+        undo: the nodes whose handler has a rollback, in definition order.
+        in_doubt: the nodes rolled back even when they fail (``rollback_if_failed``).
+    """
+
+    attempts: int
+    backoff: list[Any]
+    undo: list[str]
+    in_doubt: list[str]
+
+
+class Progress(TypedDict):
+    """The latest progress a handler reported: a fraction in [0, 1], an optional message, who reported it."""
+
+    fraction: float
+    message: str | None
+    step: str | None
+    index: int | None
+    at: float
+
+
+class EventRecord(TypedDict, total=False):
+    """One event of a flow's history as plain data (see ``plait.core.events`` for the typed form).
+
+    Every record has ``type``, ``seq`` (1, 2, 3, ... per flow) and ``at`` (seconds since the epoch); the rest
+    depends on the type.
+    """
+
+    type: str
+    seq: int
+    at: float
+    step: str
+    index: int | None
+    attempt: int
+    will_retry: bool
+    delay: float
+    error: str
+    child: str | None
+    name: str
+    fraction: float
+    message: str | None
+    status: str
+    reason: str | None
+
+
+@dataclass(slots=True)
+class FlowState:
+    """Everything recorded about one flow; JSON-serialisable through :meth:`to_dict`.
+
+    The fields after ``progress`` are not part of :meth:`to_dict`: ``emitted`` holds the events of the last
+    transitions until the provider takes them, and ``items`` the for-each item records at hand (all of them
+    in memory; for a durable provider, those it loaded), ``items_loaded`` the nodes whose items are all at hand,
+    and ``items_changed`` which records to write back.
+    """
+
+    flow_id: str
+    workflow: str
+    data: JSON
+    meta: dict[str, str] = field(default_factory=dict)
+    status: FlowStatus = FlowStatus.PENDING
+    phase: Phase = "pending"
+    created_at: float = 0.0
+    finished_at: float | None = None
+    timeout: float | None = None
+    deadline: float | None = None
+    wake_at: float | None = None
+    group: int = 0
+    nodes: dict[str, NodeRecord] = field(default_factory=dict)
+    results: dict[str, JSON] = field(default_factory=dict)
+    signals: dict[str, JSON] = field(default_factory=dict)
+    error: FlowError | None = None
+    rollbacks: list[str] = field(default_factory=list)
+    rollback_attempt: int = 0
+    rollback_errors: list[dict[str, Any]] = field(default_factory=list)
+    result: JSON = None
+    parent: ParentRef | None = None
+    depth: int = 1
+    retry_of: str | None = None
+    policy: Policy | None = None
+    evals: dict[str, list[list[str]]] = field(default_factory=dict)
+    eval_seq: int = 0
+    seq: int = 0
+    progress: Progress | None = None
+    emitted: list[EventRecord] = field(default_factory=list)
+    items: dict[str, dict[int, ItemRecord]] = field(default_factory=dict)
+    items_loaded: set[str] = field(default_factory=set)
+    items_changed: set[tuple[str, int]] = field(default_factory=set)
+
+    def to_dict(self) -> dict[str, JSON]:
+        """Returns the state as JSON-ready data (for-each items and unsent events excluded)."""
+        return {name: getattr(self, name) for name in _FIELDS}
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, JSON]) -> FlowState:
+        """Rebuilds a state from :meth:`to_dict`'s output."""
+        state = cls(**{name: raw[name] for name in _FIELDS if name in raw})
+        state.status = FlowStatus(state.status)
+        return state
+
+    def take_events(self) -> list[EventRecord]:
+        """Returns the events recorded since the last call, and forgets them."""
+        events = self.emitted
+        if events:
+            self.emitted = []
+        return events
+
+
+_TRANSIENT = ("emitted", "items", "items_loaded", "items_changed")
+_FIELDS = tuple(name for name in FlowState.__dataclass_fields__ if name not in _TRANSIENT)

@@ -24,9 +24,11 @@ from plait.core import (
     ProviderNotStartedError,
     WorkflowProvider,
 )
+from plait.testing._contract_control import RunControlRules
 from plait.testing._contract_failure import FailureRules
 from plait.testing._contract_flow import FlowRules
 from plait.testing._contract_hardening import HardeningRules
+from plait.testing._contract_nodes import ControlFlowRules
 from plait.testing._scripted import (
     DIAMOND,
     FOREVER,
@@ -42,7 +44,7 @@ __all__ = ["ProviderContract"]
 
 
 @pytest.mark.asyncio
-class ProviderContract(HardeningRules, FailureRules, FlowRules):
+class ProviderContract(RunControlRules, ControlFlowRules, HardeningRules, FailureRules, FlowRules):
     """DESIGN §3 as a pytest class: subclass it and override the ``provider`` fixture.
 
     The fixture returns a new, unstarted provider; each test registers its workflows on it, starts it and stops
@@ -59,6 +61,7 @@ class ProviderContract(HardeningRules, FailureRules, FlowRules):
     Attributes:
         latency: seconds a provider may need to hand a step or an event on (a remote provider's round trips);
             added to the waits of timing-sensitive tests.
+        timer_latency: seconds a provider may fire a timer (a sleep's end, a signal's timeout) after it is due.
         stop_grace: the grace period of the provider the fixture returns; ``stop()`` should let a step shorter
             than this finish and return within a few grace periods when a step blocks.
         wait: the longest a test waits for a flow's result before it fails.

@@ -53,6 +53,7 @@ class ContractBase:
     """Timing knobs, the ``provider`` fixture and helpers; see :class:`~plait.testing.ProviderContract`."""
 
     latency: float = 0.1
+    timer_latency: float = 0.1
     stop_grace: float = 0.5
     wait: float = 5.0
 

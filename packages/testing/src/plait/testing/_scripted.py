@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from plait.core import (
     Backoff,
     IWorkflowConsumer,
+    NoEffectError,
     NonRetryableError,
     StepContext,
     StepHandler,
@@ -69,11 +70,14 @@ class Order(BaseModel):
 
 
 class StepOut(BaseModel):
-    """What a contract step returns: who ran, which attempt, which results it saw."""
+    """What a contract step returns: who ran, which attempt, which results it saw (and, for a for-each item,
+    which item)."""
 
     step: str
     attempt: int
     seen: list[str]
+    index: int | None = None
+    item: Any = None
 
 
 class AOut(StepOut):
@@ -115,6 +119,16 @@ class Opaque(BaseModel):
 
     step: str
     value: Any = None
+
+
+class Note(BaseModel):
+    """The payload of the contract's signals."""
+
+    by: str
+
+
+class EachOut(StepOut):
+    """Output of a for-each item."""
 
 
 class Bag(Order):
@@ -187,6 +201,10 @@ class Do:
         rollback_fail: the first ``rollback_fail`` rollback attempts raise.
         rollback_raises: what a failing rollback attempt raises.
         pad: add a string of this many characters to the output (to make it large).
+        items: for a for-each, the item indices this applies to (the others just succeed); ``None``: every item.
+        progress: report this progress fraction before returning.
+        no_effect: a failing attempt raises ``NoEffectError`` (it changed nothing).
+        in_doubt: the step is rolled back even when it fails (``rollback_if_failed=True``).
         rollback_sleep: seconds each rollback attempt takes.
         finish_late: when cancelled, keep going and return the output anyway (a worker that cannot be interrupted).
     """
@@ -202,6 +220,10 @@ class Do:
     rollback_fail: int = 0
     rollback_raises: type[BaseException] = StepBoom
     pad: int = 0
+    items: frozenset[int] | None = None
+    progress: float | None = None
+    no_effect: bool = False
+    in_doubt: bool = False
     rollback_sleep: float = 0.0
     finish_late: bool = False
 
@@ -216,8 +238,15 @@ class Call:
     start: float
     end: float | None = None
     outcome: str = "running"
+    index: int | None = None
     ctx: WorkflowContext[Order] | None = field(default=None, repr=False)
     error: WorkflowError | None = field(default=None, repr=False)
+
+    @property
+    def step_ctx(self) -> StepContext[Order]:
+        """The context of a step or rollback call."""
+        assert isinstance(self.ctx, StepContext), f"{self.kind} calls have no step context"
+        return self.ctx
 
 
 class Scripted(IWorkflowConsumer[Order, FlowOut]):
@@ -248,6 +277,7 @@ class Scripted(IWorkflowConsumer[Order, FlowOut]):
             name: StepHandler(
                 execute=self._execute_for(name),
                 rollback=self._rollback_for(name) if self.plan.get(name, Do()).rollback else None,
+                rollback_if_failed=self.plan.get(name, Do()).in_doubt,
             )
             for name in self.outputs
         }
@@ -270,16 +300,20 @@ class Scripted(IWorkflowConsumer[Order, FlowOut]):
     # -- handlers --
 
     def _execute_for(self, name: str) -> Callable[[StepContext[Order]], Awaitable[BaseModel | dict[str, object]]]:
-        do = self.plan.get(name, Do())
         output = self.outputs[name]
 
         async def execute(ctx: StepContext[Order]) -> BaseModel | dict[str, object]:
             call = self._begin("step", name, ctx.attempt, ctx)
+            do = self._plan_for(name, ctx.index)
             try:
+                if do.progress is not None:
+                    await ctx.progress(do.progress, f"{name} at {do.progress:g}")
                 if do.sleep and (not do.sleep_attempts or ctx.attempt in do.sleep_attempts):
                     await self._sleep(do, call)
                 if ctx.attempt <= do.fail:
                     self._end(call, "raised", None)
+                    if do.no_effect:
+                        raise NoEffectError(f"nothing done by {name} {ctx.attempt}")
                     raise do.raises(f"boom {name} {ctx.attempt}")
                 if do.opaque:
                     return self._end(call, "ok", Opaque(step=name, value=object()))
@@ -288,6 +322,8 @@ class Scripted(IWorkflowConsumer[Order, FlowOut]):
                     return self._end(call, "ok", invalid)
                 seen = [*ctx.results, "x" * do.pad] if do.pad else list(ctx.results)
                 fields: dict[str, object] = {"step": name, "attempt": ctx.attempt, "seen": seen}
+                if ctx.index is not None:
+                    fields.update(index=ctx.index, item=ctx.item)
                 return self._end(call, "ok", fields if do.plain else output.model_validate(fields))
             except BaseException as error:
                 if call.outcome == "running":
@@ -297,10 +333,9 @@ class Scripted(IWorkflowConsumer[Order, FlowOut]):
         return execute
 
     def _rollback_for(self, name: str) -> Callable[[StepContext[Order]], Awaitable[None]]:
-        do = self.plan.get(name, Do())
-
         async def rollback(ctx: StepContext[Order]) -> None:
             call = self._begin("rollback", name, ctx.attempt, ctx)
+            do = self._plan_for(name, ctx.index)
             if do.rollback_sleep:
                 await asyncio.sleep(do.rollback_sleep)
             if ctx.attempt <= do.rollback_fail:
@@ -333,8 +368,14 @@ class Scripted(IWorkflowConsumer[Order, FlowOut]):
 
     # -- recording --
 
+    def _plan_for(self, name: str, index: int | None) -> Do:
+        do = self.plan.get(name, Do())
+        if do.items is not None and index not in do.items:
+            return Do(rollback=do.rollback)
+        return do
+
     def _begin(self, kind: Any, step: str | None, attempt: int, ctx: WorkflowContext[Order]) -> Call:
-        call = Call(kind, step, attempt, time.monotonic(), ctx=ctx)
+        call = Call(kind, step, attempt, time.monotonic(), ctx=ctx, index=ctx.index)
         self.calls.append(call)
         return call
 

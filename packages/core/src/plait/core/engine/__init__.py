@@ -7,8 +7,9 @@ and the definition's callables run through :class:`plait.core.runner.Runner`. Th
 """
 
 from plait.core.engine.failures import ExceptionKey, build_error, error_text, log_flow_end, matching_exceptions
+from plait.core.engine.fanout import ItemsNeeded
 from plait.core.engine.graph import DEFAULT_FOR_EACH_CONCURRENCY, Graph, Node
-from plait.core.engine.machine import Engine, ItemsNeeded, child_flow_id
+from plait.core.engine.machine import Engine, child_flow_id
 from plait.core.engine.messages import (
     Action,
     Cancel,

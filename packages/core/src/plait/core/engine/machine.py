@@ -17,12 +17,12 @@ publish as the flow's history.
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
 
+from plait.core.engine.base import NO_POLICY, copy_error, flow_error
 from plait.core.engine.failures import build_error, error_text
-from plait.core.engine.graph import Graph, Node
+from plait.core.engine.fanout import FanOut, ItemsNeeded
+from plait.core.engine.graph import Node
 from plait.core.engine.messages import (
     Action,
     Cancel,
@@ -57,47 +57,24 @@ from plait.core.engine.messages import (
 from plait.core.engine.records import (
     JSON,
     ErrorRecord,
-    EventRecord,
     FlowError,
     FlowState,
-    ItemRecord,
     NodeRecord,
     ParentRef,
     Policy,
-    StepStatus,
 )
+from plait.core.engine.rollbacks import Rollbacks
 from plait.core.errors import FlowStateError, SignalError
 from plait.core.handle import FlowStatus
-from plait.core.options import Backoff
-from plait.core.workflow import WorkflowDefinition
 
 __all__ = ["Engine", "ItemsNeeded", "child_flow_id"]
 
 # The type recorded for a rollback that an abort left undone.
 _ABORTED = "plait.core.errors.WorkflowCancelledError"
-_NO_POLICY: Policy = {"attempts": 1, "backoff": ["fixed", 0.0, 0.0, False], "undo": [], "in_doubt": []}
 _SETTLED: frozenset[str] = frozenset({"completed", "skipped", "failed", "cancelled"})
 _ACTIVE: frozenset[str] = frozenset({"running", "waiting", "pending"})
 _WAIT_TIMEOUT_TYPE = "TimeoutError"
 _CHILD_ERROR_TYPE = "plait.core.errors.WorkflowError"
-
-
-class ItemsNeeded(Exception):
-    """The engine needs for-each item records that the provider has not loaded into ``state.items``.
-
-    A provider that keeps items apart (in Redis, one key field per item) loads them and hands the same event to a
-    fresh copy of the state again; the state the engine was given is left half-changed and must be dropped. The
-    in-process provider holds every item and never sees this.
-
-    Attributes:
-        node: the for-each node.
-        indices: the items needed, or ``None`` for all of them.
-    """
-
-    def __init__(self, node: str, indices: tuple[int, ...] | None = None) -> None:
-        self.node = node
-        self.indices = indices
-        super().__init__(f"items of '{node}' are needed: {'all' if indices is None else list(indices)}")
 
 
 def child_flow_id(parent_id: str, node: str) -> str:
@@ -106,7 +83,7 @@ def child_flow_id(parent_id: str, node: str) -> str:
     return f"{parent_id}.{node}"
 
 
-class Engine:
+class Engine(FanOut, Rollbacks):
     """The saga rules of one workflow definition.
 
     What the consumer registered (attempts, backoff, which steps have rollbacks) is recorded in each flow's state
@@ -117,12 +94,7 @@ class Engine:
         rand: source of jitter for backoff, in [0, 1).
     """
 
-    __slots__ = ("_rand", "definition", "graph")
-
-    def __init__(self, definition: WorkflowDefinition[Any, Any], rand: Callable[[], float] = random.random) -> None:
-        self.definition = definition
-        self.graph = Graph(definition)
-        self._rand = rand
+    __slots__ = ()
 
     # -- queries --
 
@@ -256,7 +228,7 @@ class Engine:
             case CompleteRaised():
                 if state.phase != "complete":
                     return []
-                state.error = _flow_error("complete", event.error)
+                state.error = flow_error("complete", event.error)
                 actions = self._compensate(state, now)
             case ErrorHandled():
                 if state.phase != "on_error":
@@ -298,7 +270,7 @@ class Engine:
             case Unrunnable():
                 # Its handlers cannot be given valid contexts, rollbacks included: end it now, saying what was
                 # left undone, rather than retry it forever.
-                error = _flow_error("unrunnable", event.error)
+                error = flow_error("unrunnable", event.error)
                 actions = self._end_now(
                     state, error, FlowStatus.FAILED, f"the flow cannot run: {event.error['message']}", now
                 )
@@ -470,7 +442,7 @@ class Engine:
         """A node failed for good: the flow starts failing, and nothing new starts."""
         record = state.nodes[name]
         record["status"] = "failed"
-        record["error"] = _copy(error)
+        record["error"] = copy_error(error)
         record.pop("wake", None)
         if no_effect:
             record["no_effect"] = True
@@ -480,7 +452,7 @@ class Engine:
         )  # fmt: skip
         actions: list[Action] = []
         if state.error is None:
-            state.error = _flow_error("step", error, step=name, index=index)
+            state.error = flow_error("step", error, step=name, index=index)
             actions = self._stop(state, now, cancel_running=False)
         return actions + self._after_settled(state, name, now)
 
@@ -591,11 +563,11 @@ class Engine:
         if record is None or state.phase != "steps":
             return []
         record.pop("due", None)
-        policy = state.policy or _NO_POLICY
+        policy = state.policy or NO_POLICY
         # Once the flow is failing, running siblings finish their current attempt but are not retried.
         if event.retryable and state.error is None and event.attempt < policy["attempts"]:
             delay = self._delay(policy, event.attempt)
-            record["error"] = _copy(event.error)
+            record["error"] = copy_error(event.error)
             record["attempt"] = event.attempt + 1
             record["due"] = now + delay
             self._emit(
@@ -605,10 +577,6 @@ class Engine:
             self._emit(state, now, "step_started", step=event.step, attempt=event.attempt + 1)
             return [RunStep(event.step, event.attempt + 1, delay)]
         return self._node_failed(state, event.step, event.error, now, no_effect=event.no_effect)
-
-    def _delay(self, policy: Policy, failed_attempt: int) -> float:
-        kind, delay, max_delay, jitter = policy["backoff"]
-        return Backoff(kind, delay, max_delay, jitter).delay_for(failed_attempt, self._rand)
 
     # -- waits, sleeps and signals --
 
@@ -660,143 +628,6 @@ class Engine:
         if record is not None and record["status"] == "waiting":
             return self._node_completed(state, name, event.payload, now)
         return []
-
-    # -- for-each --
-
-    def _items_computed(self, state: FlowState, name: str, values: list[JSON], now: float) -> list[Action]:
-        record = state.nodes[name]
-        record.update({"total": len(values), "next": 0, "running": 0, "done": 0, "failed": 0, "retrying": []})
-        record["dropped"] = []
-        state.items[name] = {i: {"value": v, "status": "pending"} for i, v in enumerate(values)}
-        state.items_loaded.add(name)
-        state.items_changed.update((name, i) for i in range(len(values)))
-        return self._fan_out(state, name, now)
-
-    def _fan_out(self, state: FlowState, name: str, now: float) -> list[Action]:
-        """Starts items while there are slots; settles the node once nothing runs and nothing is left to start."""
-        record = state.nodes[name]
-        actions: list[Action] = []
-        if not record.get("failing") and state.error is None:
-            limit = self.graph.nodes[name].concurrency
-            total = record["total"]
-            while record["running"] < limit and record["next"] < total:
-                index = record["next"]
-                record["next"] = index + 1
-                record["running"] += 1
-                self._emit(state, now, "step_started", step=name, index=index, attempt=1)
-                actions.append(RunStep(name, 1, 0.0, index))
-        if record["running"] == 0 and (record["next"] >= record["total"] or record.get("failing") or state.error):
-            status = self._fan_out_status(record)
-            if status == "completed":
-                return actions + self._node_completed(state, name, None, now)
-            record["status"] = status
-            if status == "failed":
-                error = state.error if state.error is not None and state.error.get("step") == name else None
-                self._emit(
-                    state, now, "step_failed", step=name, index=None, attempt=1, error=error_text(error),
-                    will_retry=False, delay=0.0,
-                )  # fmt: skip
-            return actions + self._after_settled(state, name, now)
-        return actions
-
-    @staticmethod
-    def _fan_out_status(record: NodeRecord) -> StepStatus:
-        if record["failed"]:
-            return "failed"
-        if record["done"] == record["total"]:
-            return "completed"
-        return "cancelled"
-
-    def _item(self, state: FlowState, name: str, index: int) -> ItemRecord:
-        loaded = state.items.get(name)
-        item = None if loaded is None else loaded.get(index)
-        if item is None:
-            raise ItemsNeeded(name, (index,))
-        return item
-
-    def _item_running(self, state: FlowState, name: str, index: int, attempt: int) -> ItemRecord | None:
-        record = state.nodes.get(name)
-        if record is None or record["status"] != "running" or "total" not in record or index >= record["next"]:
-            return None
-        if index in record["dropped"]:
-            return None
-        item = self._item(state, name, index)
-        if item["status"] != "pending" or item.get("attempt", 1) != attempt:
-            return None
-        return item
-
-    def _item_returned(self, state: FlowState, event: StepReturned, now: float) -> list[Action]:
-        assert event.index is not None
-        item = self._item_running(state, event.step, event.index, event.attempt)
-        if item is None:
-            return []
-        record = state.nodes[event.step]
-        item.update({"status": "completed", "attempt": event.attempt, "output": event.output})
-        item.pop("error", None)
-        state.items_changed.add((event.step, event.index))
-        record["running"] -= 1
-        record["done"] += 1
-        self._forget_retry(record, event.index)
-        self._emit(state, now, "step_completed", step=event.step, index=event.index)
-        return self._fan_out(state, event.step, now)
-
-    def _item_raised(self, state: FlowState, event: StepRaised, now: float) -> list[Action]:
-        index = event.index
-        assert index is not None
-        name = event.step
-        item = self._item_running(state, name, index, event.attempt)
-        if item is None:
-            return []
-        record = state.nodes[name]
-        policy = state.policy or _NO_POLICY
-        item["error"] = _copy(event.error)
-        state.items_changed.add((name, index))
-        self._forget_retry(record, index)
-        if event.retryable and not record.get("failing") and state.error is None and event.attempt < policy["attempts"]:
-            delay = self._delay(policy, event.attempt)
-            item["attempt"] = event.attempt + 1
-            record["retrying"].append([index, event.attempt + 1, now + delay])
-            self._emit(
-                state, now, "step_failed", step=name, index=index, attempt=event.attempt,
-                error=error_text(event.error), will_retry=True, delay=delay,
-            )  # fmt: skip
-            self._emit(state, now, "step_started", step=name, index=index, attempt=event.attempt + 1)
-            return [RunStep(name, event.attempt + 1, delay, index)]
-        item.update({"status": "failed", "attempt": event.attempt})
-        if event.no_effect:
-            item["no_effect"] = True
-        record["running"] -= 1
-        record["failed"] += 1
-        record["failing"] = True
-        self._emit(
-            state, now, "step_failed", step=name, index=index, attempt=event.attempt,
-            error=error_text(event.error), will_retry=False, delay=0.0,
-        )  # fmt: skip
-        actions: list[Action] = []
-        cancelled = self._drop_retries(record, name, now)
-        if cancelled:
-            actions.append(CancelRunning(items=tuple(cancelled)))
-        if state.error is None:
-            state.error = _flow_error("step", event.error, step=name, index=index)
-            actions += self._stop(state, now, cancel_running=False)
-        return actions + self._fan_out(state, name, now)
-
-    @staticmethod
-    def _forget_retry(record: NodeRecord, index: int) -> None:
-        retrying = record["retrying"]
-        if retrying:
-            record["retrying"] = [r for r in retrying if r[0] != index]
-
-    @staticmethod
-    def _drop_retries(record: NodeRecord, name: str, now: float) -> list[tuple[str, int, int]]:
-        """Drops the item retries still waiting out their backoff; returns them as ``(node, index, attempt)``."""
-        dropped = [r for r in record["retrying"] if r[2] > now]
-        if not dropped:
-            return []
-        record["retrying"] = [r for r in record["retrying"] if r[2] <= now]
-        record["dropped"] = [*record["dropped"], *(int(r[0]) for r in dropped)]
-        record["running"] -= len(dropped)
-        return [(name, int(r[0]), int(r[1])) for r in dropped]
 
     # -- sub-workflows --
 
@@ -877,216 +708,13 @@ class Engine:
         for name in undone:
             record_: ErrorRecord = {"type": _ABORTED, "message": f"not rolled back: {reason}", "traceback": ""}
             state.nodes[name]["status"] = "compensation_failed"
-            state.nodes[name]["rollback_error"] = _copy(record_)
+            state.nodes[name]["rollback_error"] = copy_error(record_)
             state.rollback_errors.append({"step": name, **record_})
         state.rollbacks = []
         evals = tuple(int(e) for e in state.evals)
         state.evals.clear()
         cancel = CancelRunning(running, fan_outs=fan_outs, complete=state.phase == "complete", evals=evals)
         return [cancel, *children, *self._finish(state, status, now)]
-
-    # -- rollbacks --
-
-    def _rollback_order(self, state: FlowState) -> list[str]:
-        """The nodes to roll back, in order: in-doubt nodes that failed first, then completed ones, each in reverse
-        definition order."""
-        policy = state.policy or _NO_POLICY
-        undo = set(policy["undo"])
-        in_doubt = set(policy["in_doubt"])
-        nodes = state.nodes
-        first: list[str] = []
-        then: list[str] = []
-        for name in reversed(self.graph.order):
-            record = nodes.get(name)
-            if record is None:
-                continue
-            kind = self.graph.nodes[name].kind
-            if kind == "sub_workflow":
-                if record["status"] == "completed":
-                    then.append(name)
-            elif name not in undo:
-                continue
-            elif kind == "for_each":
-                if record.get("done") or (name in in_doubt and record.get("failed")):
-                    then.append(name)
-            elif record["status"] == "completed":
-                then.append(name)
-            elif record["status"] == "failed" and name in in_doubt and not record.get("no_effect"):
-                first.append(name)
-        return first + then
-
-    def _compensate(self, state: FlowState, now: float) -> list[Action]:
-        state.status = FlowStatus.COMPENSATING
-        state.phase = "rollback"
-        state.rollbacks = self._rollback_order(state)
-        return self._next_rollback(state, now)
-
-    def _compensate_completed(self, state: FlowState, reason: str, now: float) -> list[Action]:
-        if state.status in (FlowStatus.COMPENSATED,) or (
-            state.status == FlowStatus.COMPENSATING and state.error is not None and state.error["kind"] == "compensated"
-        ):
-            return []
-        if state.status != FlowStatus.COMPLETED:
-            raise FlowStateError(
-                state.flow_id,
-                state.status,
-                "only a completed flow can be compensated (cancel() stops one that is still running)",
-            )
-        state.error = {
-            "kind": "compensated",
-            "step": None,
-            "type": "",
-            "message": "",
-            "traceback": "",
-            "reason": reason,
-        }
-        state.finished_at = None
-        return self._compensate(state, now)
-
-    def _retry_compensation(self, state: FlowState, now: float) -> list[Action]:
-        if not state.status.is_terminal or not state.rollback_errors:
-            if state.status == FlowStatus.COMPENSATING:
-                return []  # already running them
-            raise FlowStateError(state.flow_id, state.status, "it has no rollbacks that failed for good to run again")
-        assert state.error is not None
-        failed = {r["step"] for r in state.rollback_errors}
-        state.rollback_errors = []
-        for name in failed:
-            record = state.nodes[name]
-            if self.graph.nodes[name].kind == "for_each":
-                indices = sorted(set(record.get("rollback_failed", [])), reverse=True)
-                record["undo"] = [[i, i] for i in indices]
-                record["rollback_failed"] = []
-        state.error["retry"] = True
-        state.finished_at = None
-        state.status = FlowStatus.COMPENSATING
-        state.phase = "rollback"
-        state.rollbacks = [n for n in reversed(self.graph.order) if n in failed]
-        return self._next_rollback(state, now)
-
-    def _next_rollback(self, state: FlowState, now: float) -> list[Action]:
-        while state.rollbacks:
-            name = state.rollbacks[0]
-            record = state.nodes[name]
-            kind = self.graph.nodes[name].kind
-            state.rollback_attempt = 1
-            retry = bool(state.error and state.error.get("retry"))
-            if kind == "sub_workflow":
-                record["status"] = "compensating"
-                self._emit(state, now, "rollback_started", step=name, attempt=1)
-                reason = f"its parent flow '{state.flow_id}' is rolling back"
-                return [CompensateChild(name, record["child"], reason, retry=retry)]
-            if kind == "for_each":
-                if "undo" not in record:
-                    record["undo"] = self._item_undo(state, name)
-                    record["rollback_failed"] = []
-                if not record["undo"]:
-                    record["status"] = "compensation_failed" if record.get("rollback_failed") else "compensated"
-                    state.rollbacks.pop(0)
-                    continue
-                index = record["undo"][0][0]
-                record["status"] = "compensating"
-                record["item"] = index
-                self._emit(state, now, "rollback_started", step=name, index=index, attempt=1)
-                return [RunRollback(name, 1, 0.0, index)]
-            record["status"] = "compensating"
-            self._emit(state, now, "rollback_started", step=name, attempt=1)
-            return [RunRollback(name, 1)]
-        assert state.error is not None
-        ended = state.error["kind"]
-        if ended == "compensated" or state.error.get("retry"):
-            state.error.pop("retry", None)
-            status = {"compensated": FlowStatus.COMPENSATED, "cancelled": FlowStatus.CANCELLED}.get(
-                ended, FlowStatus.FAILED
-            )
-            return self._finish(state, status, now)
-        state.phase = "on_error"
-        return [RunOnError()]
-
-    def _item_undo(self, state: FlowState, name: str) -> list[list[int]]:
-        """A for-each's items to roll back, as descending ``[index, index]`` runs: in-doubt failures first, then the
-        completed items from the last to the first."""
-        if name not in state.items_loaded:
-            raise ItemsNeeded(name)
-        policy = state.policy or _NO_POLICY
-        in_doubt = name in policy["in_doubt"]
-        items = state.items[name]
-        first: list[int] = []
-        then: list[int] = []
-        for index in sorted(items, reverse=True):
-            item = items[index]
-            if item["status"] == "completed":
-                then.append(index)
-            elif in_doubt and item["status"] == "failed" and not item.get("no_effect"):
-                first.append(index)
-        runs: list[list[int]] = []
-        for index in first + then:
-            if runs and runs[-1][1] == index + 1 and index not in first:
-                runs[-1][1] = index
-            else:
-                runs.append([index, index])
-        return runs
-
-    def _rollback_due(self, state: FlowState, step: str, attempt: int, index: int | None) -> bool:
-        if state.phase != "rollback" or state.rollbacks[:1] != [step] or state.rollback_attempt != attempt:
-            return False
-        return index is None or state.nodes[step].get("item") == index
-
-    def _rollback_settled(
-        self,
-        state: FlowState,
-        step: str,
-        attempt: int,
-        index: int | None,
-        error: ErrorRecord | None,
-        now: float,
-        *,
-        final: bool = False,
-    ) -> list[Action]:
-        if not self._rollback_due(state, step, attempt, index):
-            return []
-        record = state.nodes[step]
-        item = self._item(state, step, index) if index is not None else None
-        policy = state.policy or _NO_POLICY
-        if error is not None and not final and attempt < policy["attempts"]:
-            delay = self._delay(policy, attempt)
-            state.rollback_attempt = attempt + 1
-            if item is not None:
-                item["rollback_error"] = _copy(error)
-            else:
-                record["rollback_error"] = _copy(error)
-            self._emit(
-                state, now, "rollback_failed", step=step, index=index, attempt=attempt, error=error_text(error),
-                will_retry=True, delay=delay,
-            )  # fmt: skip
-            return [RunRollback(step, attempt + 1, delay, index)]
-        if error is None:
-            self._emit(state, now, "rollback_completed", step=step, index=index)
-        else:
-            self._emit(
-                state, now, "rollback_failed", step=step, index=index, attempt=attempt, error=error_text(error),
-                will_retry=False, delay=0.0,
-            )  # fmt: skip
-            state.rollback_errors.append({"step": step, "index": index, **error})
-        if item is not None:
-            assert index is not None
-            item["status"] = "compensated" if error is None else "compensation_failed"
-            if error is not None:
-                item["rollback_error"] = _copy(error)
-                record["rollback_failed"] = [*record.get("rollback_failed", []), index]
-            state.items_changed.add((step, index))
-            undo = record["undo"]
-            high, low = undo[0]
-            if high == low:
-                undo.pop(0)
-            else:
-                undo[0] = [high - 1, low]
-            return self._next_rollback(state, now)
-        record["status"] = "compensated" if error is None else "compensation_failed"
-        if error is not None:
-            record["rollback_error"] = _copy(error)
-        state.rollbacks.pop(0)
-        return self._next_rollback(state, now)
 
     # -- the end --
 
@@ -1145,22 +773,5 @@ class Engine:
         else:
             state.wake_at = None
 
-    @staticmethod
-    def _emit(state: FlowState, now: float, kind: str, **fields: Any) -> None:
-        state.seq += 1
-        record: EventRecord = {"type": kind, "seq": state.seq, "at": now}
-        record.update(fields)  # type: ignore[typeddict-item]
-        state.emitted.append(record)
-
 
 _UNSEEN: NodeRecord = {"status": "pending"}
-
-
-def _copy(error: ErrorRecord) -> ErrorRecord:
-    return {"type": error["type"], "message": error["message"], "traceback": error["traceback"]}
-
-
-def _flow_error(kind: Any, error: ErrorRecord, *, step: str | None = None, index: int | None = None) -> FlowError:
-    flow_error: FlowError = {"kind": kind, "step": step, "index": index}
-    flow_error.update(_copy(error))  # type: ignore[typeddict-item]  # an ErrorRecord's keys are a FlowError's
-    return flow_error

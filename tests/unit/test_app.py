@@ -18,6 +18,8 @@ from plait.core import (
     Application,
     ConsumerOptions,
     DefinitionError,
+    FlowCompleted,
+    FlowEvent,
     FlowStatus,
     IWorkflowConsumer,
     Plait,
@@ -36,6 +38,7 @@ from plait.core import (
 )
 from plait.core.options import Backoff
 from plait.providers.inprocess import InProcessWorkflowProvider
+from plait.testing import run_app
 
 D = TypeVar("D", bound=BaseModel)
 R = TypeVar("R", bound=BaseModel)
@@ -364,3 +367,23 @@ async def test_requests_before_start_get_a_503_that_says_why() -> None:
     assert response.status_code == 503
     assert response.json()["error"] == "not_started"
     assert "await app.start()" in response.json()["message"]
+
+
+async def test_event_hooks_given_to_the_application_see_every_flow_event() -> None:
+    seen: list[FlowEvent] = []
+
+    async def hook(event: FlowEvent) -> None:
+        seen.append(event)
+
+    app = Plait.create().on_event(hook).workflow(Charge).consumer(ChargeWorkflow)
+    async with run_app(app):
+        handle = await app.context.workflows.execute(Charge, Order(order_id="o-9"))
+        await handle.result(timeout=5)
+        for _ in range(100):
+            if any(isinstance(e, FlowCompleted) for e in seen):
+                break
+            await asyncio.sleep(0.01)
+    assert [type(e).__name__ for e in seen] == ["FlowStarted", "StepStarted", "StepCompleted", "FlowCompleted"]
+    assert {e.flow_id for e in seen} == {handle.id}
+    with pytest.raises(PlaitError, match="takes an async function"):
+        Plait.create().on_event("not a hook")  # type: ignore[arg-type]

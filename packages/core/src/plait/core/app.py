@@ -26,7 +26,7 @@ from plait.core.container import Dependency, ServiceGraph
 from plait.core.errors import DefinitionError, PlaitError, ProviderNotStartedError
 from plait.core.executor import CorrelatedExecutor
 from plait.core.options import ConsumerOptions
-from plait.core.provider import WorkflowExecutor, WorkflowProvider
+from plait.core.provider import EventHook, WorkflowExecutor, WorkflowProvider
 from plait.core.routing import (
     MAX_BODY_SIZE,
     PlaitMiddleware,
@@ -164,6 +164,10 @@ class WorkflowRegistration(Generic[D, R]):
         :meth:`Application.workflow_provider`."""
         return self._app.workflow_provider(provider)
 
+    def on_event(self, hook: EventHook) -> Application:
+        """Leaves this workflow without a consumer here and adds an event hook: see :meth:`Application.on_event`."""
+        return self._app.on_event(hook)
+
 
 class Application:
     """A Plait application: build it with the chainable methods, then run it.
@@ -182,6 +186,7 @@ class Application:
         self._provider: WorkflowProvider | None = None
         self._workflows: dict[str, _Workflow] = {}
         self._controllers: list[tuple[str, str]] = []  # (component key, path)
+        self._hooks: list[EventHook] = []
         self._routes: list[RouteSpec] = []
         self._asgi: Starlette | None = None
         self._lock = asyncio.Lock()
@@ -231,6 +236,20 @@ class Application:
             raise DefinitionError(f"Workflow '{definition.name}' is registered twice")
         self._workflows[definition.name] = _Workflow(definition)
         return WorkflowRegistration(self, definition)
+
+    def on_event(self, hook: EventHook) -> Application:
+        """Calls ``async hook(event)`` for every event of every flow this process records (a step started, a
+        rollback failed, a flow completed, ...), in order; a hook that raises is logged and never fails a flow.
+
+        For metrics, audit logs, notifications. Hooks run in this process only, at least once per event across
+        crashes (a durable provider may call one again after a worker dies); each event carries its flow id and
+        its sequence number, so a hook can drop what it saw already.
+        """
+        self._check_open("an event hook")
+        if not callable(hook):
+            raise PlaitError(f"on_event() takes an async function of a FlowEvent, got {hook!r}")
+        self._hooks.append(hook)
+        return self
 
     def controller(self, path: str, cls: type[object], deps: Sequence[Dependency] = ()) -> Application:
         """Adds a controller: ``cls(*deps)`` whose ``configure(self, r: RouteBuilder)`` declares routes under
@@ -340,6 +359,8 @@ class Application:
                 # The component was registered by consumer(), typed as a consumer of this very definition.
                 typed = cast("IWorkflowConsumer[Any, Any] | None", consumer)
                 provider.register(workflow.definition, typed, workflow.options)
+            for hook in self._hooks:
+                provider.on_event(hook)
         except BaseException as error:
             self._broken = error
             raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import typing
 import importlib.util
 from pathlib import Path
 
@@ -103,7 +104,10 @@ def test_plait_providers_inprocess_exports() -> None:
 def test_exported_names_exist_and_are_documented(module: object) -> None:
     assert getattr(module, "__doc__", None)
     for name in getattr(module, "__all__", []):
-        assert getattr(getattr(module, name), "__doc__", None), name
+        value = getattr(module, name)
+        if typing.get_origin(value) is not None:
+            continue  # a type alias (FlowEvent, StepStatus, EventHook): documented where it is defined
+        assert getattr(value, "__doc__", None), name
 
 
 def test_the_plugin_provides_its_fixtures() -> None:

@@ -11,12 +11,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import marshal
 import os
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
-from typing import Any, Generic, NamedTuple, TypeVar, overload
+from typing import Any, Generic, TypeVar, overload
 
 from pydantic import BaseModel
 
@@ -32,7 +31,7 @@ from plait.core import (
     WorkflowDefinition,
     WorkflowNotRegisteredError,
 )
-from plait.core.clock import Clock, SystemClock, Timer
+from plait.core.clock import Clock, SystemClock
 from plait.core.engine import (
     Action,
     Cancel,
@@ -45,10 +44,8 @@ from plait.core.engine import (
     Evaluate,
     Event,
     EventRecord,
-    ExceptionKey,
     Finish,
     FlowState,
-    ItemRecord,
     NotifyParent,
     ParentRef,
     Progress,
@@ -68,7 +65,6 @@ from plait.core.info import FlowPage, FlowSummary
 from plait.core.listing import ListQuery, encode_cursor
 from plait.core.provider import EventHook
 from plait.core.runner import (
-    FlowView,
     Runner,
     check_flow_id,
     check_same_flow,
@@ -78,6 +74,17 @@ from plait.core.runner import (
     validate_data,
 )
 from plait.core.validation import MAX_PAYLOAD_SIZE, check_max_payload_size, validate
+from plait.providers.inprocess._records import (
+    COMPLETE,
+    SLOT,
+    Ended,
+    Flow,
+    Registration,
+    TaskKey,
+    ended,
+    state_of,
+    task_key,
+)
 
 __all__ = ["InProcessWorkflowProvider"]
 
@@ -86,84 +93,7 @@ R = TypeVar("R", bound=BaseModel)
 
 _log = logging.getLogger("plait.providers.inprocess")
 
-_COMPLETE = "\x00on_complete"  # task keys of callbacks; step names cannot start with a NUL
-_ON_ERROR = "\x00on_error"
-_SLOT = "\x00slot"
 _DAY = 86400.0
-
-TaskKey = str | tuple[str, int]
-
-
-class _Flow:
-    """One flow in memory: its engine state, its cached models, the tasks running its actions, its history."""
-
-    __slots__ = (
-        "armed",
-        "done",
-        "events",
-        "listeners",
-        "registration",
-        "runner",
-        "slot",
-        "state",
-        "tasks",
-        "timer",
-        "view",
-    )
-
-    def __init__(self, registration: _Registration, state: FlowState, data: BaseModel | None) -> None:
-        runner = registration.runner
-        assert runner is not None
-        self.registration = registration
-        self.runner: Runner[Any, Any] = runner
-        self.state = state
-        self.view: FlowView[Any] = runner.view(state, data)
-        self.tasks: dict[TaskKey, asyncio.Task[None]] = {}
-        self.timer: Timer | None = None
-        self.armed: float | None = None  # the wake-up time the timer is armed for
-        self.done: asyncio.Future[None] | None = asyncio.get_running_loop().create_future()  # None once ended
-        self.slot: asyncio.Semaphore | None = None
-        self.events: list[EventRecord] = []
-        self.listeners: list[asyncio.Queue[list[EventRecord]]] | None = None
-
-
-class _Ended(NamedTuple):
-    """A finished flow, as kept for its retention.
-
-    A busy application keeps many finished flows, and every object they hold is walked by each full pass of
-    the garbage collector (it was most of the in-process provider's cost). So a finished flow is only strings,
-    bytes and numbers, which CPython does not track: its state, items and events ``marshal``-ed (this process's own
-    JSON-shaped data, read back only here), its result as JSON, and what listings filter on. A failed flow also
-    keeps its exception objects, so that ``result()`` raises the very exceptions its handlers raised.
-    """
-
-    status: str
-    workflow: str
-    result: str | None
-    record: bytes
-    causes: dict[ExceptionKey, BaseException] | None
-    created_at: float
-    parent_id: str | None
-
-    def load(self) -> tuple[FlowState, list[EventRecord]]:
-        """The flow's recorded state (items included) and its events."""
-        raw, items, events = marshal.loads(self.record)
-        state = FlowState.from_dict(raw)
-        state.items = items
-        state.items_loaded = set(items)
-        return state, events
-
-
-class _Registration:
-    __slots__ = ("definition", "runner", "semaphore", "slots")
-
-    def __init__(
-        self, definition: WorkflowDefinition[Any, Any], runner: Runner[Any, Any] | None, slots: int | None
-    ) -> None:
-        self.definition = definition
-        self.runner = runner
-        self.slots = slots
-        self.semaphore: asyncio.Semaphore | None = None
 
 
 class InProcessFlowHandle(FlowHandle[R], Generic[R]):
@@ -181,7 +111,7 @@ class InProcessFlowHandle(FlowHandle[R], Generic[R]):
     async def result(self, timeout: float | None = None) -> R:
         provider = self._provider
         found = provider._find(self.id)
-        if isinstance(found, _Flow):
+        if isinstance(found, Flow):
             flow = found
             if flow.done is not None:
                 if timeout is None:
@@ -190,7 +120,7 @@ class InProcessFlowHandle(FlowHandle[R], Generic[R]):
                     await asyncio.wait_for(asyncio.shield(flow.done), timeout)
             # Ended now; if max_finished already let it go, the flow this caller waited on still knows.
             kept = provider._flows.get(self.id)
-            found = kept if isinstance(kept, _Ended) else _ended(flow)
+            found = kept if isinstance(kept, Ended) else ended(flow)
         if found.result is not None and found.status == FlowStatus.COMPLETED:
             definition = provider._registrations[found.workflow].definition
             return definition.result.model_validate_json(found.result)  # type: ignore[no-any-return]
@@ -239,9 +169,9 @@ class InProcessWorkflowProvider:
         self.stop_grace = stop_grace
         self.clock: Clock = clock or SystemClock()
         self.clock.attach(self._is_idle)
-        self._registrations: dict[str, _Registration] = {}
-        self._flows: dict[str, _Flow | _Ended] = {}
-        self._active: dict[str, _Flow] = {}
+        self._registrations: dict[str, Registration] = {}
+        self._flows: dict[str, Flow | Ended] = {}
+        self._active: dict[str, Flow] = {}
         self._finished: OrderedDict[str, float] = OrderedDict()
         self._working = 0  # handler or callable runs in progress (a virtual clock waits for none)
         self._hooks: list[EventHook] = []
@@ -274,7 +204,7 @@ class InProcessWorkflowProvider:
             max_payload_size=self.max_payload_size,
         )
         slots = runner.options.concurrency if runner is not None else None
-        self._registrations[definition.name] = _Registration(definition, runner, slots)
+        self._registrations[definition.name] = Registration(definition, runner, slots)
 
     def on_event(self, hook: EventHook) -> None:
         """Calls ``hook`` with every event of every flow, in order, from a task of its own; a hook that raises is
@@ -370,12 +300,12 @@ class InProcessWorkflowProvider:
         if id is not None:
             existing = self._flows.get(id)
             if existing is not None:
-                check_same_flow(_state(existing), definition.name, payload)
+                check_same_flow(state_of(existing), definition.name, payload)
                 return InProcessFlowHandle(id, self)
         flow = self._create(registration, id or new_flow_id(), payload, model, timeout=timeout, meta=meta)
         return InProcessFlowHandle(flow.state.flow_id, self)
 
-    def _runnable(self, workflow: str) -> _Registration:
+    def _runnable(self, workflow: str) -> Registration:
         if not self._started or self._stopping:
             raise ProviderNotStartedError(
                 "InProcessWorkflowProvider is not running: await provider.start() before execute()"
@@ -389,7 +319,7 @@ class InProcessWorkflowProvider:
 
     def _create(
         self,
-        registration: _Registration,
+        registration: Registration,
         flow_id: str,
         payload: Any,
         model: BaseModel | None,
@@ -399,7 +329,7 @@ class InProcessWorkflowProvider:
         parent: ParentRef | None = None,
         depth: int = 1,
         retry_of: str | None = None,
-    ) -> _Flow:
+    ) -> Flow:
         if self._finished:
             self._prune()
         runner = registration.runner
@@ -408,20 +338,20 @@ class InProcessWorkflowProvider:
             flow_id, payload, meta=meta, timeout=timeout, now=self._now(), parent=parent, depth=depth,
             retry_of=retry_of,
         )  # fmt: skip
-        flow = _Flow(registration, state, model)
+        flow = Flow(registration, state, model)
         flow.view.report = functools.partial(self._progress, flow)
         self._flows[flow_id] = flow
         self._active[flow_id] = flow
         if registration.slots is None:
             self._begin(flow)
         else:
-            flow.tasks[_SLOT] = asyncio.create_task(self._start_when_free(flow))
+            flow.tasks[SLOT] = asyncio.create_task(self._start_when_free(flow))
         return flow
 
     async def get_status(self, flow_id: str) -> FlowStatus:
         """Returns the status of flow ``flow_id``; raises ``FlowNotFoundError`` when unknown or expired."""
         found = self._find(flow_id)
-        return found.state.status if isinstance(found, _Flow) else FlowStatus(found.status)
+        return found.state.status if isinstance(found, Flow) else FlowStatus(found.status)
 
     @overload
     async def get_handle(self, flow_id: str) -> InProcessFlowHandle[BaseModel]: ...
@@ -446,7 +376,7 @@ class InProcessWorkflowProvider:
 
         A running flow's state is the live object; a finished flow's is a copy.
         """
-        return _state(self._find(flow_id))
+        return state_of(self._find(flow_id))
 
     async def signal(self, flow_id: str, name: str, payload: BaseModel | Mapping[str, Any]) -> None:
         """Delivers signal ``name`` with ``payload`` to flow ``flow_id`` (kept until the flow gets to its wait).
@@ -458,7 +388,7 @@ class InProcessWorkflowProvider:
             WorkflowValidationError: the payload does not validate; nothing was stored.
         """
         found = self._find(flow_id)
-        state = _state(found)
+        state = state_of(found)
         definition = self._registrations[state.workflow].definition
         model = definition.signals.get(name)
         if model is None:
@@ -467,7 +397,7 @@ class InProcessWorkflowProvider:
         _, value = validate(
             model, payload, workflow=state.workflow, what=f"payload of signal '{name}'", max_size=self.max_payload_size
         )
-        if isinstance(found, _Flow):
+        if isinstance(found, Flow):
             self._deliver(found, Signal(name, value), raises=True)
         else:
             self._runner(state.workflow).engine.handle(state, Signal(name, value), self._now())  # raises: ended
@@ -475,7 +405,7 @@ class InProcessWorkflowProvider:
     async def cancel(self, flow_id: str, reason: str | None = None) -> FlowStatus:
         """Cancels flow ``flow_id`` (see ``WorkflowExecutor.cancel``); an ended flow is left as it is."""
         found = self._find(flow_id)
-        if isinstance(found, _Flow):
+        if isinstance(found, Flow):
             self._deliver(found, Cancel(reason or "cancelled"))
             return found.state.status
         return FlowStatus(found.status)
@@ -498,7 +428,7 @@ class InProcessWorkflowProvider:
 
     def _operate(self, flow_id: str, event: Event) -> FlowStatus:
         found = self._find(flow_id)
-        if isinstance(found, _Flow):
+        if isinstance(found, Flow):
             self._deliver(found, event, raises=True)
             return found.state.status
         if not self._started or self._stopping:
@@ -507,7 +437,7 @@ class InProcessWorkflowProvider:
         registration = self._registrations[state.workflow]
         runner = self._runner(state.workflow)
         actions = runner.engine.handle(state, event, self._now())  # raises if the operation does not apply
-        flow = _Flow(registration, state, None)
+        flow = Flow(registration, state, None)
         flow.view.report = functools.partial(self._progress, flow)
         flow.events = events
         flow.view.exceptions.update(found.causes or {})
@@ -524,7 +454,7 @@ class InProcessWorkflowProvider:
         Raises:
             FlowStateError: the flow is running, or completed.
         """
-        state = _state(self._find(flow_id))
+        state = state_of(self._find(flow_id))
         registration = self._runnable(state.workflow)
         runner = self._runner(state.workflow)
         runner.engine.check_retry(state)
@@ -554,7 +484,7 @@ class InProcessWorkflowProvider:
         )
         items: list[FlowSummary] = []
         for flow_id, found in reversed(self._flows.items()):
-            if isinstance(found, _Flow):
+            if isinstance(found, Flow):
                 state = found.state
                 parent = state.parent["flow_id"] if state.parent else None
                 facts = (state.workflow, state.status.value, parent, state.created_at)
@@ -565,13 +495,13 @@ class InProcessWorkflowProvider:
             if len(items) == query.limit:
                 last = items[-1]
                 return FlowPage(tuple(items), encode_cursor(last.created_at, last.flow_id))
-            items.append(FlowSummary.from_state(_state(found)))
+            items.append(FlowSummary.from_state(state_of(found)))
         return FlowPage(tuple(items))
 
     async def subscribe(self, flow_id: str) -> AsyncIterator[FlowEvent]:
         """Yields flow ``flow_id``'s events, from the first to the last; raises ``FlowNotFoundError`` when unknown."""
         found = self._find(flow_id)
-        if isinstance(found, _Ended):
+        if isinstance(found, Ended):
             state, events = found.load()
             for record in events:
                 yield event_from_record(flow_id, state.workflow, record)
@@ -597,7 +527,7 @@ class InProcessWorkflowProvider:
 
     # -- driving the engine --
 
-    def _find(self, flow_id: str) -> _Flow | _Ended:
+    def _find(self, flow_id: str) -> Flow | Ended:
         found = self._flows.get(flow_id) if isinstance(flow_id, str) else None
         if found is None:
             raise FlowNotFoundError(str(flow_id))
@@ -615,20 +545,20 @@ class InProcessWorkflowProvider:
     def _is_idle(self) -> bool:
         return self._working == 0
 
-    async def _start_when_free(self, flow: _Flow) -> None:
+    async def _start_when_free(self, flow: Flow) -> None:
         await self._acquire(flow)
-        flow.tasks.pop(_SLOT, None)
+        flow.tasks.pop(SLOT, None)
         if flow.state.status == FlowStatus.PENDING:
             self._begin(flow)
         else:  # cancelled or timed out while waiting for a slot
             self._release(flow)
 
-    def _begin(self, flow: _Flow) -> None:
+    def _begin(self, flow: Flow) -> None:
         actions = flow.runner.start(flow.state, self._now())
         self._recorded(flow)
         self._dispatch(flow, actions)
 
-    async def _acquire(self, flow: _Flow) -> None:
+    async def _acquire(self, flow: Flow) -> None:
         registration = flow.registration
         semaphore = registration.semaphore
         if semaphore is None:
@@ -637,12 +567,12 @@ class InProcessWorkflowProvider:
         await semaphore.acquire()
         flow.slot = semaphore
 
-    def _release(self, flow: _Flow) -> None:
+    def _release(self, flow: Flow) -> None:
         if flow.slot is not None:
             flow.slot.release()
             flow.slot = None
 
-    def _deliver(self, flow: _Flow, event: Event, *, raises: bool = False) -> None:
+    def _deliver(self, flow: Flow, event: Event, *, raises: bool = False) -> None:
         """Hands ``event`` to the engine for ``flow`` and carries out what it answers."""
         try:
             actions = flow.runner.engine.handle(flow.state, event, self._now())
@@ -654,7 +584,7 @@ class InProcessWorkflowProvider:
         self._recorded(flow)
         self._dispatch(flow, actions)
 
-    def _recorded(self, flow: _Flow) -> None:
+    def _recorded(self, flow: Flow) -> None:
         """Takes the events the engine recorded, and re-arms the flow's timer if its wake-up time moved."""
         state = flow.state
         if state.emitted:
@@ -675,13 +605,13 @@ class InProcessWorkflowProvider:
         if wake_at is not None:
             flow.timer = self.clock.call_later(wake_at - self._now(), functools.partial(self._tick, flow))
 
-    def _tick(self, flow: _Flow) -> None:
+    def _tick(self, flow: Flow) -> None:
         flow.timer = None
         flow.armed = None
         if flow.done is not None:
             self._deliver(flow, Tick())
 
-    def _dispatch(self, flow: _Flow, actions: list[Action]) -> None:
+    def _dispatch(self, flow: Flow, actions: list[Action]) -> None:
         """Starts a task for each action to run; carries out the others at once."""
         if not actions:
             self._after_dispatch(flow)
@@ -707,35 +637,35 @@ class InProcessWorkflowProvider:
                 self._resume_when_free(flow, runnable)  # it waited without a slot: take one again first
             else:
                 for action in runnable:
-                    key = _key(action)
+                    key = task_key(action)
                     flow.tasks[key] = asyncio.create_task(self._run(flow, action, key))
         self._after_dispatch(flow)
 
-    def _after_dispatch(self, flow: _Flow) -> None:
+    def _after_dispatch(self, flow: Flow) -> None:
         # A flow that only waits holds no concurrency slot.
         if flow.slot is not None and flow.state.status == FlowStatus.WAITING and not flow.tasks:
             self._release(flow)
 
-    def _resume_when_free(self, flow: _Flow, actions: list[Action]) -> None:
+    def _resume_when_free(self, flow: Flow, actions: list[Action]) -> None:
         async def resume() -> None:
             await self._acquire(flow)
-            flow.tasks.pop(_SLOT, None)
+            flow.tasks.pop(SLOT, None)
             if flow.done is None:
                 self._release(flow)
                 return
             self._dispatch(flow, actions)
 
-        previous = flow.tasks.get(_SLOT)
+        previous = flow.tasks.get(SLOT)
         if previous is not None:  # already waiting for a slot: run these too once it has one
             previous.cancel()
-        flow.tasks[_SLOT] = asyncio.create_task(resume())
+        flow.tasks[SLOT] = asyncio.create_task(resume())
 
     def _to_flow(self, flow_id: str, event: Event) -> None:
         # On the next turn of the loop: a flow never re-enters another flow's dispatch.
         target = self._flows.get(flow_id)
-        if isinstance(target, _Flow):
+        if isinstance(target, Flow):
             asyncio.get_running_loop().call_soon(self._deliver, target, event)
-        elif isinstance(target, _Ended) and isinstance(event, Compensate | RetryCompensation):
+        elif isinstance(target, Ended) and isinstance(event, Compensate | RetryCompensation):
             asyncio.get_running_loop().call_soon(self._operate_quietly, flow_id, event)
 
     def _operate_quietly(self, flow_id: str, event: Event) -> None:
@@ -744,12 +674,12 @@ class InProcessWorkflowProvider:
         except Exception:
             _log.exception("Could not hand %r to flow %s", event, flow_id)
 
-    def _start_child(self, parent: _Flow, action: StartChild) -> None:
+    def _start_child(self, parent: Flow, action: StartChild) -> None:
         state = parent.state
         registration = self._registrations.get(action.workflow)
         existing = self._flows.get(action.child)
         if existing is not None:
-            child_state = _state(existing)
+            child_state = state_of(existing)
             if child_state.parent is None or child_state.parent["flow_id"] != state.flow_id:
                 self._settle_child(parent, action, f"a flow with the child's id '{action.child}' already exists")
             elif child_state.status.is_terminal:
@@ -766,7 +696,7 @@ class InProcessWorkflowProvider:
         self._create(registration, action.child, action.data, None, meta=meta, parent=ref, depth=state.depth + 1)
 
     def _settle_child(
-        self, parent: _Flow, action: StartChild, error: str | None, ended: FlowState | None = None
+        self, parent: Flow, action: StartChild, error: str | None, ended: FlowState | None = None
     ) -> None:
         if ended is not None:
             result = ended.result if ended.status == FlowStatus.COMPLETED else None
@@ -776,7 +706,7 @@ class InProcessWorkflowProvider:
             event = ChildSettled(action.step, action.child, FlowStatus.FAILED.value, None, error)
         asyncio.get_running_loop().call_soon(self._deliver, parent, event)
 
-    async def _run(self, flow: _Flow, action: Action, key: TaskKey) -> None:
+    async def _run(self, flow: Flow, action: Action, key: TaskKey) -> None:
         """Runs ``action``, then keeps running the first of the actions the engine asks for next.
 
         Only the others get tasks of their own: a sequential flow runs in one task, a parallel group of n
@@ -806,7 +736,7 @@ class InProcessWorkflowProvider:
                     return
                 if len(actions) > 1:
                     self._dispatch(flow, actions[1:])
-                action, key = follow, _key(follow)
+                action, key = follow, task_key(follow)
                 tasks[key] = me  # type: ignore[assignment]  # me is this very task
         except asyncio.CancelledError:
             if tasks.get(key) is me:
@@ -822,7 +752,7 @@ class InProcessWorkflowProvider:
             if not self._working:
                 self.clock.idle()
 
-    async def _perform(self, flow: _Flow, action: Action) -> Event:
+    async def _perform(self, flow: Flow, action: Action) -> Event:
         runner = flow.runner
         if isinstance(action, RunStep):
             if action.delay:
@@ -835,7 +765,7 @@ class InProcessWorkflowProvider:
         if isinstance(action, RunComplete):
             event = await runner.run_complete(flow.view)
             if isinstance(event, CompleteReturned) and isinstance(event.model, BaseModel):
-                flow.view.models[_COMPLETE] = event.model
+                flow.view.models[COMPLETE] = event.model
             return event
         if isinstance(action, RunOnError):
             return await runner.run_on_error(flow.view)
@@ -854,26 +784,26 @@ class InProcessWorkflowProvider:
             self._working += 1
 
     async def _progress(
-        self, flow: _Flow, step: str | None, index: int | None, fraction: float, message: str | None
+        self, flow: Flow, step: str | None, index: int | None, fraction: float, message: str | None
     ) -> None:
         if flow.done is not None:
             self._deliver(flow, Progress(step, fraction, message, index))
 
-    def _cancel(self, flow: _Flow, action: CancelRunning) -> None:
+    def _cancel(self, flow: Flow, action: CancelRunning) -> None:
         tasks = flow.tasks
         keys: list[TaskKey] = [name for name, _ in action.steps]
         keys += [(name, index) for name, index, _ in action.items]
         if action.fan_outs:
             keys += [k for k in tasks if isinstance(k, tuple) and k[0] in action.fan_outs]
         if action.complete:
-            keys.append(_COMPLETE)
+            keys.append(COMPLETE)
         keys += [f"\x00eval{e}" for e in action.evals]
         for key in keys:
             task = tasks.pop(key, None)
             if task is not None:
                 task.cancel()
 
-    def _finish(self, flow: _Flow) -> None:
+    def _finish(self, flow: Flow) -> None:
         state = flow.state
         if flow.timer is not None:
             flow.timer.cancel()
@@ -885,7 +815,7 @@ class InProcessWorkflowProvider:
         flow_id = state.flow_id
         self._active.pop(flow_id, None)
         self._recorded(flow)
-        self._flows[flow_id] = _ended(flow)
+        self._flows[flow_id] = ended(flow)
         self._finished[flow_id] = state.finished_at or self._now()
         if self.max_finished is not None and len(self._finished) > self.max_finished:
             oldest, _ = self._finished.popitem(last=False)
@@ -932,32 +862,3 @@ class InProcessWorkflowProvider:
         except TimeoutError:
             task.cancel()
             _log.error("Event hooks did not finish within the stop grace period")
-
-
-def _ended(flow: _Flow) -> _Ended:
-    state = flow.state
-    raw = state.to_dict()
-    raw["status"] = state.status.value  # marshal takes exact built-in types only
-    result = None
-    if state.status == FlowStatus.COMPLETED:
-        model = flow.view.models.get(_COMPLETE) or flow.runner.definition.result.model_validate(state.result)
-        result = model.model_dump_json()
-    causes = dict(flow.view.exceptions) if flow.view.exceptions else None
-    items: dict[str, dict[int, ItemRecord]] = state.items
-    record = marshal.dumps((raw, items, flow.events))
-    parent = state.parent["flow_id"] if state.parent else None
-    return _Ended(state.status.value, state.workflow, result, record, causes, state.created_at, parent)
-
-
-def _state(found: _Flow | _Ended) -> FlowState:
-    return found.state if isinstance(found, _Flow) else found.load()[0]
-
-
-def _key(action: Action) -> TaskKey:
-    if isinstance(action, RunStep | RunRollback):
-        return action.step if action.index is None else (action.step, action.index)
-    if isinstance(action, RunComplete):
-        return _COMPLETE
-    if isinstance(action, Evaluate):
-        return f"\x00eval{action.eval_id}"
-    return _ON_ERROR

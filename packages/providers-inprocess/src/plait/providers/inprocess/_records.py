@@ -1,0 +1,135 @@
+"""What the in-process provider keeps of each flow: a running flow's state, tasks and history, and a finished
+flow as a compact record."""
+
+from __future__ import annotations
+
+import asyncio
+import marshal
+from typing import Any, NamedTuple
+
+from pydantic import BaseModel
+
+from plait.core import FlowStatus, WorkflowDefinition
+from plait.core.clock import Timer
+from plait.core.engine import (
+    Action,
+    Evaluate,
+    EventRecord,
+    ExceptionKey,
+    FlowState,
+    ItemRecord,
+    RunComplete,
+    RunRollback,
+    RunStep,
+)
+from plait.core.runner import FlowView, Runner
+
+__all__ = ["COMPLETE", "SLOT", "Ended", "Flow", "Registration", "TaskKey", "ended", "state_of", "task_key"]
+
+COMPLETE = "\x00on_complete"  # task keys of callbacks; step names cannot start with a NUL
+ON_ERROR = "\x00on_error"
+SLOT = "\x00slot"
+
+
+TaskKey = str | tuple[str, int]
+
+
+class Flow:
+    """One flow in memory: its engine state, its cached models, the tasks running its actions, its history."""
+
+    __slots__ = (
+        "armed",
+        "done",
+        "events",
+        "listeners",
+        "registration",
+        "runner",
+        "slot",
+        "state",
+        "tasks",
+        "timer",
+        "view",
+    )
+
+    def __init__(self, registration: Registration, state: FlowState, data: BaseModel | None) -> None:
+        runner = registration.runner
+        assert runner is not None
+        self.registration = registration
+        self.runner: Runner[Any, Any] = runner
+        self.state = state
+        self.view: FlowView[Any] = runner.view(state, data)
+        self.tasks: dict[TaskKey, asyncio.Task[None]] = {}
+        self.timer: Timer | None = None
+        self.armed: float | None = None  # the wake-up time the timer is armed for
+        self.done: asyncio.Future[None] | None = asyncio.get_running_loop().create_future()  # None once ended
+        self.slot: asyncio.Semaphore | None = None
+        self.events: list[EventRecord] = []
+        self.listeners: list[asyncio.Queue[list[EventRecord]]] | None = None
+
+
+class Ended(NamedTuple):
+    """A finished flow, as kept for its retention.
+
+    A busy application keeps many finished flows, and every object they hold is walked by each full pass of
+    the garbage collector (it was most of the in-process provider's cost). So a finished flow is only strings,
+    bytes and numbers, which CPython does not track: its state, items and events ``marshal``-ed (this process's own
+    JSON-shaped data, read back only here), its result as JSON, and what listings filter on. A failed flow also
+    keeps its exception objects, so that ``result()`` raises the very exceptions its handlers raised.
+    """
+
+    status: str
+    workflow: str
+    result: str | None
+    record: bytes
+    causes: dict[ExceptionKey, BaseException] | None
+    created_at: float
+    parent_id: str | None
+
+    def load(self) -> tuple[FlowState, list[EventRecord]]:
+        """The flow's recorded state (items included) and its events."""
+        raw, items, events = marshal.loads(self.record)
+        state = FlowState.from_dict(raw)
+        state.items = items
+        state.items_loaded = set(items)
+        return state, events
+
+
+class Registration:
+    __slots__ = ("definition", "runner", "semaphore", "slots")
+
+    def __init__(
+        self, definition: WorkflowDefinition[Any, Any], runner: Runner[Any, Any] | None, slots: int | None
+    ) -> None:
+        self.definition = definition
+        self.runner = runner
+        self.slots = slots
+        self.semaphore: asyncio.Semaphore | None = None
+
+
+def ended(flow: Flow) -> Ended:
+    state = flow.state
+    raw = state.to_dict()
+    raw["status"] = state.status.value  # marshal takes exact built-in types only
+    result = None
+    if state.status == FlowStatus.COMPLETED:
+        model = flow.view.models.get(COMPLETE) or flow.runner.definition.result.model_validate(state.result)
+        result = model.model_dump_json()
+    causes = dict(flow.view.exceptions) if flow.view.exceptions else None
+    items: dict[str, dict[int, ItemRecord]] = state.items
+    record = marshal.dumps((raw, items, flow.events))
+    parent = state.parent["flow_id"] if state.parent else None
+    return Ended(state.status.value, state.workflow, result, record, causes, state.created_at, parent)
+
+
+def state_of(found: Flow | Ended) -> FlowState:
+    return found.state if isinstance(found, Flow) else found.load()[0]
+
+
+def task_key(action: Action) -> TaskKey:
+    if isinstance(action, RunStep | RunRollback):
+        return action.step if action.index is None else (action.step, action.index)
+    if isinstance(action, RunComplete):
+        return COMPLETE
+    if isinstance(action, Evaluate):
+        return f"\x00eval{action.eval_id}"
+    return ON_ERROR

@@ -407,7 +407,7 @@ def test_a_completed_child_is_unwound_in_its_place_when_the_parent_rolls_back() 
     state = start_child(engine)
     feed(engine, state, ChildSettled("kid", "flow-1.kid", "completed", {"v": 9}))
     assert feed(engine, state, boom("b")) == [
-        CompensateChild("kid", "flow-1.kid", "its parent flow 'flow-1' is rolling back")
+        CompensateChild("kid", "child", "flow-1.kid", "its parent flow 'flow-1' is rolling back")
     ]
     assert node_status(state, "kid") == "compensating"
     assert feed(engine, state, ChildSettled("kid", "flow-1.kid", "compensated")) == [RunRollback("a", 1)]
@@ -430,12 +430,12 @@ def test_cancelling_the_parent_cancels_its_running_child() -> None:
 
     actions = feed(engine, state, Cancel("operator"))
     assert actions == [
-        CancelChild("flow-1.kid", "its parent flow 'flow-1' was cancelled: operator"),
+        CancelChild("child", "flow-1.kid", "its parent flow 'flow-1' was cancelled: operator"),
         RunRollback("a", 1),
     ]
     # It completed before the cancellation reached it: it is undone.
     assert feed(engine, state, ChildSettled("kid", "flow-1.kid", "completed", {"v": 1})) == [
-        CompensateChild("kid", "flow-1.kid", "its parent flow 'flow-1' no longer wants it")
+        CompensateChild("kid", "child", "flow-1.kid", "its parent flow 'flow-1' no longer wants it")
     ]
 
 

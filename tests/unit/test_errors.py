@@ -14,6 +14,7 @@ from plait.core import (
     ProviderNotStartedError,
     RemoteError,
     WorkflowCancelledError,
+    WorkflowCompensatedError,
     WorkflowCompletionError,
     WorkflowError,
     WorkflowNotRegisteredError,
@@ -36,6 +37,7 @@ def test_every_error_is_a_plait_error_and_flow_failures_are_workflow_errors() ->
         WorkflowTimeoutError,
         WorkflowCompletionError,
         WorkflowCancelledError,
+        WorkflowCompensatedError,
     }
 
 

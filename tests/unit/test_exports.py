@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import importlib
-import typing
 import importlib.util
+import typing
 from pathlib import Path
 
 import pytest

@@ -63,6 +63,9 @@ class EngineBase:
     def _item(self, state: FlowState, name: str, index: int) -> ItemRecord:
         raise NotImplementedError
 
+    def _child_workflow(self, node: str) -> str:
+        raise NotImplementedError
+
 
 def copy_error(error: ErrorRecord) -> ErrorRecord:
     """A copy of an error record (records are kept in the state, which must not share them)."""

@@ -519,7 +519,7 @@ class Engine(FanOut, Rollbacks):
                         record["status"] = self._fan_out_status(record)
             elif kind == "sub_workflow" and "child" in record:
                 record["status"] = "cancelled"
-                actions.append(CancelChild(record["child"], self._child_reason(state)))
+                actions.append(CancelChild(self._child_workflow(name), record["child"], self._child_reason(state)))
             else:  # waits, sleeps, and nodes whose callables are being evaluated
                 record["status"] = "cancelled"
                 record.pop("wake", None)
@@ -528,6 +528,11 @@ class Engine(FanOut, Rollbacks):
         if steps or items or fan_outs or evals:
             actions.insert(0, CancelRunning(tuple(steps), tuple(items), tuple(fan_outs), evals=evals))
         return actions
+
+    def _child_workflow(self, node: str) -> str:
+        child = self.graph.nodes[node].step.workflow
+        assert child is not None
+        return child.name
 
     @staticmethod
     def _child_reason(state: FlowState) -> str:
@@ -649,7 +654,7 @@ class Engine(FanOut, Rollbacks):
         if record["status"] == "cancelled" and event.status == FlowStatus.COMPLETED:
             # It completed before the cancellation reached it: undo it, as this flow no longer wants it.
             reason = f"its parent flow '{state.flow_id}' no longer wants it"
-            return [CompensateChild(event.step, event.child, reason)]
+            return [CompensateChild(event.step, self._child_workflow(event.step), event.child, reason)]
         if record["status"] == "compensating" and event.status == FlowStatus.COMPENSATED:
             failure: ErrorRecord | None = None
             if event.rollback_failed:
@@ -692,7 +697,9 @@ class Engine(FanOut, Rollbacks):
             if r["status"] in ("running", "compensating") and self.graph.nodes[name].kind == "for_each"
         )
         children = [
-            CancelChild(r["child"], reason) for r in state.nodes.values() if r["status"] == "running" and "child" in r
+            CancelChild(self._child_workflow(name), r["child"], reason)
+            for name, r in state.nodes.items()
+            if r["status"] == "running" and "child" in r
         ]
         for record in state.nodes.values():
             if record["status"] in ("running", "waiting", "pending"):

@@ -269,18 +269,20 @@ class StartChild:
 
 @dataclass(slots=True)
 class CancelChild:
-    """Cancel child flow ``child`` (it rolls itself back)."""
+    """Cancel child flow ``child`` of ``workflow`` (it rolls itself back)."""
 
+    workflow: str
     child: str
     reason: str
 
 
 @dataclass(slots=True)
 class CompensateChild:
-    """Undo completed child flow ``child`` of node ``step`` (``retry``: run its failed rollbacks again); its end
-    comes back as a ``ChildSettled`` with status ``compensated``."""
+    """Undo completed child flow ``child`` (of ``workflow``) of node ``step`` (``retry``: run its failed rollbacks
+    again); its end comes back as a ``ChildSettled`` with status ``compensated``."""
 
     step: str
+    workflow: str
     child: str
     reason: str
     retry: bool = False

@@ -109,7 +109,7 @@ class Rollbacks(EngineBase):
                 record["status"] = "compensating"
                 self._emit(state, now, "rollback_started", step=name, attempt=1)
                 reason = f"its parent flow '{state.flow_id}' is rolling back"
-                return [CompensateChild(name, record["child"], reason, retry=retry)]
+                return [CompensateChild(name, self._child_workflow(name), record["child"], reason, retry=retry)]
             if kind == "for_each":
                 if "undo" not in record:
                     record["undo"] = self._item_undo(state, name)

@@ -12,6 +12,8 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
+from plait.core import telemetry
+
 __all__ = ["Reporter", "StepContext", "WorkflowContext", "idempotency_key"]
 
 D_co = TypeVar("D_co", bound=BaseModel, covariant=True)
@@ -29,6 +31,7 @@ class _FlowLogger(logging.LoggerAdapter[logging.Logger]):
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
         extra = dict(self.extra or {})
+        extra.update(telemetry.current_ids())
         extra.update(kwargs.get("extra") or {})
         kwargs["extra"] = extra
         where = extra["workflow"] if extra.get("step") is None else f"{extra['workflow']}.{extra['step']}"

@@ -21,6 +21,7 @@ from typing import Any, Generic, TypeVar
 import pydantic_core
 from pydantic import BaseModel, ValidationError
 
+from plait.core import telemetry
 from plait.core.consumer import IWorkflowConsumer, check_consumer
 from plait.core.context import Reporter, StepContext, WorkflowContext
 from plait.core.engine import (
@@ -359,21 +360,35 @@ class Runner(Generic[D, R]):
         # A flow that a handler starts through the application's executor carries this flow's correlation id.
         token = current_correlation_id.set(ctx.correlation_id)
         try:
-            timeout = self.step_timeout
-            if timeout is None:
-                out = fn(ctx, *extra)
-                return await out if inspect.isawaitable(out) else out
-            scope = asyncio.timeout(timeout)
-            try:
-                async with scope:
-                    out = fn(ctx, *extra)
-                    return await out if inspect.isawaitable(out) else out
-            except TimeoutError as error:
-                if not scope.expired():
-                    raise  # the handler's own TimeoutError (say, from an HTTP client): keep it as the cause
-                raise TimeoutError(f"{what} timed out after {timeout:g}s") from error
+            with telemetry.handler_span(
+                ctx.kind, ctx.flow_id, ctx.workflow, ctx.meta, ctx.step_name, getattr(ctx, "attempt", None), ctx.index
+            ) as span:
+                try:
+                    out = await self._await(what, fn, ctx, *extra)
+                except BaseException as error:
+                    telemetry.set_outcome(
+                        span, "cancelled" if isinstance(error, asyncio.CancelledError) else "error", error
+                    )
+                    raise
+                telemetry.set_outcome(span, "ok")
+                return out
         finally:
             current_correlation_id.reset(token)
+
+    async def _await(self, what: str, fn: Any, ctx: WorkflowContext[D], *extra: object) -> Any:
+        timeout = self.step_timeout
+        if timeout is None:
+            out = fn(ctx, *extra)
+            return await out if inspect.isawaitable(out) else out
+        scope = asyncio.timeout(timeout)
+        try:
+            async with scope:
+                out = fn(ctx, *extra)
+                return await out if inspect.isawaitable(out) else out
+        except TimeoutError as error:
+            if not scope.expired():
+                raise  # the handler's own TimeoutError (say, from an HTTP client): keep it as the cause
+            raise TimeoutError(f"{what} timed out after {timeout:g}s") from error
 
     def _check_size(self, value: Any, what: str) -> None:
         size = json_size(value)
@@ -392,7 +407,7 @@ class Runner(Generic[D, R]):
             return _unrunnable(error)
         execute = self._executes[step]
         try:
-            if self.step_timeout is None:  # the common case, without _call's extra coroutine (same as _call)
+            if self.step_timeout is None and not telemetry.enabled():  # the common case, without _call's frames
                 token = current_correlation_id.set(ctx.correlation_id)
                 try:
                     out: Any = execute(ctx)

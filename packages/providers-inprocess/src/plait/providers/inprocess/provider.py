@@ -30,6 +30,7 @@ from plait.core import (
     SignalError,
     WorkflowDefinition,
     WorkflowNotRegisteredError,
+    telemetry,
 )
 from plait.core.clock import Clock, SystemClock
 from plait.core.engine import (
@@ -302,7 +303,9 @@ class InProcessWorkflowProvider:
             if existing is not None:
                 check_same_flow(state_of(existing), definition.name, payload)
                 return InProcessFlowHandle(id, self)
-        flow = self._create(registration, id or new_flow_id(), payload, model, timeout=timeout, meta=meta)
+        flow_id = id or new_flow_id()
+        meta = telemetry.traced_meta(meta, definition.name, flow_id)
+        flow = self._create(registration, flow_id, payload, model, timeout=timeout, meta=meta)
         return InProcessFlowHandle(flow.state.flow_id, self)
 
     def _runnable(self, workflow: str) -> Registration:
@@ -458,7 +461,9 @@ class InProcessWorkflowProvider:
         registration = self._runnable(state.workflow)
         runner = self._runner(state.workflow)
         runner.engine.check_retry(state)
-        flow = self._create(registration, new_flow_id(), state.data, None, meta=state.meta, retry_of=flow_id)
+        new_id = new_flow_id()
+        meta = telemetry.traced_meta(state.meta, state.workflow, new_id)
+        flow = self._create(registration, new_id, state.data, None, meta=meta, retry_of=flow_id)
         return InProcessFlowHandle(flow.state.flow_id, self)
 
     async def list_flows(
@@ -824,6 +829,7 @@ class InProcessWorkflowProvider:
             flow.done.set_result(None)
             flow.done = None
         log_flow_end(state, flow.view.exceptions)
+        telemetry.flow_finished(state, None if state.error is None else str(build_error(state, flow.view.exceptions)))
 
     def _prune(self) -> None:
         horizon = self._now() - self.retention

@@ -289,6 +289,10 @@ class WorkflowDefinition(Generic[D, R]):
         what = f"{where}: {step.kind} '{step.name}'"
         if step.name in self._steps:
             raise DefinitionError(f"{where}: duplicate step name '{step.name}'")
+        check = _KIND_CHECKS.get(step.kind)
+        if check is None:
+            raise DefinitionError(f"{where}: unknown node kind {step.kind!r}")
+        check(self, step, what)
         if step.kind == "sleep":
             if step.output is not None:
                 raise DefinitionError(f"{what} has no output")
@@ -307,10 +311,6 @@ class WorkflowDefinition(Generic[D, R]):
                 )
         if len(set(step.after)) != len(step.after):
             raise DefinitionError(f"{what} names a node twice in after=")
-        check = _KIND_CHECKS.get(step.kind)
-        if check is None:
-            raise DefinitionError(f"{where}: unknown node kind {step.kind!r}")
-        check(self, step, what)
 
     def _check_wait(self, step: Step, what: str) -> None:
         _check_seconds(f"{what}: timeout", step.timeout, allow_zero=False)

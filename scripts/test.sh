@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs uv, the workspace and redis-server when missing, then
-# ruff (lint and format), mypy strict over sources, tests, examples and benchmarks, and pytest under coverage with
-# a floor.
+# ruff (lint and format), mypy strict over sources, tests, examples, benchmarks and docs tooling, the documentation
+# site (mkdocs --strict: a broken link or reference fails), and pytest under coverage with a floor.
 # Extra arguments go to pytest (say, tests/unit -k engine); the coverage floor then does not apply.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +14,8 @@ uv run --frozen ruff check .
 uv run --frozen ruff format --check .
 echo "== mypy (strict)"
 uv run --frozen mypy
+echo "== docs (mkdocs build --strict)"
+NO_MKDOCS_2_WARNING=1 uv run --frozen mkdocs build --strict --quiet --site-dir .tmp/site
 echo "== pytest (with coverage)"
 rm -rf .tmp/coverage
 mkdir -p .tmp/coverage

@@ -9,6 +9,7 @@ from examples.orders.services import (
     InventoryService,
     NotificationService,
     OrderRepository,
+    PaymentDeclinedError,
     PaymentService,
     ShipmentService,
     money,
@@ -17,6 +18,7 @@ from plait.core import (
     Backoff,
     ConsumerOptions,
     IWorkflowConsumer,
+    NonRetryableError,
     StepContext,
     StepHandler,
     WorkflowContext,
@@ -25,8 +27,13 @@ from plait.core import (
 )
 
 ORDER_OPTIONS = ConsumerOptions(attempts=2, backoff=Backoff.exponential(0.05, max_delay=1.0), step_timeout=10.0)
-"""Each step gets a second try after a short pause. Plait retries any exception, a card decline included: the
-charge's idempotency key makes that safe, and a real service might send declines straight to a failure instead."""
+"""Each step gets a second try after a short pause, for failures that may pass (a timeout, a busy service); the
+charge's idempotency key makes a second try safe. A declined card would only be declined again, so ``charge``
+raises :class:`CardDeclinedError` for it, which skips the second try."""
+
+
+class CardDeclinedError(NonRetryableError):
+    """The card was declined: the charge fails at once, without its remaining attempts, and the order rolls back."""
 
 
 class ProcessOrderWorkflow(IWorkflowConsumer[OrderData, OrderResult]):
@@ -82,6 +89,9 @@ class ProcessOrderWorkflow(IWorkflowConsumer[OrderData, OrderResult]):
             charge = await self.payments.charge(
                 order.customer_id, order.total_cents, order.payment_method, idempotency_key=f"{order.order_id}-charge"
             )
+        except PaymentDeclinedError as error:
+            self._failed(ctx, error)
+            raise CardDeclinedError(str(error)) from error  # the same card would be declined again: no retry
         except Exception as error:
             self._failed(ctx, error)
             raise

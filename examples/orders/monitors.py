@@ -1,6 +1,7 @@
-"""The seed's second workflow: setting up an uptime monitor (check the URL, save it, schedule checks, run one).
+"""The setup-monitor workflow: setting up an uptime monitor (check the URL, save it, schedule checks, run one).
 
 Everything about it lives here, from the definition to the controller, to show a workflow end to end in one file.
+Only the steps that create something have a rollback: checking a URL and running a first check change nothing.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The provider conformance suite (DESIGN §3) against the in-process provider."""
+"""The provider conformance suite (every rule of the execution contract) against the in-process provider."""
 
 import pytest
 

@@ -14,12 +14,16 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def quickstart_namespace() -> dict[str, Any]:
-    """Executes the README's first two Python blocks (definition + consumer, then the app), without listen()."""
+    """Executes the README's first two Python blocks (definition + consumer, then the app) as an imported module.
+
+    ``app.listen()`` sits under ``if __name__ == "__main__":``, so importing the module (a test, a worker, an ASGI
+    server) does not start serving.
+    """
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
     source = "from __future__ import annotations\n" + blocks[0] + blocks[1]
-    assert "app.listen(8000)" in source
+    assert 'if __name__ == "__main__":\n    app.listen(8000)' in source
     namespace: dict[str, Any] = {"__name__": "readme_quickstart"}
-    exec(compile(source.replace("app.listen(8000)", "pass"), str(README), "exec"), namespace)
+    exec(compile(source, str(README), "exec"), namespace)
     return namespace
 
 

@@ -1,4 +1,4 @@
-"""The provider conformance suite (DESIGN §3) against the arq provider, on a real Redis."""
+"""The provider conformance suite (every rule of the execution contract) against the arq provider, on a real Redis."""
 
 from __future__ import annotations
 

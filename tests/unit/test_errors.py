@@ -1,4 +1,4 @@
-"""Errors: one base class, messages users can read, and the attributes DESIGN §2 names."""
+"""Errors: one base class, messages users can read, and the attributes the public API promises."""
 
 from __future__ import annotations
 

@@ -46,10 +46,20 @@ Wire it into an application whose request handlers start flows::
         .workflow(ProcessOrder).consumer(ProcessOrderWorkflow)
         .controller("/orders", OrderController)
     )
-    app.listen(8000)  # or app.asgi() for any ASGI server; await app.start() / app.stop() without HTTP
+
+    if __name__ == "__main__":
+        app.listen(8000)  # or app.asgi() for any ASGI server; await app.start() / app.stop() without HTTP
+
+The app builder's names (``Plait``, ``Application``, ``RequestContext``, ...) are imported on first use: they need
+Starlette, uvicorn and dependency-injector, which a worker process or a custom provider that imports
+``plait.core.engine`` does without.
 """
 
-from plait.core.app import AppContext, Application, Plait, WorkflowRegistration
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 from plait.core.consumer import IWorkflowConsumer, StepHandler
 from plait.core.context import StepContext, WorkflowContext
 from plait.core.errors import (
@@ -98,74 +108,108 @@ from plait.core.handle import FlowHandle, FlowStatus
 from plait.core.info import FlowInfo, FlowPage, FlowSummary, ProgressInfo, StepInfo, StepStatus
 from plait.core.options import Backoff, ConsumerOptions
 from plait.core.provider import EventHook, WorkflowExecutor, WorkflowLifecycle, WorkflowProvider
-from plait.core.routing import RequestContext, RouteBuilder
 from plait.core.workflow import Step, StepGroup, Workflow, WorkflowDefinition
 
-__all__ = [
-    "AppContext",
-    "Application",
-    "Backoff",
-    "ConsumerOptions",
-    "CorruptFlowError",
-    "DefinitionError",
+if TYPE_CHECKING:  # imported on first use, by __getattr__ below; type checkers and IDEs see them here
+    from plait.core.app import AppContext, Application, Plait, WorkflowRegistration
+    from plait.core.routing import RequestContext, RouteBuilder
+
+# Grouped by purpose, sorted within each group.
+
+# Definitions: what a workflow does, in which order, with which models.
+__all__ = ["Step", "StepGroup", "Workflow", "WorkflowDefinition"]
+
+# Consumers and contexts: the code that runs the steps, what it is given, how it is retried.
+__all__ += ["Backoff", "ConsumerOptions", "IWorkflowConsumer", "StepContext", "StepHandler", "WorkflowContext"]
+
+# Executing and inspecting: a started flow's handle, its status, each node's fate, listings.
+__all__ += [
+    "FlowHandle",
+    "FlowInfo",
+    "FlowPage",
+    "FlowStatus",
+    "FlowSummary",
+    "ProgressInfo",
+    "StepInfo",
+    "StepStatus",
+]
+
+# Events: a flow's history, for subscribe() and on_event() hooks.
+__all__ += [
     "EventHook",
     "FlowCancelled",
     "FlowCompensated",
     "FlowCompleted",
-    "FlowConflictError",
     "FlowEvent",
     "FlowFailed",
-    "FlowHandle",
-    "FlowInfo",
-    "FlowNotFoundError",
-    "FlowPage",
     "FlowStarted",
-    "FlowStateError",
-    "FlowStatus",
-    "FlowSummary",
     "FlowWaiting",
-    "IWorkflowConsumer",
-    "NoEffectError",
-    "NonRetryableError",
-    "PayloadTooLargeError",
-    "Plait",
-    "PlaitError",
-    "ProgressInfo",
     "ProgressReported",
-    "ProviderNotStartedError",
-    "ProviderUnavailableError",
-    "RemoteError",
-    "RequestContext",
     "RollbackCompleted",
     "RollbackFailed",
     "RollbackStarted",
-    "RouteBuilder",
-    "SignalError",
     "SignalReceived",
-    "Step",
     "StepCompleted",
-    "StepContext",
     "StepFailed",
-    "StepGroup",
-    "StepHandler",
-    "StepInfo",
     "StepSkipped",
     "StepStarted",
-    "StepStatus",
-    "Workflow",
+]
+
+# Errors: one base class; a failed flow is a WorkflowError.
+__all__ += [
+    "CorruptFlowError",
+    "DefinitionError",
+    "FlowConflictError",
+    "FlowNotFoundError",
+    "FlowStateError",
+    "NoEffectError",
+    "NonRetryableError",
+    "PayloadTooLargeError",
+    "PlaitError",
+    "ProviderNotStartedError",
+    "ProviderUnavailableError",
+    "RemoteError",
+    "SignalError",
     "WorkflowCancelledError",
     "WorkflowCompensatedError",
     "WorkflowCompletionError",
-    "WorkflowContext",
-    "WorkflowDefinition",
     "WorkflowError",
-    "WorkflowExecutor",
-    "WorkflowLifecycle",
     "WorkflowNotRegisteredError",
-    "WorkflowProvider",
-    "WorkflowRegistration",
     "WorkflowRollbackError",
     "WorkflowStepError",
     "WorkflowTimeoutError",
     "WorkflowValidationError",
 ]
+
+# Providers: the protocols every provider satisfies.
+__all__ += ["WorkflowExecutor", "WorkflowLifecycle", "WorkflowProvider"]
+
+# App builder: services, workflows and controllers in one Starlette application (imported on first use).
+__all__ += ["AppContext", "Application", "Plait", "RequestContext", "RouteBuilder", "WorkflowRegistration"]
+
+# Name -> module of the app builder's names. They pull in Starlette, uvicorn and dependency-injector, so they are
+# imported when first asked for rather than by every `import plait.core...`.
+_LAZY = {
+    "AppContext": "plait.core.app",
+    "Application": "plait.core.app",
+    "Plait": "plait.core.app",
+    "WorkflowRegistration": "plait.core.app",
+    "RequestContext": "plait.core.routing",
+    "RouteBuilder": "plait.core.routing",
+}
+
+# Hidden from type checkers, which see the names above; to them a module __getattr__ would make every misspelt
+# `from plait.core import X` valid.
+if not TYPE_CHECKING:
+
+    def __getattr__(name: str) -> object:
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value  # later lookups find it without calling __getattr__
+        return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -8,7 +8,7 @@ Unit-test a step handler without a provider::
         ctx = create_mock_step_context(Order(order_id="o-1"), {"validate": ValidateOut(ok=True)})
         assert (await ProcessOrderWorkflow(FakePayments()).charge(ctx)).charge_id
 
-Prove a custom provider against DESIGN §3 with one class::
+Prove that a custom provider obeys the execution contract with one class::
 
     from plait.testing import ProviderContract
 

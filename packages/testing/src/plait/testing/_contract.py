@@ -1,4 +1,4 @@
-"""The provider conformance suite: DESIGN §3, rule by rule, through the public provider API only.
+"""The provider conformance suite: the execution contract, rule by rule, through the public provider API only.
 
 A provider author subclasses :class:`ProviderContract` and overrides the ``provider`` fixture. Every test builds
 its own consumer (a ``Scripted`` one, told what each step does), registers it, starts the provider, runs flows
@@ -45,7 +45,7 @@ __all__ = ["ProviderContract"]
 
 @pytest.mark.asyncio
 class ProviderContract(RunControlRules, ControlFlowRules, HardeningRules, FailureRules, FlowRules):
-    """DESIGN §3 as a pytest class: subclass it and override the ``provider`` fixture.
+    """The execution contract as a pytest class: subclass it and override the ``provider`` fixture.
 
     The fixture returns a new, unstarted provider; each test registers its workflows on it, starts it and stops
     it. Consumer code must run in the test's process (consumers count their calls in memory), and no flow may be

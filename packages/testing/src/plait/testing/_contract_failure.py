@@ -1,4 +1,4 @@
-"""DESIGN §3 rules 5-8: rollbacks, on_error, on_complete and workflow timeouts."""
+"""Contract rules 5-8: rollbacks, on_error, on_complete and workflow timeouts."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ __all__ = ["FailureRules"]
 
 
 class FailureRules(ContractBase):
-    """DESIGN §3 rules 5-8: rollbacks, on_error, on_complete and workflow timeouts."""
+    """Contract rules 5-8: rollbacks, on_error, on_complete and workflow timeouts."""
 
     # -- rule 5: rollbacks --
 

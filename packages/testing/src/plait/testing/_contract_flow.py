@@ -1,4 +1,4 @@
-"""DESIGN §3 rules 1-4: acceptance and ids, ordering, visibility of results, retries and timeouts of steps."""
+"""Contract rules 1-4: acceptance and ids, ordering, visibility of results, retries and timeouts of steps."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ __all__ = ["FlowRules"]
 
 
 class FlowRules(ContractBase):
-    """DESIGN §3 rules 1-4: acceptance and ids, ordering, visibility of results, retries and timeouts of steps."""
+    """Contract rules 1-4: acceptance and ids, ordering, visibility of results, retries and timeouts of steps."""
 
     # -- rule 1: validation, acceptance, ids --
 

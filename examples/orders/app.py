@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from starlette.requests import Request
+
 from examples.orders.consumers import ORDER_OPTIONS, ProcessOrderWorkflow
 from examples.orders.controllers import OrderController
 from examples.orders.monitors import (
@@ -24,6 +26,17 @@ from examples.orders.services import (
 )
 from examples.orders.workflows import ProcessOrder
 from plait.core import Application, Plait, WorkflowProvider
+from plait.core.api import Action
+
+LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def operators_on_this_machine(request: Request, action: Action, workflow: str) -> bool:
+    """The example's rule for the workflows API: whoever connects from this machine may act, others only look.
+
+    A real service asks its own authentication instead (a session, a token, a role); this one has no users.
+    """
+    return request.client is not None and request.client.host in LOOPBACK
 
 
 def create_app(provider: WorkflowProvider | None = None) -> Application:
@@ -31,6 +44,7 @@ def create_app(provider: WorkflowProvider | None = None) -> Application:
     app = Plait.create()
     if provider is not None:
         app.workflow_provider(provider)
+    app.workflows_api("/workflows", authorize=operators_on_this_machine)  # the API and the inspector at /workflows/ui
     return (
         app.provider(InventoryService)
         .provider(PaymentService)

@@ -438,6 +438,7 @@ def _mermaid(definition: WorkflowDefinition[Any, Any], rollbacks: Collection[str
     # Mermaid ids are positional (n0, g0): a node called "end" or "graph" would otherwise break the chart.
     ids = {name: f"n{i}" for i, name in enumerate(definition.step_names)}
     lines = ["flowchart TD"]
+    forward: list[str] = []  # group to group, then along the edges inside groups
     edges: list[str] = []
     conditional: list[str] = []
     for g, group in enumerate(definition.step_groups):
@@ -454,7 +455,7 @@ def _mermaid(definition: WorkflowDefinition[Any, Any], rollbacks: Collection[str
         elif group.kind == "dag":
             edges += [f"    {ids[before]} --> {ids[step.name]}" for step in group.steps for before in step.after]
         if g:
-            edges.append(f"    g{g - 1} --> g{g}")
+            forward.append(f"    g{g - 1} --> g{g}")
     undoable = [
         name
         for name in definition.step_names
@@ -463,7 +464,7 @@ def _mermaid(definition: WorkflowDefinition[Any, Any], rollbacks: Collection[str
     ]
     path = list(reversed(undoable))
     edges += [f"    {ids[a]} -.->|undo| {ids[b]}" for a, b in itertools.pairwise(path)]
-    lines += edges
+    lines += forward + edges
     lines.append("    classDef conditional stroke-dasharray: 5 3")
     if conditional:
         lines.append(f"    class {','.join(conditional)} conditional")

@@ -39,12 +39,17 @@ def operators_on_this_machine(request: Request, action: Action, workflow: str) -
     return request.client is not None and request.client.host in LOOPBACK
 
 
-def create_app(provider: WorkflowProvider | None = None) -> Application:
-    """Builds the order service; ``provider`` defaults to the in-process one."""
+def create_app(provider: WorkflowProvider | None = None, *, workflows_api: bool = True) -> Application:
+    """Builds the order service; ``provider`` defaults to the in-process one.
+
+    Args:
+        workflows_api: serve Plait's workflows API and run inspector at ``/workflows`` (``/workflows/ui``).
+    """
     app = Plait.create()
     if provider is not None:
         app.workflow_provider(provider)
-    app.workflows_api("/workflows", authorize=operators_on_this_machine)  # the API and the inspector at /workflows/ui
+    if workflows_api:
+        app.workflows_api("/workflows", authorize=operators_on_this_machine)
     return (
         app.provider(InventoryService)
         .provider(PaymentService)

@@ -26,7 +26,10 @@ async def served(app: ASGIApp, *, lifespan: bool = True) -> AsyncIterator[httpx.
     async def send(message: Message) -> None:
         await outbox.put(message)
 
-    task = asyncio.create_task(app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, inbox.get, send))
+    async def run() -> None:
+        await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, inbox.get, send)
+
+    task = asyncio.create_task(run())
     try:
         if lifespan:
             await inbox.put({"type": "lifespan.startup"})

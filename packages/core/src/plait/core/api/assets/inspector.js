@@ -6,8 +6,8 @@
   const BASE = document.querySelector('meta[name="plait-api"]').content;
   const TERMINAL = new Set(["completed", "failed", "cancelled", "compensated"]);
   const KIND_LABEL = {
-    step: "step", wait_for: "\u23F8 waits for a signal", sleep: "\u263E sleeps",
-    for_each: "\u27F3 for each item", sub_workflow: "\u29C9 sub-workflow",
+    step: "step", wait_for: "\u25F7 waits for a signal", sleep: "\u263E sleeps",
+    for_each: "\u21BB for each item", sub_workflow: "\u229E sub-workflow",
   };
   const PAGE_SIZE = 25;
 
@@ -37,7 +37,7 @@
       else if (key in el && typeof value !== "string") el[key] = value;
       else el.setAttribute(key, value === true ? "" : value);
     }
-    for (const child of children.flat()) {
+    for (const child of children.flat(Infinity)) {
       if (child === null || child === undefined || child === false) continue;
       el.append(child instanceof Node ? child : document.createTextNode(String(child)));
     }
@@ -208,6 +208,7 @@
     const url = BASE + flowPath(flowId) + "/events" + (state.lastSeq ? `?after=${state.lastSeq}` : "");
     const source = new EventSource(url);
     state.source = source;
+    $("detail").dataset.stream = "open";  // tells tests and styles whether events may still come
     source.onmessage = (message) => {
       const event = JSON.parse(message.data);
       if (flowId !== state.flowId || event.seq <= state.lastSeq) return;
@@ -221,6 +222,7 @@
       source.close();
       if (state.source === source) state.source = null;
       refreshFlow().then(() => {
+        if (flowId === state.flowId) $("detail").dataset.stream = "ended";
         // A flow that is being undone after it ended has more to say: follow it until it ends again.
         if (flowId === state.flowId && state.flow && !TERMINAL.has(state.flow.status)) {
           state.poll = setTimeout(openStream, 1000);
@@ -275,7 +277,7 @@
       if (!event.type.startsWith("rollback_")) continue;
       const key = event.step + (event.index === null || event.index === undefined ? "" : `[${event.index}]`);
       const entry = seen.get(key) || { step: event.step, label: key, status: "running", error: null };
-      if (event.type === "rollback_completed") entry.status = "done";
+      if (event.type === "rollback_completed") { entry.status = "done"; entry.error = null; }
       if (event.type === "rollback_failed" && !event.will_retry) { entry.status = "failed"; entry.error = event.error; }
       seen.set(key, entry);
     }
@@ -420,7 +422,8 @@
     const byName = new Map(flow.steps.map((s) => [s.name, s]));
     const ranks = rollbackRanks();
     const planned = TERMINAL.has(flow.status) && flow.status !== "completed" ? [] : plannedRollbacks(flow, graph);
-    const box = (node) => nodeBox(node, byName.get(node.name), ranks.get(node.name), planned.includes(node.name));
+    const ended = TERMINAL.has(flow.status);
+    const box = (node) => nodeBox(node, byName.get(node.name), ranks.get(node.name), planned.includes(node.name), ended);
     const groups = graph.groups.map((group, i) => {
       let body;
       if (group.kind === "dag") {
@@ -446,9 +449,9 @@
     return h("div", { class: "graph" }, row);
   }
 
-  function nodeBox(node, step, rank, planned) {
+  function nodeBox(node, step, rank, planned, ended) {
     step = step || { status: "pending", attempts: 0 };
-    const bits = [step.status.replace("_", " ")];
+    const bits = [step.status === "pending" && ended ? "not run" : step.status.replace("_", " ")];
     if (step.attempts > 1) bits.push(`\u00D7${step.attempts}`);
     if (step.items_total !== null && step.items_total !== undefined) bits.push(`${step.items_done}/${step.items_total}`);
     let badge = null;

@@ -391,3 +391,9 @@ def test_a_prefix_must_be_below_the_root_and_served_once() -> None:
     app.workflows_api("/ops/")
     with pytest.raises(Exception, match="served at '/ops' already"):
         app.workflows_api("/ops")
+
+
+async def test_the_openapi_document_is_valid_openapi_3_1(client: httpx.AsyncClient) -> None:
+    from openapi_spec_validator import validate
+
+    validate((await client.get("/workflows/openapi.json")).json())

@@ -140,14 +140,21 @@
     }
     state.cursors[state.page + 1] = page.next_cursor;
     const list = $("flows");
-    const rows = page.items.map((flow) => h("li", {},
-      h("a", { href: hashFor(flow.flow_id), "aria-current": flow.flow_id === state.flowId ? "true" : null, "data-flow": flow.flow_id },
-        pill(flow.status),
-        h("span", { class: "wf" }, flow.workflow),
-        h("span", { class: "when", title: new Date(flow.created_at * 1000).toString() }, time(flow.created_at)),
-        flow.error ? h("span", { class: "err", title: flow.error }, flow.error)
-          : h("span", { class: "fid mono", title: flow.flow_id }, flow.flow_id))));
-    list.replaceChildren(...(rows.length ? rows : [h("li", { class: "empty" }, "No flows match.")]));
+    // The list refreshes itself every few seconds: redraw only when it changed, and keep the keyboard's place.
+    const drawn = JSON.stringify(page);
+    if (drawn !== list.dataset.drawn) {
+      const focused = document.activeElement && list.contains(document.activeElement) ? document.activeElement.dataset.flow : null;
+      const rows = page.items.map((flow) => h("li", {},
+        h("a", { href: hashFor(flow.flow_id), "aria-current": flow.flow_id === state.flowId ? "true" : "false", "data-flow": flow.flow_id },
+          pill(flow.status),
+          h("span", { class: "wf" }, flow.workflow),
+          h("span", { class: "when", title: new Date(flow.created_at * 1000).toString() }, time(flow.created_at)),
+          flow.error ? h("span", { class: "err", title: flow.error }, flow.error)
+            : h("span", { class: "fid mono", title: flow.flow_id }, flow.flow_id))));
+      list.replaceChildren(...(rows.length ? rows : [h("li", { class: "empty" }, "No flows match.")]));
+      list.dataset.drawn = drawn;
+      if (focused) list.querySelector(`a[data-flow="${CSS.escape(focused)}"]`)?.focus();
+    }
     $("newer").disabled = state.page === 0;
     $("older").disabled = !page.next_cursor;
     $("page-info").textContent = `Page ${state.page + 1}`;

@@ -239,3 +239,22 @@ def test_an_operator_cancels_a_waiting_order_from_the_page(shop: Shop, browser: 
     assert "Workflow cancelled: customer called" in text(browser, ".error-box")
     assert "st-compensated" in node_classes(browser, "validate")
     assert browser.find_elements(By.XPATH, "//button[normalize-space()='Retry as a new flow']")
+
+
+def test_an_operator_undoes_a_completed_order_and_sees_the_rollbacks_arrive(shop: Shop, browser: WebDriver) -> None:
+    approved = shop.orders[3]  # Margaret's monitors, approved by a manager in the demo
+    browser.get(f"{shop.url}/workflows/ui")
+    open_flow(browser, approved["flow_id"], ended=True)
+    assert status(browser) == "completed"
+    assert texts(browser, ".compensation .panel") == ["Completed: nothing was rolled back."]
+    click(browser, By.XPATH, "//button[normalize-space()='Compensate\u2026']")
+    wait(browser).until(lambda b: b.find_element(By.ID, "confirm").is_displayed())
+    browser.find_element(By.ID, "confirm-ok").click()
+    wait(browser).until(lambda b: status(b) == "compensated")
+    wait(browser).until(lambda b: len(texts(b, ".compensation li")) == 3)
+    assert texts(browser, ".compensation li") == [
+        "fulfill rolled back",
+        "charge rolled back",
+        "validate rolled back",
+    ]
+    assert "flow compensated" in text(browser, ".timeline")

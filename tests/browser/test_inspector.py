@@ -107,6 +107,7 @@ def browser() -> Iterator[WebDriver]:
         options.add_argument(flag)
     profile = tempfile.mkdtemp(prefix="plait-chromium-")
     options.add_argument(f"--user-data-dir={profile}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(driver_binary), options=options)
     try:
         # A laptop's screen, exactly: the window size flag counts the (invisible) window frame too.
@@ -115,6 +116,8 @@ def browser() -> Iterator[WebDriver]:
             {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False},
         )
         yield driver
+        # No script error and no Content-Security-Policy violation in any of the tests.
+        assert [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"] == []
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)

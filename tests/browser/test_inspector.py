@@ -117,7 +117,8 @@ def browser() -> Iterator[WebDriver]:
         )
         yield driver
         # No script error and no Content-Security-Policy violation in any of the tests.
-        assert [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"] == []
+        logs: list[dict[str, str]] = driver.get_log("browser")  # type: ignore[no-untyped-call]  # selenium's own
+        assert [entry for entry in logs if entry["level"] == "SEVERE"] == []
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)

@@ -252,7 +252,8 @@ async def test_the_arq_factory_builds_the_service_on_the_redis_it_is_given(
         provider = app.context.provider
         assert isinstance(provider, ArqWorkflowProvider)
         shown = await run_demo(app, io.StringIO(), local_services=False)
-        assert [body["status"] for body in shown] == ["completed", "failed", "failed"]
+        # The refund outage is played on this process's payment service only, so it is left out with workers.
+        assert [body["status"] for body in shown] == ["completed", "failed", "failed", "completed", "cancelled"]
         assert shown[2]["compensated"] == ["charge", "validate"]
         assert shown[2]["steps"]["fulfill"] == "failed"
     finally:

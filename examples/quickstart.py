@@ -1,10 +1,13 @@
-"""Runs the example order service: places three orders through its HTTP API and prints what became of each.
+"""Runs the example order service: places orders through its HTTP API and prints what became of each.
 
     uv run python examples/quickstart.py            # in-process provider: print, then exit
-    uv run python examples/quickstart.py --serve    # then keep serving on http://127.0.0.1:8001 for curl
+    uv run python examples/quickstart.py --serve    # then keep serving on http://127.0.0.1:8001: the inspector
+                                                    # is at /workflows/ui, and curl works too
 
 One order completes; one is declined at the charge, so its stock reservation is released; one cannot be shipped,
-so its charge is refunded and its reservation released.
+so its charge is refunded and its reservation released. Two wait for a manager's approval: one is approved, one
+cancelled. One's refund fails during an outage and is retried by an operator. With --serve, one more order is
+left waiting for a manager, for you to approve or cancel.
 """
 
 from __future__ import annotations
@@ -60,13 +63,26 @@ async def main(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     try:
         provider = "in-process" if args.provider == "inprocess" else args.provider
         print(f"Plait order service on the {provider} provider", file=out)
-        print("process-order: validate -> charge -> fulfill -> [send_email || send_sms]", file=out)
-        await run_demo(app, out, local_services=args.provider == "inprocess")
+        print(
+            "process-order: validate -> [over $500: approval -> if rejected: reject] -> charge -> fulfill "
+            "-> [send_email || send_sms]",
+            file=out,
+        )
+        shown = await run_demo(app, out, local_services=args.provider == "inprocess", leave_waiting=args.serve)
         if args.serve:
             base = f"http://{args.host}:{args.port}"
-            print(f"\nServing on {base} (Ctrl-C stops). Try:", file=out)
+            waiting = shown[-1]["flow_id"]
+            print(f"\nServing on {base} (Ctrl-C stops).", file=out)
+            print(f"   The run inspector: {base}/workflows/ui", file=out)
+            print("Try:", file=out)
             print(f"   curl -s {base}/orders", file=out)
-            print(f"   curl -s {base}/orders/<flow_id>", file=out)
+            print(f"   curl -N {base}/workflows/flows/{waiting}/events      # live, until the flow ends", file=out)
+            print(
+                f"   curl -s -X POST {base}/orders/{waiting}/approval -H 'content-type: application/json' "
+                """-d '{"approved": true, "manager": "you"}'""",
+                file=out,
+            )
+            print(f"   curl -s -X POST {base}/orders/{waiting}/cancel", file=out)
             print(
                 f"   curl -s -X POST {base}/orders -H 'content-type: application/json' "
                 """-d '{"customer_id": "cus_kay", "email": "kay@example.com", "phone": "+15550199", """

@@ -23,3 +23,13 @@ setup_redis_server() {
         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
     fi
 }
+
+setup_chromium() {
+    # The inspector's browser test drives Debian's chromium through its chromedriver (with selenium).
+    if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+        echo "== installing chromium and chromium-driver (Debian packages)"
+        if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver >/dev/null
+    fi
+}

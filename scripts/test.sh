@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs the whole test suite on a fresh machine: installs uv, the workspace and redis-server when missing, then
-# ruff (lint and format), mypy strict over sources, tests, examples, benchmarks and docs tooling, the documentation
-# site (mkdocs --strict: a broken link or reference fails), and pytest under coverage with a floor.
+# Runs the whole test suite on a fresh machine: installs uv, the workspace, redis-server and chromium when missing,
+# then ruff (lint and format), mypy strict over sources, tests, examples, benchmarks and docs tooling, the
+# documentation site (mkdocs --strict: a broken link or reference fails), and pytest under coverage with a floor.
 # Extra arguments go to pytest (say, tests/unit -k engine); the coverage floor then does not apply.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 source scripts/setup.sh
 setup_uv_workspace
 setup_redis_server
+setup_chromium
 echo "== ruff"
 uv run --frozen ruff check .
 uv run --frozen ruff format --check .

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from starlette.requests import Request
+
 from examples.orders.consumers import ORDER_OPTIONS, ProcessOrderWorkflow
 from examples.orders.controllers import OrderController
 from examples.orders.monitors import (
@@ -24,13 +26,30 @@ from examples.orders.services import (
 )
 from examples.orders.workflows import ProcessOrder
 from plait.core import Application, Plait, WorkflowProvider
+from plait.core.api import Action
+
+LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
-def create_app(provider: WorkflowProvider | None = None) -> Application:
-    """Builds the order service; ``provider`` defaults to the in-process one."""
+def operators_on_this_machine(request: Request, action: Action, workflow: str) -> bool:
+    """The example's rule for the workflows API: whoever connects from this machine may act, others only look.
+
+    A real service asks its own authentication instead (a session, a token, a role); this one has no users.
+    """
+    return request.client is not None and request.client.host in LOOPBACK
+
+
+def create_app(provider: WorkflowProvider | None = None, *, workflows_api: bool = True) -> Application:
+    """Builds the order service; ``provider`` defaults to the in-process one.
+
+    Args:
+        workflows_api: serve Plait's workflows API and run inspector at ``/workflows`` (``/workflows/ui``).
+    """
     app = Plait.create()
     if provider is not None:
         app.workflow_provider(provider)
+    if workflows_api:
+        app.workflows_api("/workflows", authorize=operators_on_this_machine)
     return (
         app.provider(InventoryService)
         .provider(PaymentService)

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from examples.orders.models import Charged, EmailSent, Fulfilled, OrderData, OrderResult, Reserved, SmsSent
+from examples.orders.models import (
+    Approval,
+    Charged,
+    EmailSent,
+    Fulfilled,
+    OrderData,
+    OrderResult,
+    Rejected,
+    Reserved,
+    SmsSent,
+)
 from examples.orders.services import (
     InventoryService,
     NotificationService,
@@ -36,8 +46,13 @@ class CardDeclinedError(NonRetryableError):
     """The card was declined: the charge fails at once, without its remaining attempts, and the order rolls back."""
 
 
+class OrderRejectedError(NonRetryableError):
+    """A manager rejected the order: no retry would change that."""
+
+
 class ProcessOrderWorkflow(IWorkflowConsumer[OrderData, OrderResult]):
-    """Reserves stock, charges the card, books the shipment, then emails and texts the customer.
+    """Reserves stock, waits for a manager above $500, charges the card, books the shipment, then emails and texts
+    the customer.
 
     Every step that changes something has a rollback, and every rollback is idempotent. Each outcome is added to
     the order's history, which ``GET /orders/{flow_id}`` shows.
@@ -58,6 +73,7 @@ class ProcessOrderWorkflow(IWorkflowConsumer[OrderData, OrderResult]):
         self.orders = orders
         self.steps = {
             "validate": StepHandler(execute=self.validate, rollback=self.release_stock),
+            "reject": StepHandler(execute=self.reject),
             "charge": StepHandler(execute=self.charge, rollback=self.refund),
             "fulfill": StepHandler(execute=self.fulfill, rollback=self.cancel_shipment),
             "send_email": StepHandler(execute=self.send_email),  # no rollback: an email cannot be unsent
@@ -82,6 +98,13 @@ class ProcessOrderWorkflow(IWorkflowConsumer[OrderData, OrderResult]):
         await self.inventory.release(reservation_id)
         self._undone(ctx, f"released reservation {reservation_id}")
 
+    async def reject(self, ctx: StepContext[OrderData]) -> Rejected:
+        """Runs only for an order a manager turned down: fails it at once, so its stock is released."""
+        approval = ctx.result("approval", Approval)
+        reason = f"rejected by {approval.manager}" + (f": {approval.note}" if approval.note else "")
+        self.orders.record(ctx.data.order_id, "reject", "failed", reason)
+        raise OrderRejectedError(reason)
+
     async def charge(self, ctx: StepContext[OrderData]) -> Charged:
         order = ctx.data
         ctx.log.info("Charging %s to %s", money(order.total_cents), order.customer_id)
@@ -100,7 +123,11 @@ class ProcessOrderWorkflow(IWorkflowConsumer[OrderData, OrderResult]):
 
     async def refund(self, ctx: StepContext[OrderData]) -> None:
         charge_id = ctx.result("charge", Charged).charge_id
-        refund_id = await self.payments.refund(charge_id)
+        try:
+            refund_id = await self.payments.refund(charge_id)
+        except Exception as error:  # the flow records it as a failed rollback; an operator can retry it later
+            self.orders.record(ctx.data.order_id, "charge", "failed", f"refund of {charge_id}: {error}")
+            raise
         self._undone(ctx, f"refunded {charge_id} as {refund_id}")
 
     async def fulfill(self, ctx: StepContext[OrderData]) -> Fulfilled:

@@ -65,6 +65,20 @@ class Fulfilled(BaseModel):
     estimated_delivery: date
 
 
+class Approval(BaseModel):
+    """A manager's decision on an order above the approval threshold (the ``approval`` signal's payload)."""
+
+    approved: bool
+    manager: str = Field(min_length=1, max_length=100)
+    note: str | None = Field(default=None, max_length=500)
+
+
+class Rejected(BaseModel):
+    """What the ``reject`` step would return; it never does: a rejected order fails there and rolls back."""
+
+    reason: str
+
+
 class EmailSent(BaseModel):
     message_id: str
 

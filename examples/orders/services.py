@@ -116,6 +116,10 @@ class InventoryService:
 # --- payments ------------------------------------------------------------------------------------------------
 
 
+class RefundUnavailableError(Exception):
+    """The processor's refund service is down; a refund can be tried again later."""
+
+
 class PaymentDeclinedError(Exception):
     """The card issuer declined the charge."""
 
@@ -152,6 +156,8 @@ class PaymentService:
 
     def __init__(self) -> None:
         self.charges: dict[str, Charge] = {}
+        self.refunds_available = True
+        """Set it to False to play an outage of the refund service: refunds fail until it is back."""
         self.declined: list[tuple[str, str]] = []  # (idempotency key, decline code) per attempt
         self._by_key: dict[str, Charge] = {}
         self._ids = itertools.count(1)
@@ -175,6 +181,8 @@ class PaymentService:
     async def refund(self, charge_id: str) -> str:
         """Refunds a charge in full and returns the refund id; refunding it again returns the same id."""
         await _io()
+        if not self.refunds_available:
+            raise RefundUnavailableError("the refund service is unavailable")
         charge = self.charges[charge_id]
         if charge.refund_id is None:
             charge.refund_id = f"re_{next(self._refund_ids):04d}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 from collections.abc import AsyncIterator
@@ -66,6 +67,8 @@ def test_process_order_is_three_steps_then_two_in_parallel() -> None:
     groups = [(group.kind, [step.name for step in group.steps]) for group in ProcessOrder.step_groups]
     assert groups == [
         ("sequential", ["validate"]),
+        ("sequential", ["approval"]),
+        ("sequential", ["reject"]),
         ("sequential", ["charge"]),
         ("sequential", ["fulfill"]),
         ("parallel", ["send_email", "send_sms"]),
@@ -74,7 +77,7 @@ def test_process_order_is_three_steps_then_two_in_parallel() -> None:
 
 async def test_the_demo_completes_one_order_and_rolls_back_the_two_that_fail(app: Application) -> None:
     out = io.StringIO()
-    completed, declined, undeliverable = await run_demo(app, out)
+    completed, declined, undeliverable, *_ = await run_demo(app, out)
     inventory = app.context.resolve(InventoryService)
     payments = app.context.resolve(PaymentService)
     shipments = app.context.resolve(ShipmentService)
@@ -95,7 +98,7 @@ async def test_the_demo_completes_one_order_and_rolls_back_the_two_that_fail(app
     assert declined["compensated"] == ["validate"]
     assert steps(declined, "failed") == ["charge"]
     assert [code for _, code in payments.declined] == ["card_declined"]
-    assert inventory.reserved("MON-27") == 0
+    assert inventory.reservations["res_0002"].status == "released"  # Grace's monitor
 
     # The carrier refuses the parcel: the charge is refunded, then the stock released, in reverse order.
     assert undeliverable["status"] == "failed"
@@ -105,12 +108,14 @@ async def test_the_demo_completes_one_order_and_rolls_back_the_two_that_fail(app
     assert (refunded.status, refunded.refund_id) == ("refunded", "re_0001")
     assert inventory.reserved("MS-02") == 0
 
-    # Afterwards only the completed order holds stock, money and a shipment.
+    # Afterwards only the completed orders (the first, and the approved one) hold stock, money and a shipment.
     assert inventory.reserved("KB-87") == 1
-    assert [c.status for c in payments.charges.values()] == ["succeeded", "refunded"]
-    assert [s.status for s in shipments.shipments.values()] == ["created"]
+    assert inventory.reserved("MON-27") == 2
+    assert [c.status for c in payments.charges.values()] == ["succeeded", "refunded", "succeeded", "refunded"]
+    assert [s.status for s in shipments.shipments.values()] == ["created", "created"]
     outbox = app.context.resolve(NotificationService).outbox
-    assert sorted(m.channel for m in outbox) == ["email", "email", "email", "sms"]  # confirmation + 2 failures
+    # Two confirmations (email and text each), and one email for each of the four orders that failed.
+    assert sorted(m.channel for m in outbox) == ["email"] * 6 + ["sms"] * 2
 
     text = out.getvalue()
     assert "1. Ada buys a keyboard" in text
@@ -126,7 +131,7 @@ async def test_each_demo_flow_carries_its_requests_correlation_id(app: Applicati
     provider = app.context.provider
     assert isinstance(provider, InProcessWorkflowProvider)
     correlation_ids = [provider.get_state(s["flow_id"]).meta["correlation_id"] for s in shown]
-    assert correlation_ids == ["demo-order-1", "demo-order-2", "demo-order-3"]
+    assert correlation_ids == [f"demo-order-{n}" for n in range(1, 7)]
 
 
 async def test_an_order_with_invalid_fields_is_a_422_naming_them(client: httpx.AsyncClient) -> None:
@@ -248,8 +253,138 @@ async def test_the_arq_factory_builds_the_service_on_the_redis_it_is_given(
         provider = app.context.provider
         assert isinstance(provider, ArqWorkflowProvider)
         shown = await run_demo(app, io.StringIO(), local_services=False)
-        assert [body["status"] for body in shown] == ["completed", "failed", "failed"]
+        # The refund outage is played on this process's payment service only, so it is left out with workers.
+        assert [body["status"] for body in shown] == ["completed", "failed", "failed", "completed", "cancelled"]
         assert shown[2]["compensated"] == ["charge", "validate"]
         assert shown[2]["steps"]["fulfill"] == "failed"
     finally:
         await app.stop()
+
+
+async def test_the_demo_approves_one_large_order_and_cancels_another(app: Application) -> None:
+    out = io.StringIO()
+    *_, approved, cancelled, outage = await run_demo(app, out)
+    assert approved["status"] == "completed"
+    assert approved["steps"]["approval"] == "completed"
+    assert approved["steps"]["reject"] == "skipped"
+    assert cancelled["status"] == "cancelled"
+    assert cancelled["error"]["message"] == "Workflow cancelled: cancelled by the customer"
+    assert cancelled["compensated"] == ["validate"]
+    assert app.context.resolve(InventoryService).reserved("KB-87") == 1  # only the first order's keyboard
+    assert outage["status"] == "failed"
+    assert outage["compensated"] == ["charge", "validate"]
+    assert steps(outage, "rolled back") == ["validate", "charge"]  # the refund came last, retried by hand
+    text = out.getvalue()
+    assert "GET /orders/failed-refunds -> ['" + outage["order_id"] + "']" in text
+    assert "GET /orders/failed-refunds -> []" in text
+
+
+async def until(app: Application, flow_id: str, step: str, status: str) -> None:
+    async with asyncio.timeout(10):
+        while (await app.context.workflows.describe(flow_id)).step(step).status != status:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+LARGE = {"items": [{"sku": "KB-87", "quantity": 4}]}  # $516: above the approval threshold
+
+
+async def test_a_small_order_skips_the_approval(app: Application, client: httpx.AsyncClient) -> None:
+    shown = await place(client, app, order())
+    assert shown["steps"]["approval"] == shown["steps"]["reject"] == "skipped"
+    assert shown["actions"] == {"cancel": f"POST /orders/{shown['flow_id']}/cancel"}  # completed: cancel undoes it
+
+
+async def test_a_large_order_waits_for_approval_and_shows_what_can_be_done(
+    app: Application, client: httpx.AsyncClient
+) -> None:
+    flow_id = (await client.post("/orders", json=order(**LARGE))).json()["flow_id"]
+    await until(app, flow_id, "approval", "waiting")
+    shown = (await client.get(f"/orders/{flow_id}")).json()
+    assert shown["status"] == "waiting"
+    assert set(shown["actions"]) == {"approve", "cancel"}
+    waiting = (await client.get("/orders/approvals")).json()
+    assert [w["flow_id"] for w in waiting] == [flow_id]
+    assert waiting[0]["total_cents"] == 51600
+    assert app.context.resolve(PaymentService).charges == {}  # nothing is charged before the approval
+
+
+async def test_a_rejected_order_fails_at_reject_and_releases_its_stock(
+    app: Application, client: httpx.AsyncClient
+) -> None:
+    flow_id = (await client.post("/orders", json=order(**LARGE))).json()["flow_id"]
+    await until(app, flow_id, "approval", "waiting")
+    decision = {"approved": False, "manager": "Mo", "note": "too many keyboards"}
+    answer = await client.post(f"/orders/{flow_id}/approval", json=decision)
+    assert answer.status_code == 202, answer.text
+    await wait_for(app, flow_id)
+    shown = (await client.get(f"/orders/{flow_id}")).json()
+    assert shown["status"] == "failed"
+    assert shown["error"]["step"] == "reject"
+    assert shown["error"]["message"] == "Step 'reject' failed: rejected by Mo: too many keyboards"
+    assert shown["compensated"] == ["validate"]
+    assert steps(shown, "failed") == ["reject"]  # not retried: a rejection is final
+    assert app.context.resolve(InventoryService).reserved("KB-87") == 0
+    again = await client.post(f"/orders/{flow_id}/approval", json={**decision, "approved": True})
+    assert again.status_code == 409
+    assert again.json()["error"] == "approval_refused"
+
+
+async def test_approval_errors(app: Application, client: httpx.AsyncClient) -> None:
+    small = await place(client, app, order())
+    answer = await client.post(f"/orders/{small['flow_id']}/approval", json={"approved": True, "manager": "Mo"})
+    assert (answer.status_code, answer.json()["error"]) == (409, "no_approval_needed")
+    bad = await client.post(f"/orders/{small['flow_id']}/approval", json={"approved": "maybe"})
+    assert bad.status_code == 422
+    missing = await client.post("/orders/flow-nope/approval", json={"approved": True, "manager": "Mo"})
+    assert missing.status_code == 404
+
+
+async def test_cancelling_a_completed_order_undoes_it(app: Application, client: httpx.AsyncClient) -> None:
+    shown = await place(client, app, order())
+    answer = await client.post(f"/orders/{shown['flow_id']}/cancel")
+    assert answer.status_code == 202
+    await until(app, shown["flow_id"], "validate", "compensated")
+    after = (await client.get(f"/orders/{shown['flow_id']}")).json()
+    assert after["status"] == "compensated"
+    assert after["compensated"] == ["fulfill", "charge", "validate"]
+    assert app.context.resolve(PaymentService).charges["ch_0001"].status == "refunded"
+    assert [s.status for s in app.context.resolve(ShipmentService).shipments.values()] == ["cancelled"]
+    ended = await client.post(f"/orders/{shown['flow_id']}/cancel")
+    assert (ended.status_code, ended.json()["error"]) == (409, "order_ended")
+
+
+async def test_a_failed_refund_is_listed_until_an_operator_retries_it(
+    app: Application, client: httpx.AsyncClient
+) -> None:
+    payments = app.context.resolve(PaymentService)
+    payments.refunds_available = False
+    body = order()
+    body["ship_to"]["country"] = "AQ"
+    shown = await place(client, app, body)
+    assert shown["status"] == "failed"
+    assert "retry_refund" in shown["actions"]
+    listed = (await client.get("/orders/failed-refunds")).json()
+    assert listed == [
+        {
+            "flow_id": shown["flow_id"],
+            "order_id": shown["order_id"],
+            "status": "failed",
+            "failed_rollbacks": [
+                {
+                    "step": "charge",
+                    "error": "examples.orders.services.RefundUnavailableError: the refund service is unavailable",
+                }
+            ],
+        }
+    ]
+    still_down = await client.post(f"/orders/{shown['flow_id']}/retry-refund")
+    assert still_down.status_code == 202
+    await until(app, shown["flow_id"], "charge", "compensation_failed")
+    payments.refunds_available = True
+    answer = await client.post(f"/orders/{shown['flow_id']}/retry-refund")
+    assert answer.status_code == 202
+    await until(app, shown["flow_id"], "charge", "compensated")
+    assert (await client.get("/orders/failed-refunds")).json() == []
+    assert payments.charges["ch_0001"].status == "refunded"
+    nothing = await client.post(f"/orders/{shown['flow_id']}/retry-refund")
+    assert (nothing.status_code, nothing.json()["error"]) == (409, "nothing_to_retry")

@@ -36,13 +36,15 @@ def test_the_arq_provider_is_imported_only_when_asked_and_its_absence_explained(
         quickstart.make_provider(quickstart.parse_args(["--provider", "arq"]))
 
 
-async def test_main_prints_the_three_orders_and_returns_0() -> None:
+async def test_main_prints_the_orders_and_returns_0() -> None:
     out = io.StringIO()
     assert await quickstart.main(quickstart.parse_args([]), out) == 0
     text = out.getvalue()
     assert text.startswith("Plait order service on the in-process provider\n")
-    assert text.count("-> completed") == 1
-    assert text.count("-> failed") == 2
+    assert text.count("-> completed") == 2
+    assert text.count("-> failed") == 3
+    assert text.count("-> cancelled") == 1
+    assert "-> waiting" not in text  # only --serve leaves an order waiting
     assert "Serving" not in text
 
 
@@ -74,7 +76,7 @@ async def test_serve_keeps_serving_the_demos_orders_until_interrupted(unused_por
     try:
         assert process.stdout is not None
         lines: list[str] = []
-        while not any(line.startswith("Serving on") for line in lines):
+        while not any("curl -s -X POST" in line and "/cancel" in line for line in lines):
             line = await asyncio.wait_for(process.stdout.readline(), timeout=30)
             assert line, "the script ended before serving: " + "".join(lines)
             lines.append(line.decode())
@@ -87,8 +89,16 @@ async def test_serve_keeps_serving_the_demos_orders_until_interrupted(unused_por
                     await asyncio.sleep(0.05)
             else:
                 raise AssertionError("the server never answered")
+            inspector = await client.get("/workflows/ui")
+            waiting = next(line for line in lines if "/events" in line).split("/flows/")[1].split("/")[0]
+            approved = await client.post(f"/orders/{waiting}/approval", json={"approved": True, "manager": "you"})
         assert response.headers["x-correlation-id"] == "from-curl"
-        assert [order["status"] for order in response.json()] == ["completed", "failed", "failed"]
+        statuses = [order["status"] for order in response.json()]
+        assert statuses == ["completed", "failed", "failed", "completed", "cancelled", "failed", "waiting"]
+        assert any(line.strip() == f"The run inspector: http://127.0.0.1:{port}/workflows/ui" for line in lines)
+        assert inspector.status_code == 200
+        assert "text/html" in inspector.headers["content-type"]
+        assert approved.status_code == 202, approved.text
         process.send_signal(signal.SIGINT)
         await asyncio.wait_for(process.wait(), timeout=15)
         assert process.returncode == 0
@@ -104,5 +114,5 @@ async def test_the_script_runs_the_demo_on_the_arq_provider(redis_url: str) -> N
     assert process.returncode == 0, stderr.decode()
     text = stdout.decode()
     assert text.startswith("Plait order service on the arq provider\n")
-    assert text.count("-> completed") == 1
+    assert text.count("-> completed") == 2  # the first order and the approved one
     assert "compensated: charge, validate\n" in text

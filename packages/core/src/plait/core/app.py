@@ -21,6 +21,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
+from plait.core.api import Authorize, WorkflowsApi
 from plait.core.consumer import IWorkflowConsumer
 from plait.core.container import Dependency, ServiceGraph
 from plait.core.errors import DefinitionError, PlaitError, ProviderNotStartedError
@@ -189,6 +190,7 @@ class Application:
         self._hooks: list[EventHook] = []
         self._routes: list[RouteSpec] = []
         self._asgi: Starlette | None = None
+        self._apis: list[WorkflowsApi] = []
         self._lock = asyncio.Lock()
         self._built = False
         self._broken: BaseException | None = None
@@ -420,17 +422,70 @@ class Application:
                 routes=self._starlette_routes(),
                 middleware=[Middleware(PlaitMiddleware, is_started=lambda: self._started)],
                 exception_handlers=exception_handlers(),
-                lifespan=self._lifespan,
+                lifespan=self.lifespan,
             )
+            self._asgi.router.routes[:0] = [api.route() for api in self._apis]
         return self._asgi
 
     @contextlib.asynccontextmanager
-    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(self, host: object = None) -> AsyncIterator[None]:
+        """Starts the application, yields while it serves, then stops it: a lifespan for any ASGI application.
+
+        ``app.asgi()`` uses it. An application of your own that mounts ``workflows_api()`` (or ``asgi()``) runs
+        Plait with it: ``FastAPI(lifespan=app.lifespan)``, ``Starlette(lifespan=app.lifespan)``, or
+        ``async with app.lifespan(): ...`` inside a lifespan of your own.
+
+        Args:
+            host: the ASGI application whose lifespan this is (unused: Starlette passes it).
+        """
         await self.start()
         try:
             yield
         finally:
             await self.stop()
+
+    def workflows_api(
+        self, prefix: str = "/workflows", *, authorize: Authorize | None = None, ui: bool = True
+    ) -> WorkflowsApi:
+        """Serves the HTTP API over this application's workflows under ``prefix`` in ``asgi()``, and returns it.
+
+        The API starts flows (``POST {prefix}/{workflow}``), lists, describes and streams them, signals, cancels,
+        compensates and retries them, and describes itself (``GET {prefix}/openapi.json``); with ``ui``, it
+        serves the run inspector page at ``{prefix}/ui``. The returned API is an ASGI application that mounts
+        into any Starlette or FastAPI application too (run Plait's start and stop with :meth:`lifespan` there).
+
+        Args:
+            prefix: where to serve it, like ``/workflows``.
+            authorize: ``authorize(request, action, workflow) -> bool`` (sync or async), asked before every
+                change (``action`` is ``start``, ``signal``, ``cancel``, ``compensate``, ``retry`` or
+                ``retry_compensation``); only ``True`` allows. Without it the API is read-only: changes get a 403.
+            ui: whether to serve the inspector page.
+
+        Raises:
+            PlaitError: ``prefix`` is not a path below the root, or another API is served there already.
+        """
+        api = WorkflowsApi(
+            self._executor,
+            self._registered_workflows,
+            is_started=lambda: self._started,
+            prefix=prefix,
+            authorize=authorize,
+            ui=ui,
+            max_body_size=self.max_body_size,
+        )
+        if any(other.prefix == api.prefix for other in self._apis):
+            raise PlaitError(f"A workflows API is served at '{api.prefix}' already")
+        self._apis.append(api)
+        if self._asgi is not None:
+            self._asgi.router.routes.insert(0, api.route())
+        return api
+
+    def _registered_workflows(self) -> dict[str, tuple[WorkflowDefinition[Any, Any], object | None]]:
+        # Consumers exist once the application is built; before that the API knows the definitions only.
+        return {
+            name: (w.definition, self._graph.component(w.consumer) if self._built and w.consumer else None)
+            for name, w in self._workflows.items()
+        }
 
     async def serve(self, port: int = 8000, host: str = "127.0.0.1", *, log_level: str = "info") -> None:
         """Starts the application, serves it with uvicorn until interrupted, then stops it.

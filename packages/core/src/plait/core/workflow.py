@@ -11,8 +11,9 @@ at once, and in a ``dag`` group each node starts when the nodes named in its ``a
 
 from __future__ import annotations
 
+import itertools
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
@@ -395,6 +396,22 @@ class WorkflowDefinition(Generic[D, R]):
         """Returns the position of node ``name`` in definition order."""
         return self._order[name]
 
+    def to_mermaid(self, *, rollbacks: Collection[str] | None = None) -> str:
+        """Returns a Mermaid flowchart of the workflow: its groups in order, its nodes and the rollback path.
+
+        Each group is a subgraph, joined to the next by a solid edge (a group starts when the one before has
+        settled); a sequential group chains its nodes and a dag group draws its ``after`` edges. Node shapes tell
+        the kinds apart: a rectangle for a step, a hexagon for a signal wait, a stadium for a sleep, a
+        double-edged box for a for-each and a slanted box for a sub-workflow; a node or group with a ``when``
+        condition has a dashed border and a ``?``. Dashed edges labelled ``undo`` run backwards through the
+        nodes that can be rolled back, in the order their rollbacks run after a failure.
+
+        Args:
+            rollbacks: the names of the nodes that have a rollback (the consumer knows them, the definition does
+                not). ``None`` draws the compensation path through every step, for-each and sub-workflow.
+        """
+        return _mermaid(self, rollbacks)
+
     def __repr__(self) -> str:
         return f"WorkflowDefinition(name={self.name!r}, steps={list(self._steps)!r})"
 
@@ -406,6 +423,67 @@ _KIND_CHECKS: dict[str, Callable[[WorkflowDefinition[Any, Any], Step, str], None
     "for_each": WorkflowDefinition._check_for_each,
     "sub_workflow": WorkflowDefinition._check_sub_workflow,
 }
+
+
+_MERMAID_SHAPES: dict[str, tuple[str, str]] = {
+    "step": ("[", "]"),
+    "wait_for": ("{{", "}}"),
+    "sleep": ("([", "])"),
+    "for_each": ("[[", "]]"),
+    "sub_workflow": ("[/", "/]"),
+}
+
+
+def _mermaid(definition: WorkflowDefinition[Any, Any], rollbacks: Collection[str] | None) -> str:
+    # Mermaid ids are positional (n0, g0): a node called "end" or "graph" would otherwise break the chart.
+    ids = {name: f"n{i}" for i, name in enumerate(definition.step_names)}
+    lines = ["flowchart TD"]
+    forward: list[str] = []  # group to group, then along the edges inside groups
+    edges: list[str] = []
+    conditional: list[str] = []
+    for g, group in enumerate(definition.step_groups):
+        title = group.kind + (" ?" if group.when is not None else "")
+        lines.append(f'    subgraph g{g}["{title}"]')
+        for step in group.steps:
+            open_, close = _MERMAID_SHAPES[step.kind]
+            lines.append(f'        {ids[step.name]}{open_}"{_mermaid_label(step)}"{close}')
+            if step.when is not None or group.when is not None:
+                conditional.append(ids[step.name])
+        lines.append("    end")
+        if group.kind == "sequential":
+            edges += [f"    {ids[a.name]} --> {ids[b.name]}" for a, b in itertools.pairwise(group.steps)]
+        elif group.kind == "dag":
+            edges += [f"    {ids[before]} --> {ids[step.name]}" for step in group.steps for before in step.after]
+        if g:
+            forward.append(f"    g{g - 1} --> g{g}")
+    undoable = [
+        name
+        for name in definition.step_names
+        if (rollbacks is None and definition.step(name).kind in ("step", "for_each", "sub_workflow"))
+        or (rollbacks is not None and name in rollbacks)
+    ]
+    path = list(reversed(undoable))
+    edges += [f"    {ids[a]} -.->|undo| {ids[b]}" for a, b in itertools.pairwise(path)]
+    lines += forward + edges
+    lines.append("    classDef conditional stroke-dasharray: 5 3")
+    if conditional:
+        lines.append(f"    class {','.join(conditional)} conditional")
+    return "\n".join(lines) + "\n"
+
+
+def _mermaid_label(step: Step) -> str:
+    name = step.name + (" ?" if step.when is not None else "")
+    if step.kind == "wait_for":
+        detail = "wait for signal" + ("" if step.timeout is None else f", timeout {step.timeout:g}s")
+    elif step.kind == "sleep":
+        detail = "sleep " + (f"{step.seconds:g}s" if step.seconds is not None else "until a time")
+    elif step.kind == "for_each":
+        detail = "for each item"
+    elif step.kind == "sub_workflow":
+        detail = "sub-workflow " + (step.workflow.name if step.workflow is not None else "")
+    else:
+        return name
+    return f"{name}<br/>{detail}"
 
 
 class Workflow:

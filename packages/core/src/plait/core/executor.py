@@ -145,8 +145,16 @@ class CorrelatedExecutor:
 
     async def subscribe(self, flow_id: str) -> AsyncIterator[FlowEvent]:
         """Yields a flow's events, first to last (see :meth:`WorkflowExecutor.subscribe`)."""
-        async for event in self._provider().subscribe(flow_id):
-            yield event
+        events = self._provider().subscribe(flow_id)
+        try:
+            async for event in events:
+                yield event
+        finally:
+            # Closing this iterator closes the provider's at once: its subscription does not wait for the garbage
+            # collector.
+            close = getattr(events, "aclose", None)
+            if close is not None:
+                await close()
 
     def __repr__(self) -> str:
         return f"CorrelatedExecutor(correlation_id={self.correlation_id!r})"

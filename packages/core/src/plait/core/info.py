@@ -35,6 +35,9 @@ class StepInfo:
         child_id: a sub-workflow's child flow id, once started.
         signal: a ``wait_for``'s signal payload (JSON), once received.
         wake_at: when a waiting sleep wakes or a waiting signal times out (seconds since the epoch).
+        has_rollback: whether it is undone when the flow rolls back (a step or for-each whose handler has a
+            rollback, a sub-workflow); ``None`` until the flow has started and recorded its consumer's handlers.
+        in_doubt: whether it is rolled back even when it fails (``rollback_if_failed``).
     """
 
     name: str
@@ -48,6 +51,8 @@ class StepInfo:
     child_id: str | None = None
     signal: Any = None
     wake_at: float | None = None
+    has_rollback: bool | None = None
+    in_doubt: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +130,19 @@ class FlowInfo:
         kinds: dict[str, NodeKind] = {}
         if definition is not None:
             kinds = {name: definition.step(name).kind for name in definition.step_names}
+        policy = state.policy
+        undo = set(policy["undo"]) if policy else None
+        in_doubt = set(policy["in_doubt"]) if policy else set()
         steps = tuple(
-            _step(name, kinds.get(name, "step"), state.nodes.get(name), state.signals.get(name)) for name in names
+            _step(
+                name,
+                kinds.get(name, "step"),
+                state.nodes.get(name),
+                state.signals.get(name),
+                None if undo is None else (name in undo or kinds.get(name) == "sub_workflow"),
+                name in in_doubt,
+            )
+            for name in names
         )
         progress = state.progress
         return cls(
@@ -146,9 +162,11 @@ class FlowInfo:
         )
 
 
-def _step(name: str, kind: NodeKind, record: NodeRecord | None, signal: Any) -> StepInfo:
+def _step(
+    name: str, kind: NodeKind, record: NodeRecord | None, signal: Any, has_rollback: bool | None, in_doubt: bool
+) -> StepInfo:
     if record is None:
-        return StepInfo(name, "pending", kind)
+        return StepInfo(name, "pending", kind, has_rollback=has_rollback, in_doubt=in_doubt)
     total = record.get("total")
     return StepInfo(
         name,
@@ -162,6 +180,8 @@ def _step(name: str, kind: NodeKind, record: NodeRecord | None, signal: Any) -> 
         record.get("child"),
         signal if kind == "wait_for" else None,
         record.get("wake"),
+        has_rollback,
+        in_doubt,
     )
 
 

@@ -283,6 +283,21 @@ class RunControlRules(ContractBase):
         assert "SignalReceived" in names
         assert [e.seq for e in seen] == list(range(1, len(seen) + 1))
 
+    async def test_subscribe_follows_a_completed_flow_being_compensated_to_its_new_end(
+        self, provider: WorkflowProvider
+    ) -> None:
+        consumer = Scripted(LINE, {"a": Do(rollback_sleep=0.3)})
+        async with self.running(provider, (LINE, consumer, None)):
+            handle = await provider.execute(LINE, Order(key="k"))
+            await self.result(handle)
+            await provider.compensate(handle.id, "undo")
+            await self.until(lambda: bool(consumer.of("rollback", "a")), "the last rollback to start")
+            events = [event async for event in provider.subscribe(handle.id)]
+        names = [type(e).__name__ for e in events]
+        assert names.count("FlowCompleted") == 1
+        assert names[-1] == "FlowCompensated"
+        assert names.count("RollbackCompleted") == 3
+
     async def test_subscribe_to_an_unknown_flow_raises(self, provider: WorkflowProvider) -> None:
         async with self.running(provider):
             with pytest.raises(FlowNotFoundError):

@@ -437,6 +437,7 @@ class ControlFlowRules(ContractBase):
             info = await provider.describe(handle.id)
         assert seen[-1] == FlowStatus.COMPENSATED
         assert consumer.names("rollback") == ["d", "c", "b", "a"]
+        assert all(step.has_rollback for step in info.steps)
         assert info.compensated == ("d", "c", "b", "a")
         assert len(consumer.of("on_error")) == 0  # nothing failed
         for call in consumer.of("rollback"):

@@ -519,13 +519,15 @@ class InProcessWorkflowProvider:
             flow.listeners = []
         flow.listeners.append(queue)
         try:
-            batch = backlog
+            # A running flow's history may hold an end already (it completed, and is being compensated now): the
+            # backlog is replayed whole, and only a live end ends the subscription.
+            for record in backlog:
+                yield event_from_record(flow_id, workflow, record)
             while True:
-                for record in batch:
+                for record in await queue.get():
                     yield event_from_record(flow_id, workflow, record)
                     if is_last(record):
                         return
-                batch = await queue.get()
         finally:
             if flow.listeners is not None and queue in flow.listeners:
                 flow.listeners.remove(queue)

@@ -88,6 +88,7 @@ def test_plait_core_exports() -> None:
 
 def test_plait_testing_exports() -> None:
     assert sorted(plait.testing.__all__) == [
+        "ProgressCall",
         "ProviderContract",
         "create_mock_step_context",
         "create_mock_workflow_context",

@@ -31,6 +31,12 @@ Installing ``plait-testing`` also registers a pytest plugin with the fixtures ``
 
 from plait.testing._app import run_app
 from plait.testing._contract import ProviderContract
-from plait.testing._mocks import create_mock_step_context, create_mock_workflow_context
+from plait.testing._mocks import ProgressCall, create_mock_step_context, create_mock_workflow_context
 
-__all__ = ["ProviderContract", "create_mock_step_context", "create_mock_workflow_context", "run_app"]
+__all__ = [
+    "ProgressCall",
+    "ProviderContract",
+    "create_mock_step_context",
+    "create_mock_workflow_context",
+    "run_app",
+]

@@ -90,6 +90,7 @@ def test_plait_testing_exports() -> None:
     assert sorted(plait.testing.__all__) == [
         "ProgressCall",
         "ProviderContract",
+        "VirtualClock",
         "create_mock_step_context",
         "create_mock_workflow_context",
         "run_app",
@@ -108,7 +109,7 @@ def test_exported_names_exist_and_are_documented(module: object) -> None:
 
 
 def test_the_plugin_provides_its_fixtures() -> None:
-    assert plait.testing.plugin.__all__ == ["app_client", "inprocess_provider"]
+    assert plait.testing.plugin.__all__ == ["app_client", "inprocess_provider", "virtual_clock", "virtual_provider"]
 
 
 @pytest.mark.parametrize("namespace", ["plait", "plait.providers"])

@@ -25,17 +25,22 @@ Test an application over HTTP, in memory::
         async with run_app(build_app()) as client:
             assert (await client.post("/orders", json={"sku": "KB-87"})).status_code == 202
 
-Installing ``plait-testing`` also registers a pytest plugin with the fixtures ``inprocess_provider`` and
-``app_client`` (a factory: ``client = await app_client(app)``).
+Travel in time: ``InProcessWorkflowProvider(clock=VirtualClock())`` (or the ``virtual_provider`` fixture) runs a
+48-hour signal timeout in milliseconds.
+
+Installing ``plait-testing`` also registers a pytest plugin with the fixtures ``inprocess_provider``,
+``virtual_clock``, ``virtual_provider`` and ``app_client`` (a factory: ``client = await app_client(app)``).
 """
 
 from plait.testing._app import run_app
+from plait.testing._clock import VirtualClock
 from plait.testing._contract import ProviderContract
 from plait.testing._mocks import ProgressCall, create_mock_step_context, create_mock_workflow_context
 
 __all__ = [
     "ProgressCall",
     "ProviderContract",
+    "VirtualClock",
     "create_mock_step_context",
     "create_mock_workflow_context",
     "run_app",

@@ -3,6 +3,9 @@
 Fixtures:
     inprocess_provider: a started :class:`~plait.providers.inprocess.InProcessWorkflowProvider`, stopped after
         the test. Register workflows on it, then execute them.
+    virtual_clock: a :class:`~plait.testing.VirtualClock`, the clock of ``virtual_provider``.
+    virtual_provider: a started in-process provider on ``virtual_clock``: sleeps, signal timeouts, retry backoff
+        and workflow timeouts happen at once.
     app_client: a factory, ``client = await app_client(app)``: starts a Plait application and returns an
         ``httpx.AsyncClient`` wired to it in memory; the application is stopped after the test.
 """
@@ -13,13 +16,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 
 import httpx
+import pytest
 import pytest_asyncio
 
 from plait.core import Application
 from plait.providers.inprocess import InProcessWorkflowProvider
 from plait.testing._app import run_app
+from plait.testing._clock import VirtualClock
 
-__all__ = ["app_client", "inprocess_provider"]
+__all__ = ["app_client", "inprocess_provider", "virtual_clock", "virtual_provider"]
 
 
 @pytest_asyncio.fixture
@@ -34,6 +39,33 @@ async def inprocess_provider() -> AsyncIterator[InProcessWorkflowProvider]:
             assert (await handle.result()).charge_id
     """
     provider = InProcessWorkflowProvider(provider_id="test", stop_grace=1.0)
+    await provider.start()
+    try:
+        yield provider
+    finally:
+        await provider.stop()
+
+
+@pytest.fixture
+def virtual_clock() -> VirtualClock:
+    """The virtual clock of ``virtual_provider``: ``virtual_clock.time()`` is the time its flows see."""
+    return VirtualClock()
+
+
+@pytest_asyncio.fixture
+async def virtual_provider(virtual_clock: VirtualClock) -> AsyncIterator[InProcessWorkflowProvider]:
+    """A started in-process provider on ``virtual_clock``, stopped after the test.
+
+    Whenever no handler runs, time jumps to the next timer: a 48-hour signal timeout, a day of retry backoff or
+    a week-long sleep take milliseconds, in order::
+
+        async def test_approval_times_out(virtual_provider: InProcessWorkflowProvider) -> None:
+            virtual_provider.register(Approve, ApproveWorkflow())
+            handle = await virtual_provider.execute(Approve, {"expense_id": "e-1"})
+            with pytest.raises(WorkflowStepError):
+                await handle.result()
+    """
+    provider = InProcessWorkflowProvider(provider_id="test", stop_grace=1.0, clock=virtual_clock)
     await provider.start()
     try:
         yield provider

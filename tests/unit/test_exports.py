@@ -88,9 +88,15 @@ def test_plait_core_exports() -> None:
 
 def test_plait_testing_exports() -> None:
     assert sorted(plait.testing.__all__) == [
+        "CompensationError",
+        "CompensationReport",
+        "CompensationRun",
+        "Effects",
+        "Finding",
         "ProgressCall",
         "ProviderContract",
         "VirtualClock",
+        "assert_compensates",
         "create_mock_step_context",
         "create_mock_workflow_context",
         "run_app",

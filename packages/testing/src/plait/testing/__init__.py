@@ -25,6 +25,14 @@ Test an application over HTTP, in memory::
         async with run_app(build_app()) as client:
             assert (await client.post("/orders", json={"sku": "KB-87"})).status_code == 202
 
+Check that a workflow compensates wherever it fails (one run per step, item and ``on_complete``, per way to fail)::
+
+    from plait.testing import assert_compensates
+
+    async def test_every_failure_is_rolled_back() -> None:
+        report = await assert_compensates(ProcessOrder, ProcessOrderWorkflow(FakePayments()), {"order_id": "o-1"})
+        print(report)
+
 Travel in time: ``InProcessWorkflowProvider(clock=VirtualClock())`` (or the ``virtual_provider`` fixture) runs a
 48-hour signal timeout in milliseconds.
 
@@ -34,13 +42,22 @@ Installing ``plait-testing`` also registers a pytest plugin with the fixtures ``
 
 from plait.testing._app import run_app
 from plait.testing._clock import VirtualClock
+from plait.testing._compensation import assert_compensates
 from plait.testing._contract import ProviderContract
+from plait.testing._effects import Effects
 from plait.testing._mocks import ProgressCall, create_mock_step_context, create_mock_workflow_context
+from plait.testing._report import CompensationError, CompensationReport, CompensationRun, Finding
 
 __all__ = [
+    "CompensationError",
+    "CompensationReport",
+    "CompensationRun",
+    "Effects",
+    "Finding",
     "ProgressCall",
     "ProviderContract",
     "VirtualClock",
+    "assert_compensates",
     "create_mock_step_context",
     "create_mock_workflow_context",
     "run_app",

@@ -8,15 +8,6 @@ Unit-test a step handler without a provider::
         ctx = create_mock_step_context(Order(order_id="o-1"), {"validate": ValidateOut(ok=True)})
         assert (await ProcessOrderWorkflow(FakePayments()).charge(ctx)).charge_id
 
-Prove a custom provider against DESIGN §3 with one class::
-
-    from plait.testing import ProviderContract
-
-    class TestMyProvider(ProviderContract):
-        @pytest.fixture
-        def provider(self) -> MyProvider:
-            return MyProvider(stop_grace=0.5)
-
 Test an application over HTTP, in memory::
 
     from plait.testing import run_app
@@ -36,6 +27,15 @@ Check that a workflow compensates wherever it fails (one run per step, item and 
 Travel in time: ``InProcessWorkflowProvider(clock=VirtualClock())`` (or the ``virtual_provider`` fixture) runs a
 48-hour signal timeout in milliseconds.
 
+Prove a custom provider with one class (or with the rule groups it supports, such as ``FlowRules``)::
+
+    from plait.testing import ProviderContract
+
+    class TestMyProvider(ProviderContract):
+        @pytest.fixture
+        def provider(self) -> MyProvider:
+            return MyProvider(stop_grace=self.stop_grace)
+
 Installing ``plait-testing`` also registers a pytest plugin with the fixtures ``inprocess_provider``,
 ``virtual_clock``, ``virtual_provider`` and ``app_client`` (a factory: ``client = await app_client(app)``).
 """
@@ -43,7 +43,12 @@ Installing ``plait-testing`` also registers a pytest plugin with the fixtures ``
 from plait.testing._app import run_app
 from plait.testing._clock import VirtualClock
 from plait.testing._compensation import assert_compensates
-from plait.testing._contract import ProviderContract
+from plait.testing._contract import LifecycleRules, ProviderContract
+from plait.testing._contract_control import RunControlRules
+from plait.testing._contract_failure import FailureRules
+from plait.testing._contract_flow import FlowRules
+from plait.testing._contract_hardening import HardeningRules
+from plait.testing._contract_nodes import ControlFlowRules
 from plait.testing._effects import Effects
 from plait.testing._mocks import ProgressCall, create_mock_step_context, create_mock_workflow_context
 from plait.testing._report import CompensationError, CompensationReport, CompensationRun, Finding
@@ -52,10 +57,16 @@ __all__ = [
     "CompensationError",
     "CompensationReport",
     "CompensationRun",
+    "ControlFlowRules",
     "Effects",
+    "FailureRules",
     "Finding",
+    "FlowRules",
+    "HardeningRules",
+    "LifecycleRules",
     "ProgressCall",
     "ProviderContract",
+    "RunControlRules",
     "VirtualClock",
     "assert_compensates",
     "create_mock_step_context",

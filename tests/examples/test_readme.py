@@ -1,31 +1,92 @@
-"""The README's quickstart code runs as written: a workflow, its consumer, the app and a request through it."""
+"""The README's code runs as written: the quickstart serves orders, and its test snippets pass as a user copies
+them, into a project of their own where pytest runs with no configuration at all.
+
+A project is the quickstart saved as ``orders.py`` (the module the snippets import), each test snippet of
+"Testing your workflows" as a test module, and the custom-provider snippets of "Providers" with a ``my_provider``
+module standing in for the reader's provider. It runs twice: in this process through ``pytester`` (fast), and in
+a fresh virtual environment with only ``plait-testing`` (and what it depends on) installed from this workspace.
+"""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
+import sys
+import time
+import types
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from plait.core import Application, FlowStatus
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+pytest_plugins = ["pytester"]
+
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+
+# The custom-provider snippets run against a stand-in for the reader's provider.
+MY_PROVIDER = "from plait.providers.inprocess import InProcessWorkflowProvider as MyProvider\n"
+# A few contract tests that depend on the knobs (stop_grace above all), rather than the whole suite again.
+AUTO = re.compile(r"asyncio: mode=(Mode\.)?auto", re.I)
+PROVIDER_TESTS = "stop_never_leaves_result_hanging or stop_lets_a_running_step_finish or idempotent or reverse_def"
 
 
-def quickstart_namespace() -> dict[str, Any]:
-    """Executes the README's first two Python blocks (definition + consumer, then the app), without listen()."""
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
-    source = "from __future__ import annotations\n" + blocks[0] + blocks[1]
+def sections() -> dict[str, list[str]]:
+    """The README's Python blocks, by the ``##`` section they are in."""
+    found: dict[str, list[str]] = {}
+    for part in re.split(r"^## ", README.read_text(), flags=re.M)[1:]:
+        title, _, body = part.partition("\n")
+        found[title.strip()] = re.findall(r"```python\n(.*?)```", body, re.S)
+    return found
+
+
+def quickstart_source() -> str:
+    """The quickstart's blocks as one module, ``orders.py``, that pytest can import without serving HTTP."""
+    blocks = sections()["Quickstart"]
+    source = "\n\n".join(blocks[:2])
     assert "app.listen(8000)" in source
-    namespace: dict[str, Any] = {"__name__": "readme_quickstart"}
-    exec(compile(source.replace("app.listen(8000)", "pass"), str(README), "exec"), namespace)
-    return namespace
+    # As copied, a module-level listen() would serve forever while pytest imports the module; a guarded one
+    # (under ``if __name__ == "__main__":``) is left as it is.
+    return re.sub(r"^app\.listen\(8000\)", 'if __name__ == "__main__":\n    app.listen(8000)', source, flags=re.M)
 
 
-async def test_readme_quickstart_serves_orders_through_the_app() -> None:
-    ns = quickstart_namespace()
-    app: Application = ns["app"]
+def project_files() -> dict[str, str]:
+    """The files of a reader's project made of the README's snippets, by name."""
+    readme = sections()
+    tests = [block for block in readme["Testing your workflows"] if re.search(r"^(async )?def test_", block, re.M)]
+    providers = [block for block in readme["Providers"] if "plait.testing" in block]
+    assert len(tests) >= 4 and len(providers) == 2
+    files = {"orders.py": quickstart_source(), "my_provider.py": MY_PROVIDER}
+    files.update({f"test_readme_{n}.py": block for n, block in enumerate(tests, 1)})
+    files.update({f"test_provider_{n}.py": block for n, block in enumerate(providers, 1)})
+    return files
+
+
+@pytest.fixture
+def orders() -> Iterator[types.ModuleType]:
+    """The quickstart as the module ``orders``, which the README's test snippets import."""
+    module = types.ModuleType("orders")
+    module.__file__ = str(README)
+    exec(compile(quickstart_source(), str(README), "exec"), module.__dict__)
+    saved = sys.modules.get("orders")
+    sys.modules["orders"] = module
+    try:
+        yield module
+    finally:
+        if saved is None:
+            del sys.modules["orders"]
+        else:
+            sys.modules["orders"] = saved
+
+
+async def test_readme_quickstart_serves_orders_through_the_app(orders: types.ModuleType) -> None:
+    app: Application = orders.app
     await app.start()
     try:
         transport = httpx.ASGITransport(app=app.asgi())
@@ -50,11 +111,101 @@ async def test_readme_quickstart_serves_orders_through_the_app() -> None:
         await app.stop()
 
 
-async def test_readme_testing_snippet_runs_against_the_quickstart() -> None:
-    ns = quickstart_namespace()
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
-    testing = next(block for block in blocks if "create_mock_step_context" in block)
-    exec(compile(testing, str(README), "exec"), ns)
-    await ns["test_charge_returns_the_charge_id"]()
-    await ns["test_place_order"]()
-    assert not ns["app"].started  # run_app stopped it
+async def test_the_compensation_table_in_the_readme_is_what_the_snippet_prints(
+    orders: types.ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    block = next(b for b in sections()["Testing your workflows"] if "def test_every_failure_point" in b)
+    namespace: dict[str, Any] = {"__name__": "readme_compensation"}
+    exec(compile(block, str(README), "exec"), namespace)
+    capsys.readouterr()
+    await namespace["test_every_failure_point_is_compensated"]()
+    printed = capsys.readouterr().out
+    shown = re.search(r"print\(report\)\n```\n\n```text\n(.*?)```", README.read_text(), re.S)
+    assert shown is not None, "the README shows the report under the snippet"
+    assert printed == shown.group(1)
+
+
+def test_the_readme_snippets_pass_as_copied_with_pytest_unconfigured(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(**{name.removesuffix(".py"): source for name, source in project_files().items()})
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-k", f"readme or ({PROVIDER_TESTS})")
+    outcomes = result.parseoutcomes()
+    assert result.ret == 0, result.stdout.str()
+    assert outcomes.get("passed", 0) >= 12 and not set(outcomes) & {"failed", "skipped", "errors", "error"}
+    assert AUTO.search(result.stdout.str())  # the plugin chose it: nothing configured one
+    assert "PytestDeprecationWarning" not in result.stdout.str()
+
+
+def test_an_explicit_asyncio_mode_is_left_as_the_project_chose(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nasyncio_mode = strict\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(
+        test_strict="""
+        import pytest
+
+        @pytest.mark.asyncio
+        async def test_marked() -> None:
+            pass
+        """
+    )
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    assert re.search(r"asyncio: mode=(Mode\.)?strict", result.stdout.str(), re.I)
+
+
+def uv() -> str:
+    found = shutil.which("uv")
+    if found is None:
+        pytest.skip("uv is not installed (scripts/test.sh installs it)")
+    return found
+
+
+def test_the_readme_snippets_pass_in_a_fresh_project_with_only_plait_testing(tmp_path: Path) -> None:
+    started = time.monotonic()
+    # What `pip install plait-testing` gives, from this workspace: its packages built as wheels, and the
+    # third-party packages at the versions the workspace pins (uv's cache has them: no network needed).
+    wheels = tmp_path / "wheels"
+    builds = [
+        subprocess.Popen([uv(), "build", "--offline", "--quiet", "--wheel", "--out-dir", str(wheels), str(ROOT / path)])
+        for path in ("packages/core", "packages/providers-inprocess", "packages/testing")
+    ]
+    assert [build.wait(timeout=300) for build in builds] == [0, 0, 0]
+    lock = tmp_path / "lock" / "pylock.toml"
+    lock.parent.mkdir()
+    export = ["export", "--frozen", "--format", "pylock.toml", "--package", "plait-testing", "--no-dev", "--quiet"]
+    run([uv(), *export, "-o", str(lock)], cwd=ROOT)
+    head, *packages = lock.read_text().split("[[packages]]")
+    lock.write_text(head + "".join(f"[[packages]]{p}" for p in packages if not re.search(r'^name = "plait-', p, re.M)))
+    venv = tmp_path / "venv"
+    run([uv(), "venv", "--quiet", "--python", sys.executable, str(venv)], cwd=tmp_path)
+    python = venv / "bin" / "python"
+    install = [uv(), "pip", "install", "--quiet", "--python", str(python)]
+    if run([*install, "--offline", "-r", str(lock)], cwd=tmp_path, check=False).returncode != 0:
+        run([*install, "-r", str(lock)], cwd=tmp_path)  # the cache lacks something: fetch it
+    run([*install, "--offline", "--no-deps", *map(str, sorted(wheels.glob("*.whl")))], cwd=tmp_path)
+    project = tmp_path / "project"
+    project.mkdir()
+    for name, source in project_files().items():
+        (project / name).write_text(source)
+    result = run(
+        [str(python), "-m", "pytest", "-p", "no:cacheprovider", "-k", f"readme or ({PROVIDER_TESTS})", "-rA"],
+        cwd=project,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert AUTO.search(output)
+    assert "Warning" not in output and "not natively supported" not in output
+    passed = re.search(r"(\d+) passed", output)
+    assert passed is not None and int(passed.group(1)) >= 12 and "skipped" not in output, output
+    assert time.monotonic() - started < 120
+
+
+def run(args: list[str], *, cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    # A reader's shell: none of this workspace's virtual environment or pytest settings leak into it.
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTEST", "PYTHONPATH", "PYTHONHOME"))
+    }
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if ".venv" not in p)
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    if check and done.returncode != 0:
+        pytest.fail(f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+    return done

@@ -88,6 +88,7 @@ def test_plait_core_exports() -> None:
 
 def test_plait_testing_exports() -> None:
     assert sorted(plait.testing.__all__) == [
+        "AppClient",
         "CompensationError",
         "CompensationReport",
         "CompensationRun",

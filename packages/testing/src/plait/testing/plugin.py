@@ -1,5 +1,8 @@
 """Plait's pytest plugin, loaded automatically through the ``pytest11`` entry point of ``plait-testing``.
 
+It turns on pytest-asyncio's ``auto`` mode unless the project chose a mode itself (``asyncio_mode`` in its
+configuration, or ``--asyncio-mode``), so that ``async def`` tests and fixtures run as written.
+
 Fixtures:
     inprocess_provider: a started :class:`~plait.providers.inprocess.InProcessWorkflowProvider`, stopped after
         the test. Register workflows on it, then execute them.
@@ -12,7 +15,8 @@ Fixtures:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import warnings
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 
 import httpx
@@ -21,10 +25,35 @@ import pytest_asyncio
 
 from plait.core import Application
 from plait.providers.inprocess import InProcessWorkflowProvider
-from plait.testing._app import run_app
+from plait.testing._app import AppClient, run_app
 from plait.testing._clock import VirtualClock
 
 __all__ = ["app_client", "inprocess_provider", "virtual_clock", "virtual_provider"]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """Chooses pytest-asyncio's ``auto`` mode when the project has not chosen a mode."""
+    if config.getoption("asyncio_mode", default=None) is not None or _configured(config, "asyncio_mode"):
+        return
+    # The same as passing --asyncio-mode=auto: pytest-asyncio reads the option before its ini value.
+    config.option.asyncio_mode = "auto"
+    if not _configured(config, "asyncio_default_fixture_loop_scope"):
+        # pytest-asyncio's configure (after this one) warns that this option is unset, about a future default that
+        # changes nothing for function-scoped fixtures: a project that says nothing about pytest-asyncio is not
+        # told about its options. The filter matches that one message only.
+        warnings.filterwarnings(
+            "ignore", message='The configuration option "asyncio_default_fixture_loop_scope" is unset'
+        )
+
+
+def _configured(config: pytest.Config, name: str) -> bool:
+    # pytest offers no public way to tell a value set in the configuration file from its default; its parsed
+    # configuration is ``_inicfg`` from pytest 9 on and ``inicfg`` before.
+    parsed = getattr(config, "_inicfg", None)
+    if parsed is None:
+        parsed = getattr(config, "inicfg", {})
+    return name in parsed
 
 
 @pytest_asyncio.fixture
@@ -74,12 +103,12 @@ async def virtual_provider(virtual_clock: VirtualClock) -> AsyncIterator[InProce
 
 
 @pytest_asyncio.fixture
-async def app_client() -> AsyncIterator[Callable[[Application], Awaitable[httpx.AsyncClient]]]:
+async def app_client() -> AsyncIterator[AppClient]:
     """A factory that starts an application and returns an HTTP client for it; everything stops after the test.
 
     ::
 
-        async def test_place_order(app_client: Callable[[Application], Awaitable[httpx.AsyncClient]]) -> None:
+        async def test_place_order(app_client: AppClient) -> None:
             client = await app_client(build_app())
             response = await client.post("/orders", json={"sku": "KB-87"})
             assert response.status_code == 202

@@ -7,6 +7,7 @@ must name the failure point and the rule it breaks.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -18,6 +19,7 @@ from plait.core import (
     ConsumerOptions,
     DefinitionError,
     IWorkflowConsumer,
+    SignalError,
     StepContext,
     StepHandler,
     Workflow,
@@ -591,3 +593,23 @@ async def test_runs_may_go_several_at_once_when_the_fakes_keep_flows_apart() -> 
     effects = Effects()
     report = await check(PerFlow(Warehouse(effects)), effects, concurrency=8)
     assert report.ok and len(report.runs) == 27
+
+
+async def test_a_handler_that_hangs_is_reported_after_the_run_timeout() -> None:
+    class Hangs(AskingWorkflow):
+        async def hold(self, ctx: StepContext[Ask]) -> Opened:
+            await asyncio.Event().wait()  # real waiting: virtual time cannot end it
+            raise AssertionError("unreachable")
+
+    started = time.monotonic()
+    with pytest.raises(CompensationError) as caught:
+        await assert_compensates(ASKING, Hangs(), Ask(topic="t"), signals={"answer": {"yes": True}}, run_timeout=0.3)
+    assert time.monotonic() - started < 3
+    (finding,) = caught.value.report.findings
+    assert finding.message == "the flow did not end: it did not end within 0.3 s of real time"
+    assert caught.value.report.runs[0].status == "stuck"
+
+
+async def test_a_signal_the_workflow_does_not_wait_for_is_refused() -> None:
+    with pytest.raises(SignalError, match="waits for no signal 'anser'"):
+        await assert_compensates(ASKING, AskingWorkflow(), Ask(topic="t"), signals={"anser": {"yes": True}})

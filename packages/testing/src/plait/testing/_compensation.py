@@ -23,7 +23,6 @@ from plait.core import (
     FlowHandle,
     FlowStatus,
     IWorkflowConsumer,
-    SignalError,
     StepFailed,
     StepHandler,
     StepStarted,
@@ -231,11 +230,10 @@ class _Session:
         if plan is not None:
             self.recorder.plan[flow_id] = plan
         handle = await self.provider.execute(self.definition, self.data, id=flow_id)
+        # Nothing of the flow has run yet (execute() never yields to the loop here): a signal is kept until the flow
+        # reaches its wait, and a SignalError can only be a name the workflow does not wait for.
         for name, payload in self.signals.items():
-            try:
-                await self.provider.signal(flow_id, name, payload)
-            except SignalError:
-                break  # the flow ended already: it never needs it
+            await self.provider.signal(flow_id, name, payload)
         ended = await self._wait(handle)
         if plan is None and ended.status == FlowStatus.COMPLETED:
             # Undo it, as compensate() undoes any completed flow: every completed step must be rolled back, and the
@@ -243,7 +241,8 @@ class _Session:
             await self.provider.compensate(flow_id, "assert_compensates: the run without failures is undone")
             ended = await self._wait(handle)
             ended.completed = True
-        events = [event async for event in self.provider.subscribe(flow_id)]
+        ended_for_good = (await self.provider.get_status(flow_id)).is_terminal
+        events = [event async for event in self.provider.subscribe(flow_id)] if ended_for_good else []
         point, mode = ("none", "-") if plan is None else (plan.label, plan.mode)
         check = _Check(self, plan, flow_id, ended, events)
         findings = [Finding(point, mode, rule, message) for rule, message in check.findings()]
@@ -263,12 +262,15 @@ class _Session:
             except TimeoutError:
                 pass
             if stuck is not None:
+                if loop.time() > deadline + self.run_timeout:
+                    return _Ended("stuck", None, stuck)  # not even cancelling ended it
                 continue  # cancelled: it rolls back and ends
             status = await handle.status()
             if status == FlowStatus.WAITING and self.clock.next_at is None:
                 stuck = "it waits for a signal nobody sends (pass its payload in signals=)"
             elif loop.time() > deadline:
                 stuck = f"it did not end within {self.run_timeout:g} s of real time"
+                deadline = loop.time()
             if stuck is not None:
                 await self.provider.cancel(handle.id, f"assert_compensates: {stuck}")
 

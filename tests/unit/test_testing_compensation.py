@@ -454,6 +454,18 @@ async def test_on_error_running_twice_is_caught(monkeypatch: pytest.MonkeyPatch)
     assert "reserve (raise) [on_error once] on_error ran 2 times, not once" in found
 
 
+async def test_a_rollback_given_another_output_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    def stale(self: FlowView[Any], step: str, index: int | None) -> Charged:
+        return Charged(charge_id="ch-stale")
+
+    monkeypatch.setattr(FlowView, "output", stale)
+    found = await findings(GoodShop(Warehouse(Effects())), modes=("raise",))
+    assert (
+        "label (raise) [ctx.output] the rollback of 'charge' saw ctx.output=Charged(charge_id='ch-stale'), not its "
+        "own step's output Charged(charge_id='ch-o-1')"
+    ) in found
+
+
 # -- signals, sub-workflows, arguments --
 
 

@@ -24,6 +24,8 @@ import httpx
 import pytest
 
 from plait.core import Application, FlowStatus
+from plait.providers.inprocess import InProcessWorkflowProvider
+from plait.testing import VirtualClock
 
 pytest_plugins = ["pytester"]
 
@@ -123,6 +125,22 @@ async def test_the_compensation_table_in_the_readme_is_what_the_snippet_prints(
     shown = re.search(r"print\(report\)\n```\n\n```text\n(.*?)```", README.read_text(), re.S)
     assert shown is not None, "the README shows the report under the snippet"
     assert printed == shown.group(1)
+
+
+async def test_the_48_hour_timeout_in_the_readme_takes_milliseconds() -> None:
+    block = next(b for b in sections()["Testing your workflows"] if "VirtualClock" in b)
+    namespace: dict[str, Any] = {"__name__": "readme_time_travel"}
+    exec(compile(block, str(README), "exec"), namespace)
+    clock = VirtualClock()
+    provider = InProcessWorkflowProvider(stop_grace=1.0, clock=clock)
+    await provider.start()
+    try:
+        started = time.perf_counter()
+        await namespace["test_an_unanswered_approval_times_out_after_48_hours"](provider, clock)
+        elapsed = time.perf_counter() - started
+    finally:
+        await provider.stop()
+    assert elapsed < 0.5, f"{elapsed:.3f} s"
 
 
 def test_the_readme_snippets_pass_as_copied_with_pytest_unconfigured(pytester: pytest.Pytester) -> None:

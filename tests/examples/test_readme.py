@@ -52,10 +52,9 @@ def quickstart_source() -> str:
     """The quickstart's blocks as one module, ``orders.py``, that pytest can import without serving HTTP."""
     blocks = sections()["Quickstart"]
     source = "\n\n".join(blocks[:2])
-    assert "app.listen(8000)" in source
-    # As copied, a module-level listen() would serve forever while pytest imports the module; a guarded one
-    # (under ``if __name__ == "__main__":``) is left as it is.
-    return re.sub(r"^app\.listen\(8000\)", 'if __name__ == "__main__":\n    app.listen(8000)', source, flags=re.M)
+    # As copied, a module-level listen() would serve forever while pytest imports the module; one already guarded
+    # by ``if __name__ == "__main__":`` (indented) is left as it is.
+    return re.sub(r"^(app\.listen\(.*)$", 'if __name__ == "__main__":\n    \\1', source, flags=re.M)
 
 
 def project_files() -> dict[str, str]:
@@ -85,6 +84,24 @@ def orders() -> Iterator[types.ModuleType]:
             del sys.modules["orders"]
         else:
             sys.modules["orders"] = saved
+
+
+@pytest.mark.parametrize("guarded", [False, True])
+def test_the_quickstart_imports_without_serving_whether_or_not_listen_is_guarded(
+    guarded: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = README.read_text()
+    if guarded:  # as the quickstart may show it: served only when run as a script
+        text = re.sub(r"^app\.listen\((.*)$", 'if __name__ == "__main__":\n    app.listen(\\1', text, flags=re.M)
+    readme = tmp_path / "README.md"
+    readme.write_text(text)
+    monkeypatch.setattr(sys.modules[__name__], "README", readme)
+    source = quickstart_source()
+    assert not re.search(r"^app\.listen", source, re.M)
+    assert source.count('if __name__ == "__main__":') == 1
+    namespace: dict[str, Any] = {"__name__": "orders"}
+    exec(compile(source, "orders.py", "exec"), namespace)  # would block in uvicorn if listen() ran
+    assert isinstance(namespace["app"], Application)
 
 
 async def test_readme_quickstart_serves_orders_through_the_app(orders: types.ModuleType) -> None:

@@ -75,10 +75,10 @@ class Recorder:
 
     calls: list[Call] = field(default_factory=list)
     plan: dict[str, Injection] = field(default_factory=dict)
-    clock: itertools.count[int] = field(default_factory=itertools.count)
+    ticks: itertools.count[int] = field(default_factory=itertools.count)  # orders calls and their ends
 
     def begin(self, handler: Handler, attempt: int, item: Any = None, seen_output: BaseModel | None = None) -> Call:
-        call = Call(next(self.clock), handler, attempt, item, seen_output)
+        call = Call(next(self.ticks), handler, attempt, item, seen_output)
         self.calls.append(call)
         return call
 
@@ -88,7 +88,7 @@ class Recorder:
         call.outcome = outcome
         call.output = output
         call.error = error
-        call.end = next(self.clock)
+        call.end = next(self.ticks)
 
     def of(self, flow_id: str) -> list[Call]:
         """The calls of flow ``flow_id``."""

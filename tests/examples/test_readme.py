@@ -1,35 +1,111 @@
-"""The README's quickstart code runs as written: a workflow, its consumer, the app and a request through it."""
+"""The README's code runs as written: the quickstart serves orders, and its test snippets pass as a user copies
+them, into a project of their own where pytest runs with no configuration at all.
+
+A project is the quickstart saved as ``orders.py`` (the module the snippets import), each test snippet of
+"Testing your workflows" as a test module, and the custom-provider snippets of "Providers" with a ``my_provider``
+module standing in for the reader's provider. It runs twice: in this process through ``pytester`` (fast), and in
+a fresh virtual environment with only ``plait-testing`` (and what it depends on) installed from this workspace.
+"""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
+import sys
+import time
+import types
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from plait.core import Application, FlowStatus
+from plait.providers.inprocess import InProcessWorkflowProvider
+from plait.testing import VirtualClock
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+pytest_plugins = ["pytester"]
 
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
 
-def quickstart_namespace() -> dict[str, Any]:
-    """Executes the README's first two Python blocks (definition + consumer, then the app) as an imported module.
-
-    ``app.listen()`` sits under ``if __name__ == "__main__":``, so importing the module (a test, a worker, an ASGI
-    server) does not start serving.
-    """
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
-    source = "from __future__ import annotations\n" + blocks[0] + blocks[1]
-    assert 'if __name__ == "__main__":\n    app.listen(8000)' in source
-    namespace: dict[str, Any] = {"__name__": "readme_quickstart"}
-    exec(compile(source, str(README), "exec"), namespace)
-    return namespace
+# The custom-provider snippets run against a stand-in for the reader's provider.
+MY_PROVIDER = "from plait.providers.inprocess import InProcessWorkflowProvider as MyProvider\n"
+# A few contract tests that depend on the knobs (stop_grace above all), rather than the whole suite again.
+AUTO = re.compile(r"asyncio: mode=(Mode\.)?auto", re.I)
+PROVIDER_TESTS = "stop_never_leaves_result_hanging or stop_lets_a_running_step_finish or idempotent or reverse_def"
 
 
-async def test_readme_quickstart_serves_orders_through_the_app() -> None:
-    ns = quickstart_namespace()
-    app: Application = ns["app"]
+def sections() -> dict[str, list[str]]:
+    """The README's Python blocks, by the ``##`` section they are in."""
+    found: dict[str, list[str]] = {}
+    for part in re.split(r"^## ", README.read_text(), flags=re.M)[1:]:
+        title, _, body = part.partition("\n")
+        found[title.strip()] = re.findall(r"```python\n(.*?)```", body, re.S)
+    return found
+
+
+def quickstart_source() -> str:
+    """The quickstart's blocks as one module, ``orders.py``, that pytest can import without serving HTTP."""
+    blocks = sections()["Quickstart"]
+    source = "\n\n".join(blocks[:2])
+    # As copied, a module-level listen() would serve forever while pytest imports the module; one already guarded
+    # by ``if __name__ == "__main__":`` (indented) is left as it is.
+    return re.sub(r"^(app\.listen\(.*)$", 'if __name__ == "__main__":\n    \\1', source, flags=re.M)
+
+
+def project_files() -> dict[str, str]:
+    """The files of a reader's project made of the README's snippets, by name."""
+    readme = sections()
+    tests = [block for block in readme["Testing your workflows"] if re.search(r"^(async )?def test_", block, re.M)]
+    providers = [block for block in readme["Providers"] if "plait.testing" in block]
+    assert len(tests) >= 4 and len(providers) == 2
+    files = {"orders.py": quickstart_source(), "my_provider.py": MY_PROVIDER}
+    files.update({f"test_readme_{n}.py": block for n, block in enumerate(tests, 1)})
+    files.update({f"test_provider_{n}.py": block for n, block in enumerate(providers, 1)})
+    return files
+
+
+@pytest.fixture
+def orders() -> Iterator[types.ModuleType]:
+    """The quickstart as the module ``orders``, which the README's test snippets import."""
+    module = types.ModuleType("orders")
+    module.__file__ = str(README)
+    exec(compile(quickstart_source(), str(README), "exec"), module.__dict__)
+    saved = sys.modules.get("orders")
+    sys.modules["orders"] = module
+    try:
+        yield module
+    finally:
+        if saved is None:
+            del sys.modules["orders"]
+        else:
+            sys.modules["orders"] = saved
+
+
+@pytest.mark.parametrize("guarded", [False, True])
+def test_the_quickstart_imports_without_serving_whether_or_not_listen_is_guarded(
+    guarded: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = README.read_text()
+    if guarded:  # as the quickstart may show it: served only when run as a script
+        text = re.sub(r"^app\.listen\((.*)$", 'if __name__ == "__main__":\n    app.listen(\\1', text, flags=re.M)
+    readme = tmp_path / "README.md"
+    readme.write_text(text)
+    monkeypatch.setattr(sys.modules[__name__], "README", readme)
+    source = quickstart_source()
+    assert not re.search(r"^app\.listen", source, re.M)
+    assert source.count('if __name__ == "__main__":') == 1
+    namespace: dict[str, Any] = {"__name__": "orders"}
+    exec(compile(source, "orders.py", "exec"), namespace)  # would block in uvicorn if listen() ran
+    assert isinstance(namespace["app"], Application)
+
+
+async def test_readme_quickstart_serves_orders_through_the_app(orders: types.ModuleType) -> None:
+    app: Application = orders.app
     await app.start()
     try:
         transport = httpx.ASGITransport(app=app.asgi())
@@ -54,95 +130,118 @@ async def test_readme_quickstart_serves_orders_through_the_app() -> None:
         await app.stop()
 
 
-async def test_readme_testing_snippet_runs_against_the_quickstart() -> None:
-    ns = quickstart_namespace()
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
-    testing = next(block for block in blocks if "create_mock_step_context" in block)
-    exec(compile(testing, str(README), "exec"), ns)
-    await ns["test_charge_returns_the_charge_id"]()
-    await ns["test_place_order"]()
-    assert not ns["app"].started  # run_app stopped it
+async def test_the_compensation_table_in_the_readme_is_what_the_snippet_prints(
+    orders: types.ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    block = next(b for b in sections()["Testing your workflows"] if "def test_every_failure_point" in b)
+    namespace: dict[str, Any] = {"__name__": "readme_compensation"}
+    exec(compile(block, str(README), "exec"), namespace)
+    capsys.readouterr()
+    await namespace["test_every_failure_point_is_compensated"]()
+    printed = capsys.readouterr().out
+    shown = re.search(r"print\(report\)\n```\n\n```text\n(.*?)```", README.read_text(), re.S)
+    assert shown is not None, "the README shows the report under the snippet"
+    assert printed == shown.group(1)
 
 
-def curl_session() -> list[str]:
-    """The README's curl session: each command as one line, in order."""
-    blocks = re.findall(r"```sh\n(.*?)```", README.read_text(), re.S)
-    session = next(block for block in blocks if "idempotency-key: order-1001" in block)
-    commands: list[str] = []
-    current: list[str] | None = None
-    for line in session.splitlines():
-        if line.startswith("curl"):
-            current = [line]
-            commands.append("")
-        elif current is not None and line.startswith(" "):
-            current.append(line)  # a continuation: after a backslash, or inside the quoted JSON body
-        else:
-            current = None
-            continue
-        commands[-1] = " ".join(part.strip().removesuffix("\\").strip() for part in current)
-    return commands
-
-
-async def test_the_readme_curl_session_runs_against_the_example_service(unused_port: int) -> None:
-    import asyncio
-    import json
-    import shutil
-    import signal
-    import sys
-
-    import pytest
-
-    if shutil.which("curl") is None:
-        pytest.skip("curl is not installed")
-    start, watch, approve, result, cancel = curl_session()
-    assert (start.count("-d '"), watch.split()[:2]) == (1, ["curl", "-N"])
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(README.parent / "examples" / "quickstart.py"),
-        "--serve",
-        "--port",
-        str(unused_port),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-
-    async def sh(command: str) -> str:
-        command = command.replace("127.0.0.1:8001", f"127.0.0.1:{unused_port}")
-        shell = await asyncio.create_subprocess_shell(command, stdout=asyncio.subprocess.PIPE)
-        out, _ = await asyncio.wait_for(shell.communicate(), 20)
-        assert shell.returncode == 0, command
-        return out.decode()
-
+async def test_the_48_hour_timeout_in_the_readme_takes_milliseconds() -> None:
+    block = next(b for b in sections()["Testing your workflows"] if "VirtualClock" in b)
+    namespace: dict[str, Any] = {"__name__": "readme_time_travel"}
+    exec(compile(block, str(README), "exec"), namespace)
+    clock = VirtualClock()
+    provider = InProcessWorkflowProvider(stop_grace=1.0, clock=clock)
+    await provider.start()
     try:
-        assert process.stdout is not None
-        while "/cancel" not in (await asyncio.wait_for(process.stdout.readline(), 30)).decode():
-            pass
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{unused_port}") as client:
-            for _ in range(200):  # the server may still be binding its socket
-                try:
-                    await client.get("/orders")
-                    break
-                except httpx.ConnectError:
-                    await asyncio.sleep(0.05)
-        assert json.loads(await sh(start)) == {"flow_id": "order-1001"}
-        watching = asyncio.create_task(sh(watch))
-        await asyncio.sleep(0.3)
-        assert not watching.done()  # the flow waits for its approval, and the stream with it
-        approved = json.loads(await sh(approve))
-        assert approved["flow_id"] == "order-1001"
-        events = await asyncio.wait_for(watching, 10)  # ends by itself once the flow has
-        assert '"type":"flow_waiting"' in events and '"type":"flow_completed"' in events
-        assert events.rstrip().endswith('event: end\ndata: {"flow_id":"order-1001"}')
-        done = json.loads(await sh(result))
-        assert (done["status"], done["result"]["order_id"]) == ("completed", "ord_1001")
-        assert json.loads(await sh(cancel))["status"] == "completed"  # an ended flow is left as it is
-        # On a flow that still waits, the same cancel rolls it back.
-        assert json.loads(await sh(start.replace("order-1001", "order-1002")))["flow_id"] == "order-1002"
-        await asyncio.sleep(0.2)
-        cancelled = json.loads(await sh(cancel.replace("order-1001", "order-1002")))
-        assert cancelled["flow_id"] == "order-1002"
-        final = json.loads(await sh(result.replace("order-1001", "order-1002")))
-        assert (final["error"], final["message"]) == ("flow_cancelled", "Workflow cancelled: customer called")
+        started = time.perf_counter()
+        await namespace["test_an_unanswered_approval_times_out_after_48_hours"](provider, clock)
+        elapsed = time.perf_counter() - started
     finally:
-        process.send_signal(signal.SIGINT)
-        await asyncio.wait_for(process.wait(), 15)
+        await provider.stop()
+    assert elapsed < 0.5, f"{elapsed:.3f} s"
+
+
+def test_the_readme_snippets_pass_as_copied_with_pytest_unconfigured(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(**{name.removesuffix(".py"): source for name, source in project_files().items()})
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-k", f"readme or ({PROVIDER_TESTS})")
+    outcomes = result.parseoutcomes()
+    assert result.ret == 0, result.stdout.str()
+    assert outcomes.get("passed", 0) >= 12 and not set(outcomes) & {"failed", "skipped", "errors", "error"}
+    assert AUTO.search(result.stdout.str())  # the plugin chose it: nothing configured one
+    assert "PytestDeprecationWarning" not in result.stdout.str()
+
+
+def test_an_explicit_asyncio_mode_is_left_as_the_project_chose(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nasyncio_mode = strict\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(
+        test_strict="""
+        import pytest
+
+        @pytest.mark.asyncio
+        async def test_marked() -> None:
+            pass
+        """
+    )
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    assert re.search(r"asyncio: mode=(Mode\.)?strict", result.stdout.str(), re.I)
+
+
+def uv() -> str:
+    found = shutil.which("uv")
+    if found is None:
+        pytest.skip("uv is not installed (scripts/test.sh installs it)")
+    return found
+
+
+def test_the_readme_snippets_pass_in_a_fresh_project_with_only_plait_testing(tmp_path: Path) -> None:
+    started = time.monotonic()
+    # What `pip install plait-testing` gives, from this workspace: its packages built as wheels, and the
+    # third-party packages at the versions the workspace pins (uv's cache has them: no network needed).
+    wheels = tmp_path / "wheels"
+    build = [uv(), "build", "--quiet", "--wheel", "--out-dir", str(wheels)]
+    packages = [str(ROOT / "packages" / name) for name in ("core", "providers-inprocess", "testing")]
+    builds = [subprocess.Popen([*build, "--offline", package], stderr=subprocess.DEVNULL) for package in packages]
+    for package, offline in zip(packages, builds, strict=True):
+        if offline.wait(timeout=300) != 0:
+            run([*build, package], cwd=tmp_path)  # the build backend is not in uv's cache: fetch it
+    lock = tmp_path / "lock" / "pylock.toml"
+    lock.parent.mkdir()
+    export = ["export", "--frozen", "--format", "pylock.toml", "--package", "plait-testing", "--no-dev", "--quiet"]
+    run([uv(), *export, "-o", str(lock)], cwd=ROOT)
+    head, *packages = lock.read_text().split("[[packages]]")
+    lock.write_text(head + "".join(f"[[packages]]{p}" for p in packages if not re.search(r'^name = "plait-', p, re.M)))
+    venv = tmp_path / "venv"
+    run([uv(), "venv", "--quiet", "--python", sys.executable, str(venv)], cwd=tmp_path)
+    python = venv / "bin" / "python"
+    install = [uv(), "pip", "install", "--quiet", "--python", str(python)]
+    if run([*install, "--offline", "-r", str(lock)], cwd=tmp_path, check=False).returncode != 0:
+        run([*install, "-r", str(lock)], cwd=tmp_path)  # the cache lacks something: fetch it
+    run([*install, "--offline", "--no-deps", *map(str, sorted(wheels.glob("*.whl")))], cwd=tmp_path)
+    project = tmp_path / "project"
+    project.mkdir()
+    for name, source in project_files().items():
+        (project / name).write_text(source)
+    result = run(
+        [str(python), "-m", "pytest", "-p", "no:cacheprovider", "-k", f"readme or ({PROVIDER_TESTS})", "-rA"],
+        cwd=project,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert AUTO.search(output)
+    assert "Warning" not in output and "not natively supported" not in output
+    passed = re.search(r"(\d+) passed", output)
+    assert passed is not None and int(passed.group(1)) >= 12 and "skipped" not in output, output
+    assert time.monotonic() - started < 120
+
+
+def run(args: list[str], *, cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    # A reader's shell: none of this workspace's virtual environment or pytest settings leak into it.
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTEST", "PYTHONPATH", "PYTHONHOME"))
+    }
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if ".venv" not in p)
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    if check and done.returncode != 0:
+        pytest.fail(f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+    return done

@@ -212,6 +212,8 @@ async def test_describe_shows_each_node_and_the_rollback_order(operator: Operato
         "child_id": None,
         "signal": None,
         "wake_at": None,
+        "has_rollback": True,
+        "in_doubt": False,
     }
     missing = await client.get("/workflows/flows/flow-nope")
     assert missing.status_code == 404

@@ -114,7 +114,22 @@ def test_plait_core_all_has_no_duplicates() -> None:
 
 def test_plait_testing_exports() -> None:
     assert sorted(plait.testing.__all__) == [
+        "AppClient",
+        "CompensationError",
+        "CompensationReport",
+        "CompensationRun",
+        "ControlFlowRules",
+        "Effects",
+        "FailureRules",
+        "Finding",
+        "FlowRules",
+        "HardeningRules",
+        "LifecycleRules",
+        "ProgressCall",
         "ProviderContract",
+        "RunControlRules",
+        "VirtualClock",
+        "assert_compensates",
         "create_mock_step_context",
         "create_mock_workflow_context",
         "run_app",
@@ -130,7 +145,7 @@ def test_plait_providers_arq_exports() -> None:
 
 
 def test_the_plugin_provides_its_fixtures() -> None:
-    assert plait.testing.plugin.__all__ == ["app_client", "inprocess_provider"]
+    assert plait.testing.plugin.__all__ == ["app_client", "inprocess_provider", "virtual_clock", "virtual_provider"]
 
 
 def _missing_docstrings(module: ModuleType) -> list[str]:

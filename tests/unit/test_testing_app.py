@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
-import httpx
 import pytest
 from pydantic import BaseModel
 from starlette.responses import Response
@@ -21,7 +18,7 @@ from plait.core import (
     Workflow,
     WorkflowContext,
 )
-from plait.testing import run_app
+from plait.testing import AppClient, run_app
 
 
 class Greeting(BaseModel):
@@ -97,9 +94,7 @@ async def test_run_app_raises_start_up_errors() -> None:
             pass  # pragma: no cover - start-up fails first
 
 
-async def test_the_app_client_fixture_starts_the_app_for_the_test(
-    app_client: Callable[[Application], Awaitable[httpx.AsyncClient]],
-) -> None:
+async def test_the_app_client_fixture_starts_the_app_for_the_test(app_client: AppClient) -> None:
     app = build_app()
     client = await app_client(app)
     assert app.started

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
+from typing import Protocol
 
 import httpx
 
 from plait.core import Application
+
+__all__ = ["AppClient", "run_app"]
+
+
+class AppClient(Protocol):
+    """The ``app_client`` fixture: ``client = await app_client(app)`` starts ``app`` and returns an HTTP client."""
+
+    def __call__(self, app: Application) -> Awaitable[httpx.AsyncClient]:
+        """Starts ``app`` (stopped after the test) and returns an ``httpx.AsyncClient`` wired to it in memory."""
+        ...
 
 
 @asynccontextmanager

@@ -1,4 +1,4 @@
-"""The provider conformance suite: the execution contract, rule by rule, through the public provider API only.
+"""The provider conformance suite: the execution contract, group by group, through the public provider API only.
 
 A provider author subclasses :class:`ProviderContract` and overrides the ``provider`` fixture. Every test builds
 its own consumer (a ``Scripted`` one, told what each step does), registers it, starts the provider, runs flows
@@ -24,6 +24,7 @@ from plait.core import (
     ProviderNotStartedError,
     WorkflowProvider,
 )
+from plait.testing._contract_base import ContractBase
 from plait.testing._contract_control import RunControlRules
 from plait.testing._contract_failure import FailureRules
 from plait.testing._contract_flow import FlowRules
@@ -40,32 +41,11 @@ from plait.testing._scripted import (
     Scripted,
 )
 
-__all__ = ["ProviderContract"]
+__all__ = ["LifecycleRules", "ProviderContract"]
 
 
-@pytest.mark.asyncio
-class ProviderContract(RunControlRules, ControlFlowRules, HardeningRules, FailureRules, FlowRules):
-    """The execution contract as a pytest class: subclass it and override the ``provider`` fixture.
-
-    The fixture returns a new, unstarted provider; each test registers its workflows on it, starts it and stops
-    it. Consumer code must run in the test's process (consumers count their calls in memory), and no flow may be
-    left from an earlier test (tests reuse workflow names: a durable provider's fixture empties its store)::
-
-        class TestMyProvider(ProviderContract):
-            @pytest.fixture
-            def provider(self) -> MyProvider:
-                return MyProvider(stop_grace=self.stop_grace)
-
-    The class carries ``pytest.mark.asyncio``, so it runs whether or not pytest-asyncio's auto mode is on.
-
-    Attributes:
-        latency: seconds a provider may need to hand a step or an event on (a remote provider's round trips);
-            added to the waits of timing-sensitive tests.
-        timer_latency: seconds a provider may fire a timer (a sleep's end, a signal's timeout) after it is due.
-        stop_grace: the grace period of the provider the fixture returns; ``stop()`` should let a step shorter
-            than this finish and return within a few grace periods when a step blocks.
-        wait: the longest a test waits for a flow's result before it fails.
-    """
+class LifecycleRules(ContractBase):
+    """Rules 9-12 of the execution contract: exactly once, idempotent flow ids, status and handles, start and stop."""
 
     # -- rules 9 and 10: exactly once, idempotent ids --
 
@@ -249,3 +229,33 @@ class ProviderContract(RunControlRules, ControlFlowRules, HardeningRules, Failur
         with pytest.raises(DefinitionError):
             provider.register(SOLO, Scripted(SOLO))
         await provider.stop()
+
+
+class ProviderContract(RunControlRules, ControlFlowRules, HardeningRules, FailureRules, FlowRules, LifecycleRules):
+    """Every rule group as one pytest class: subclass it and override the ``provider`` fixture.
+
+    The fixture returns a new, unstarted provider built with ``stop_grace=self.stop_grace``; each test registers
+    its workflows on it, starts it and stops it. Consumer code must run in the test's process (consumers count
+    their calls in memory), and no flow may be left from an earlier test (tests reuse workflow names: a durable
+    provider's fixture empties its store)::
+
+        class TestMyProvider(ProviderContract):
+            @pytest.fixture
+            def provider(self) -> MyProvider:
+                return MyProvider(stop_grace=self.stop_grace)
+
+    A provider that supports only some features subclasses the groups it supports instead:
+    :class:`FlowRules`, :class:`FailureRules`, :class:`LifecycleRules`, :class:`HardeningRules`,
+    :class:`ControlFlowRules` and :class:`RunControlRules`. Each carries ``pytest.mark.asyncio``, so it runs
+    whether or not pytest-asyncio's auto mode is on.
+
+    Attributes:
+        latency: seconds a provider may need to hand a step or an event on (a remote provider's round trips);
+            added to the waits of timing-sensitive tests. 0.1 by default.
+        timer_latency: seconds a provider may fire a timer (a sleep's end, a signal's timeout) after it is due.
+            0.1 by default.
+        stop_grace: the grace period of the provider the fixture returns, which the fixture must pass to it;
+            ``stop()`` should let a step shorter than this finish and return within a few grace periods when a
+            step blocks. 0.5 by default.
+        wait: the longest a test waits for a flow's result before it fails. 5 by default.
+    """

@@ -50,7 +50,30 @@ Registration = tuple[WorkflowDefinition[Any, Any], IWorkflowConsumer[Any, Any], 
 
 
 class ContractBase:
-    """Timing knobs, the ``provider`` fixture and helpers; see :class:`~plait.testing.ProviderContract`."""
+    """What every rule group shares: the ``provider`` fixture to override, timing knobs, and helpers.
+
+    A provider author sets the knobs as class attributes of the test class when the defaults do not fit::
+
+        class TestMyProvider(ProviderContract):
+            latency = 0.3          # a remote provider's round trips
+            stop_grace = 0.5       # and build the provider with it
+
+            @pytest.fixture
+            def provider(self) -> MyProvider:
+                return MyProvider(stop_grace=self.stop_grace)
+
+    Attributes:
+        latency: seconds a provider may need to hand a step or an event on (a remote provider's round trips);
+            added to the waits of timing-sensitive tests.
+        timer_latency: seconds a provider may fire a timer (a sleep's end, a signal's timeout) after it is due.
+        stop_grace: the grace period of the provider the fixture returns, which the fixture must pass to it;
+            ``stop()`` should let a step shorter than this finish and return within a few grace periods when a
+            step blocks.
+        wait: the longest a test waits for a flow's result before it fails.
+    """
+
+    # Every rule group runs under pytest-asyncio, in its auto mode or not.
+    pytestmark = [pytest.mark.asyncio]
 
     latency: float = 0.1
     timer_latency: float = 0.1

@@ -23,7 +23,14 @@ from typing import Any
 import httpx
 import pytest
 
-from plait.core import Application, FlowStatus
+from plait.core import (
+    Application,
+    FlowStatus,
+    WorkflowCancelledError,
+    WorkflowCompensatedError,
+    WorkflowRollbackError,
+    WorkflowStepError,
+)
 from plait.providers.inprocess import InProcessWorkflowProvider
 from plait.testing import VirtualClock
 
@@ -245,3 +252,141 @@ def run(args: list[str], *, cwd: Path, check: bool = True) -> subprocess.Complet
     if check and done.returncode != 0:
         pytest.fail(f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
     return done
+
+
+# --- control flow and run control --------------------------------------------------------------------------------
+# These sections add to the quickstart's module (their blocks without tests), and test what they add (their blocks
+# with tests), as a reader who adds them to orders.py and copies the tests next to it would.
+
+ADDING_SECTIONS = ["Approvals, branches and timers", "A step per item", "Cancel, undo and retry"]
+
+
+def section_blocks(title: str) -> tuple[list[str], list[str]]:
+    """A section's Python blocks: those that add to the quickstart's module, and its test snippets."""
+    blocks = sections()[title]
+    tests = [block for block in blocks if re.search(r"^(async )?def test_", block, re.M)]
+    return [block for block in blocks if block not in tests], tests
+
+
+def extended_source() -> str:
+    """The quickstart's module with what the control-flow and run-control sections add to it."""
+    added = [block for title in ADDING_SECTIONS for block in section_blocks(title)[0]]
+    return "\n\n".join([quickstart_source(), *added])
+
+
+@pytest.fixture
+def extended_orders() -> Iterator[types.ModuleType]:
+    """The quickstart and the sections that add to it, as the module ``orders``."""
+    module = types.ModuleType("orders")
+    module.__file__ = str(README)
+    exec(compile(extended_source(), str(README), "exec"), module.__dict__)
+    saved = sys.modules.get("orders")
+    sys.modules["orders"] = module
+    try:
+        yield module
+    finally:
+        if saved is None:
+            del sys.modules["orders"]
+        else:
+            sys.modules["orders"] = saved
+
+
+def test_the_control_flow_snippets_pass_as_copied(pytester: pytest.Pytester) -> None:
+    files = {"orders": extended_source()}
+    for title in ADDING_SECTIONS:
+        slug = re.sub(r"\W+", "_", title.lower())
+        for n, block in enumerate(section_blocks(title)[1], 1):
+            files[f"test_{slug}_{n}"] = block
+    assert len(files) == 3  # the module, the approval tests, the for-each test
+    pytester.makepyfile(**files)
+    started = time.perf_counter()
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    assert result.ret == 0, result.stdout.str()
+    result.assert_outcomes(passed=3)
+    assert time.perf_counter() - started < 5  # the 30-minute cooling-off is virtual
+
+
+async def test_an_unanswered_large_order_fails_after_48_hours_with_nothing_charged(
+    extended_orders: types.ModuleType,
+) -> None:
+    clock = VirtualClock()
+    provider = InProcessWorkflowProvider(stop_grace=1.0, clock=clock)
+    payments = extended_orders.PaymentService()
+    provider.register(extended_orders.ReviewedOrder, extended_orders.ReviewedOrderWorkflow(payments))
+    await provider.start()
+    try:
+        started = clock.time()
+        handle = await provider.execute(extended_orders.ReviewedOrder, {"order_id": "o-11", "amount": 900})
+        with pytest.raises(WorkflowStepError, match="no signal 'approval' arrived within 172800s"):
+            await handle.result()
+        assert round(clock.time() - started) == 48 * 3600
+        small = await provider.execute(extended_orders.ReviewedOrder, {"order_id": "o-12", "amount": 20})
+        assert (await small.result()).tracking == "track-o-12"  # no approval needed: straight to the charge
+        assert (await provider.describe(small.id)).step("approval").status == "skipped"
+    finally:
+        await provider.stop()
+
+
+async def test_the_support_desk_cancels_undoes_and_finishes_failed_refunds(
+    extended_orders: types.ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refunds_down = {"o-3"}  # the payment service refuses these orders' refunds until it is "back"
+    refund = extended_orders.PaymentService.refund
+    ship = extended_orders.ProcessOrderWorkflow.ship
+
+    async def flaky_refund(self: Any, charge_id: str) -> None:
+        if charge_id.removeprefix("ch-") in refunds_down:
+            raise ConnectionError("the payment service is down")
+        await refund(self, charge_id)
+
+    async def failing_ship(self: Any, ctx: Any) -> Any:
+        if ctx.data.order_id == "o-3":
+            raise RuntimeError("the carrier lost the parcel")
+        return await ship(self, ctx)
+
+    monkeypatch.setattr(extended_orders.PaymentService, "refund", flaky_refund)
+    monkeypatch.setattr(extended_orders.ProcessOrderWorkflow, "ship", failing_ship)
+    app: Application = extended_orders.app
+    await app.start()
+    try:
+        workflows = app.context.workflows
+        payments = app.context.resolve(extended_orders.PaymentService)
+        transport = httpx.ASGITransport(app=app.asgi())
+        async with httpx.AsyncClient(transport=transport, base_url="http://readme") as client:
+            # A completed order is undone: its charge refunded.
+            done = await workflows.execute(extended_orders.ProcessOrder, {"order_id": "o-1", "amount": 12.5})
+            await done.result(timeout=5)
+            undo = await client.post(f"/support/orders/{done.id}/cancel")
+            assert undo.status_code == 202, undo.text
+            with pytest.raises(WorkflowCompensatedError, match="cancelled by the customer"):
+                await done.result(timeout=5)
+            assert payments.refunded == {"ch-o-1"}
+
+            # An order still waiting for its approval is cancelled.
+            waiting = await workflows.execute(extended_orders.ReviewedOrder, {"order_id": "o-2", "amount": 900})
+            async for event in workflows.subscribe(waiting.id):
+                if event.type == "flow_waiting":
+                    break
+            stop = await client.post(f"/support/orders/{waiting.id}/cancel")
+            assert stop.status_code == 202, stop.text
+            with pytest.raises(WorkflowCancelledError, match="cancelled by the customer"):
+                await waiting.result(timeout=5)
+
+            # An order fails while refunds are down: it shows in the list, and the retry finishes its refund.
+            failed = await workflows.execute(extended_orders.ProcessOrder, {"order_id": "o-3", "amount": 7.0})
+            with pytest.raises(WorkflowRollbackError):
+                await failed.result(timeout=5)
+            listed = (await client.get("/support/orders/failed-refunds")).json()
+            assert [entry["flow_id"] for entry in listed] == [failed.id]
+            refunds_down.clear()
+            retried = await client.post(f"/support/orders/{failed.id}/retry-refund")
+            assert retried.status_code == 202, retried.text
+            with pytest.raises(WorkflowStepError, match="the carrier lost the parcel") as error:
+                await failed.result(timeout=5)
+            assert not isinstance(error.value, WorkflowRollbackError)  # the refund went through this time
+            assert "ch-o-3" in payments.refunded
+            assert (await client.get("/support/orders/failed-refunds")).json() == []
+            again = await client.post(f"/support/orders/{failed.id}/retry-refund")
+            assert again.status_code == 409
+    finally:
+        await app.stop()

@@ -180,8 +180,9 @@ class WorkflowStepError(WorkflowError):
 
     ``cause`` is the exception the handler raised: the very object in-process, a :class:`RemoteError` when it
     was raised in another process. ``index`` is the for-each item that failed, if the step is a for-each. A
-    ``wait_for`` that timed out fails with a ``TimeoutError`` cause; a sub-workflow that failed with a
-    :class:`RemoteError` carrying the child's error.
+    ``wait_for`` that timed out, and a sub-workflow whose child failed, raised nothing themselves: their cause is a
+    :class:`RemoteError`, whose ``type_name`` is ``TimeoutError`` for the wait, and which carries the child's error
+    for the sub-workflow.
     """
 
     def __init__(

@@ -110,7 +110,11 @@ class FlowInfo:
 
     @property
     def compensated(self) -> tuple[str, ...]:
-        """The nodes that were rolled back, in the order their rollbacks ran (reverse definition order)."""
+        """The nodes that were rolled back, from the last defined to the first.
+
+        That is the order their rollbacks ran, except that in-doubt steps that failed (``rollback_if_failed``) are
+        rolled back before the others; the flow's ``rollback_*`` events record the exact order.
+        """
         done = [s.name for s in self.steps if s.status == "compensated"]
         return tuple(reversed(done))
 

@@ -501,3 +501,34 @@ def test_an_action_list_is_never_shared_between_events() -> None:
     first.append(RunComplete())
     second: list[Action] = feed(engine, state, ok("a"))
     assert RunComplete() not in second
+
+
+def test_a_flow_that_waited_in_an_earlier_group_is_running_again_in_the_next() -> None:
+    nap_then_steps = Workflow.define(name="nap-then", data=Data, result=Res).steps(
+        lambda s: s.sequential(s.sleep("nap", seconds=5)).parallel(s.step("a", Out), s.step("b", Out))
+    )
+    engine = make(nap_then_steps)
+    state, _ = begin(engine)
+    assert status_of(state) == FlowStatus.WAITING
+    engine.now += 5
+    assert feed(engine, state, Tick()) == [RunStep("a", 1), RunStep("b", 1)]
+    assert status_of(state) == FlowStatus.RUNNING
+
+
+def test_the_order_of_completed_rollbacks_is_recorded_in_doubt_steps_first() -> None:
+    engine = make(in_doubt=("c",))
+    state, _ = begin(engine)
+    feed(engine, state, ok("a"), ok("b"), boom("c"))
+    assert state.rollbacks == ["c", "b", "a"]
+    feed(engine, state, RollbackReturned("c", 1), RollbackReturned("b", 1), RollbackReturned("a", 1))
+    assert state.compensated == ["c", "b", "a"]
+
+
+def test_an_in_doubt_step_cut_short_by_a_cancellation_is_rolled_back_first() -> None:
+    from plait.core.engine import Cancel
+
+    engine = make(in_doubt=("b",))
+    state, _ = begin(engine)
+    feed(engine, state, ok("a"), ok("c"))
+    assert feed(engine, state, Cancel("stop")) == [CancelRunning((("b", 1),)), RunRollback("b", 1)]
+    assert state.rollbacks == ["b", "c", "a"]

@@ -15,16 +15,21 @@ from starlette.responses import PlainTextResponse, Response
 
 from plait.core import (
     Application,
+    FlowConflictError,
+    FlowStateError,
     IWorkflowConsumer,
     Plait,
     PlaitError,
+    ProviderUnavailableError,
     RequestContext,
     RouteBuilder,
+    SignalError,
     StepContext,
     StepHandler,
     Workflow,
     WorkflowContext,
     WorkflowExecutor,
+    WorkflowNotRegisteredError,
 )
 from plait.core.engine import FlowState
 from plait.providers.inprocess import InProcessWorkflowProvider
@@ -431,3 +436,30 @@ async def flow_state(app: Application, flow_id: str) -> FlowState:
     """The finished flow's recorded state, as the provider keeps it."""
     await (await app.context.workflows.get_handle(flow_id)).result(timeout=5)
     return provider(app).get_state(flow_id)
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code"),
+    [
+        (FlowStateError("flow-1", "running", "only a completed flow can be compensated"), 409, "flow_state"),
+        (SignalError("Workflow 'x' waits for no signal 'y'"), 409, "signal_refused"),
+        (FlowConflictError("flow-1", "with different data"), 409, "flow_conflict"),
+        (WorkflowNotRegisteredError("x"), 404, "workflow_not_registered"),
+        (ProviderUnavailableError("Redis is down"), 503, "unavailable"),
+    ],
+)
+async def test_plait_errors_a_handler_lets_through_are_json_with_their_status(
+    error: Exception, status: int, code: str
+) -> None:
+    class Raising:
+        def configure(self, r: RouteBuilder) -> None:
+            r.get("/", self.fail)
+
+        async def fail(self, ctx: RequestContext) -> Response:
+            raise error
+
+    async with run_app(Plait.create().controller("/boom", Raising)) as client:
+        response = await client.get("/boom")
+    assert response.status_code == status
+    assert response.json()["error"] == code
+    assert response.json()["message"] == str(error)

@@ -92,6 +92,7 @@ class FlowInfo:
         progress: the latest progress reported.
         wake_at: when the flow next needs attention from a timer (a sleep, a signal timeout, its deadline).
         signals: the signals received, by name (JSON payloads).
+        compensated: the nodes that were rolled back, in the order their rollbacks completed.
     """
 
     flow_id: str
@@ -107,16 +108,7 @@ class FlowInfo:
     progress: ProgressInfo | None = None
     wake_at: float | None = None
     signals: dict[str, Any] | None = None
-
-    @property
-    def compensated(self) -> tuple[str, ...]:
-        """The nodes that were rolled back, from the last defined to the first.
-
-        That is the order their rollbacks ran, except that in-doubt steps that failed (``rollback_if_failed``) are
-        rolled back before the others; the flow's ``rollback_*`` events record the exact order.
-        """
-        done = [s.name for s in self.steps if s.status == "compensated"]
-        return tuple(reversed(done))
+    compensated: tuple[str, ...] = ()
 
     def step(self, name: str) -> StepInfo:
         """The node called ``name``."""
@@ -163,6 +155,7 @@ class FlowInfo:
             progress=ProgressInfo(**progress) if progress else None,
             wake_at=state.wake_at,
             signals=dict(state.signals),
+            compensated=tuple(state.compensated),
         )
 
 

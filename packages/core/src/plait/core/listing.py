@@ -13,7 +13,7 @@ from datetime import datetime
 
 from plait.core.handle import FlowStatus
 
-__all__ = ["MAX_LIMIT", "ListQuery"]
+__all__ = ["MAX_LIMIT", "ListQuery", "decode_cursor", "encode_cursor"]
 
 MAX_LIMIT = 1000
 """The most flows one page of ``list_flows`` holds."""

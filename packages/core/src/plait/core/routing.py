@@ -34,17 +34,22 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from plait.core.errors import (
+    CorruptFlowError,
+    FlowConflictError,
     FlowNotFoundError,
+    FlowStateError,
     PayloadTooLargeError,
     PlaitError,
     ProviderNotStartedError,
     ProviderUnavailableError,
+    SignalError,
+    WorkflowNotRegisteredError,
     WorkflowValidationError,
 )
 from plait.core.executor import CorrelatedExecutor, current_correlation_id
 from plait.core.provider import WorkflowExecutor
 
-__all__ = ["Handler", "RequestContext", "RouteBuilder"]
+__all__ = ["Handler", "RequestContext", "RouteBuilder", "error_response"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -355,48 +360,66 @@ class PlaitMiddleware:
 
 
 def exception_handlers() -> dict[type[Exception], Callable[[Request, Exception], Awaitable[Response]]]:
-    """JSON responses for the errors a handler lets through: bad bodies and data (422), unknown flows (404)."""
-    return {
-        InvalidBodyError: _invalid_body,
-        RequestBodyError: _refused_body,
-        WorkflowValidationError: _invalid_data,
-        PayloadTooLargeError: _payload_too_large,
-        FlowNotFoundError: _not_found,
-        ProviderNotStartedError: _not_running,
-        ProviderUnavailableError: _not_running,
-    }
+    """JSON responses for the errors a handler lets through (see :func:`error_response`)."""
+    return {kind: _respond for kind in (InvalidBodyError, RequestBodyError, *_PLAIT_ERRORS)}
 
 
-async def _invalid_body(request: Request, error: Exception) -> Response:
-    assert isinstance(error, InvalidBodyError)
-    return _error(422, "invalid_json" if error.not_json else "invalid_body", error.detail, fields=error.fields)
+_PLAIT_ERRORS: tuple[type[PlaitError], ...] = (
+    WorkflowValidationError,
+    PayloadTooLargeError,
+    FlowNotFoundError,
+    WorkflowNotRegisteredError,
+    FlowConflictError,
+    FlowStateError,
+    SignalError,
+    ProviderNotStartedError,
+    ProviderUnavailableError,
+    CorruptFlowError,
+)
 
 
-async def _refused_body(request: Request, error: Exception) -> Response:
-    assert isinstance(error, RequestBodyError)
-    return _error(error.status_code, error.code, error.detail)
+def error_response(error: Exception) -> JSONResponse | None:
+    """The JSON response for an error Plait raises while handling a request, or ``None`` for any other error.
+
+    Bad bodies and data are 422 (413 too large, 415 not JSON), unknown flows and workflows 404, conflicts with a
+    flow's id or status and refused signals 409, a provider not running or unreachable 503, and a flow whose
+    stored state cannot be read 500 (with a message naming it). The HTTP API and controllers answer the same.
+    """
+    match error:
+        case InvalidBodyError():
+            return _error(422, "invalid_json" if error.not_json else "invalid_body", error.detail, fields=error.fields)
+        case RequestBodyError():
+            return _error(error.status_code, error.code, error.detail)
+        case WorkflowValidationError():
+            return _error(422, "invalid_workflow_data", str(error), fields=field_errors(error.errors))
+        case PayloadTooLargeError():
+            return _error(413, "payload_too_large", str(error), size=error.size, limit=error.limit)
+        case FlowNotFoundError():
+            return _error(404, "flow_not_found", str(error), flow_id=error.flow_id)
+        case WorkflowNotRegisteredError():
+            return _error(404, "workflow_not_registered", str(error), workflow=error.workflow)
+        case FlowConflictError():
+            return _error(409, "flow_conflict", str(error), flow_id=error.flow_id)
+        case FlowStateError():
+            return _error(409, "flow_state", str(error), flow_id=error.flow_id, status=str(error.status))
+        case SignalError():
+            return _error(409, "signal_refused", str(error))
+        case ProviderNotStartedError():
+            return _error(503, "not_started", str(error))
+        case ProviderUnavailableError():
+            return _error(503, "unavailable", str(error))
+        case CorruptFlowError():
+            return _error(500, "corrupt_flow", str(error), flow_id=error.flow_id)
+    return None
 
 
-async def _payload_too_large(request: Request, error: Exception) -> Response:
-    assert isinstance(error, PayloadTooLargeError)
-    return _error(413, "payload_too_large", str(error), size=error.size, limit=error.limit)
+async def _respond(request: Request, error: Exception) -> Response:
+    if isinstance(error, ProviderNotStartedError | ProviderUnavailableError | CorruptFlowError):
+        _log.error("%s while handling %s %s", error, request.method, request.url.path)
+    response = error_response(error)
+    assert response is not None  # the handlers are registered for these errors only
+    return response
 
 
-async def _invalid_data(request: Request, error: Exception) -> Response:
-    assert isinstance(error, WorkflowValidationError)
-    return _error(422, "invalid_workflow_data", str(error), fields=field_errors(error.errors))
-
-
-async def _not_found(request: Request, error: Exception) -> Response:
-    assert isinstance(error, FlowNotFoundError)
-    return _error(404, "flow_not_found", str(error), flow_id=error.flow_id)
-
-
-async def _not_running(request: Request, error: Exception) -> Response:
-    _log.error("Workflow provider not available while handling %s %s: %s", request.method, request.url.path, error)
-    code = "unavailable" if isinstance(error, ProviderUnavailableError) else "not_started"
-    return _error(503, code, str(error))
-
-
-def _error(status: int, code: str, message: str, **extra: object) -> JSONResponse:
-    return JSONResponse({"error": code, "message": message, **extra}, status_code=status)
+def _error(http_status: int, code: str, message: str, **extra: object) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message, **extra}, status_code=http_status)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 import traceback
 import uuid
 from collections.abc import Container, Iterable, Mapping
@@ -70,8 +69,6 @@ __all__ = [
 
 D = TypeVar("D", bound=BaseModel)
 R = TypeVar("R", bound=BaseModel)
-
-_log = logging.getLogger("plait.runner")
 
 
 def new_flow_id() -> str:

@@ -60,7 +60,10 @@ def enabled() -> bool:
         return False
     if _provider is not None:
         return True
-    return not isinstance(trace.get_tracer_provider(), ProxyTracerProvider | NoOpTracerProvider)
+    # trace.get_tracer_provider() reads the environment on every call until a provider is set, which costs more
+    # than a whole step; the global it sets once is a cheap look.
+    configured = getattr(trace, "_TRACER_PROVIDER", None)
+    return configured is not None and not isinstance(configured, ProxyTracerProvider | NoOpTracerProvider)
 
 
 def _tracer() -> Any:

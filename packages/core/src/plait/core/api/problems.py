@@ -16,17 +16,8 @@ from starlette.responses import JSONResponse, Response
 
 from plait.core.errors import (
     CorruptFlowError,
-    FlowConflictError,
-    FlowNotFoundError,
-    FlowStateError,
-    PayloadTooLargeError,
-    ProviderNotStartedError,
-    ProviderUnavailableError,
-    SignalError,
-    WorkflowNotRegisteredError,
-    WorkflowValidationError,
 )
-from plait.core.routing import InvalidBodyError, RequestBodyError, field_errors
+from plait.core.routing import error_response
 
 __all__ = ["ApiError", "Endpoint", "guarded", "problem"]
 
@@ -54,36 +45,15 @@ def problem(http_status: int, code: str, message: str, **extra: object) -> JSONR
 
 def to_response(error: Exception) -> JSONResponse:
     """The JSON response for an exception an endpoint raised (500 for anything unexpected)."""
-    match error:
-        case ApiError():
-            return problem(error.http_status, error.code, error.message, **error.extra)
-        case InvalidBodyError():
-            return problem(422, "invalid_json" if error.not_json else "invalid_body", error.detail, fields=error.fields)
-        case RequestBodyError():
-            return problem(error.status_code, error.code, error.detail)
-        case WorkflowValidationError():
-            return problem(422, "invalid_workflow_data", str(error), fields=field_errors(error.errors))
-        case PayloadTooLargeError():
-            return problem(413, "payload_too_large", str(error), size=error.size, limit=error.limit)
-        case FlowNotFoundError():
-            return problem(404, "flow_not_found", str(error), flow_id=error.flow_id)
-        case WorkflowNotRegisteredError():
-            return problem(404, "workflow_not_registered", str(error), workflow=error.workflow)
-        case FlowConflictError():
-            return problem(409, "flow_conflict", str(error), flow_id=error.flow_id)
-        case FlowStateError():
-            return problem(409, "flow_state", str(error), flow_id=error.flow_id, status=error.status)
-        case SignalError():
-            return problem(409, "signal_refused", str(error))
-        case ProviderNotStartedError():
-            return problem(503, "not_started", str(error))
-        case ProviderUnavailableError():
-            return problem(503, "unavailable", str(error))
-        case CorruptFlowError():
+    if isinstance(error, ApiError):
+        return problem(error.http_status, error.code, error.message, **error.extra)
+    response = error_response(error)
+    if response is not None:
+        if isinstance(error, CorruptFlowError):
             _log.error("%s", error)
-            return problem(500, "corrupt_flow", str(error), flow_id=error.flow_id)
-        case ValueError():  # the executor's word for a bad flow id or list argument
-            return problem(400, "bad_request", str(error))
+        return response
+    if isinstance(error, ValueError):  # the executor's word for a bad flow id or list argument
+        return problem(400, "bad_request", str(error))
     return problem(500, "internal_error", "The server could not handle this request; the error is in its log")
 
 

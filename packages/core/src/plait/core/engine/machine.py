@@ -753,6 +753,8 @@ class Engine(FanOut, Rollbacks):
             group = state.group
             if not self.graph.may_wait[group]:
                 state.wake_at = state.deadline
+                if state.status == FlowStatus.WAITING:  # it waited in an earlier group
+                    state.status = FlowStatus.RUNNING
                 return
             waiting = False
             busy = bool(state.evals)

@@ -233,6 +233,7 @@ class FlowState:
     signals: dict[str, JSON] = field(default_factory=dict)
     error: FlowError | None = None
     rollbacks: list[str] = field(default_factory=list)
+    compensated: list[str] = field(default_factory=list)
     rollback_attempt: int = 0
     rollback_errors: list[dict[str, Any]] = field(default_factory=list)
     result: JSON = None

@@ -45,7 +45,8 @@ class Rollbacks(EngineBase):
                     then.append(name)
             elif record["status"] == "completed":
                 then.append(name)
-            elif record["status"] == "failed" and name in in_doubt and not record.get("no_effect"):
+            elif record["status"] in ("failed", "cancelled") and name in in_doubt and not record.get("no_effect"):
+                # Its failure, or its attempt cut short by a timeout or a cancellation, may have had an effect.
                 first.append(name)
         return first + then
 
@@ -115,7 +116,10 @@ class Rollbacks(EngineBase):
                     record["undo"] = self._item_undo(state, name)
                     record["rollback_failed"] = []
                 if not record["undo"]:
-                    record["status"] = "compensation_failed" if record.get("rollback_failed") else "compensated"
+                    failed = bool(record.get("rollback_failed"))
+                    record["status"] = "compensation_failed" if failed else "compensated"
+                    if not failed:
+                        state.compensated.append(name)
                     state.rollbacks.pop(0)
                     continue
                 index = record["undo"][0][0]
@@ -219,5 +223,7 @@ class Rollbacks(EngineBase):
         record["status"] = "compensated" if error is None else "compensation_failed"
         if error is not None:
             record["rollback_error"] = copy_error(error)
+        else:
+            state.compensated.append(step)
         state.rollbacks.pop(0)
         return self._next_rollback(state, now)

@@ -235,8 +235,8 @@ async def test_a_job_whose_worker_died_runs_again_after_the_stall_interval(redis
     async with started(emitter), arq_pool(redis_url) as pool:
         handle = await emitter.execute(LINE, Data(key="k"))
         # A worker claims the start job and dies at once: no heartbeat, no commit.
-        dead = Store(pool, Keys("workflow"), retention=3600, lease=0.5)
-        claimed, _ = await dead.claim(LINE.name, 10)
+        dead = Store(pool, Keys("workflow"), retention=3600, lease=0.5, owner="dead")
+        claimed, _, _ = await dead.claim(LINE.name, 10)
         assert [c.job.kind for c in claimed] == ["start"]
         began = time.monotonic()
         async with started(worker):
@@ -297,7 +297,7 @@ async def test_the_reconciler_times_out_a_flow_whose_starter_died(redis_url: str
     worker.register(LINE, consumer)
     async with started(emitter), arq_pool(redis_url) as pool:
         handle = await emitter.execute(LINE, Data(key="k"), timeout=0.2)
-        await Store(pool, Keys("workflow"), retention=3600, lease=2.0).claim(LINE.name, 10)  # and dies
+        await Store(pool, Keys("workflow"), retention=3600, lease=2.0, owner="dead").claim(LINE.name, 10)  # and dies
         async with started(worker):
             with pytest.raises(WorkflowTimeoutError):
                 await handle.result(timeout=3)

@@ -3,6 +3,10 @@
 Callers of ``result()`` subscribe to their flow's channel and workers to the cancel channel. A subscription is
 confirmed by the server before :meth:`Notifier.subscribe` returns, so a caller that subscribes and then reads the
 flow's status cannot miss an end announced in between.
+
+When the connection fails (Redis restarts, say), redis-py reconnects on the next read and subscribes again, but a
+message published meanwhile is lost: once the subscriptions are confirmed again, every handler is called with an
+empty message, which means "look again".
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ Handler = Callable[[bytes], None]
 class Notifier:
     """Channels and their handlers over one pub/sub connection, opened at the first subscription."""
 
-    __slots__ = ("_closed", "_confirmations", "_handlers", "_pubsub", "_reader", "_sending")
+    __slots__ = ("_broken", "_closed", "_confirmations", "_handlers", "_pubsub", "_reader", "_sending")
 
     def __init__(self, redis: ArqRedis) -> None:
         self._pubsub = redis.pubsub()
@@ -33,6 +37,7 @@ class Notifier:
         self._confirmations: dict[str, asyncio.Future[None]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._closed = False
+        self._broken = False  # the connection failed; it is not known to be back yet
         # redis-py's PubSub opens its connection on first use: two first uses at once would open two.
         self._sending = asyncio.Lock()
 
@@ -99,9 +104,9 @@ class Notifier:
             try:
                 message = await self._pubsub.get_message(timeout=None)
             except (RedisError, OSError) as error:
-                # redis-py reconnects on the next read and subscribes again; a message published meanwhile is
-                # lost, which is why waiters also re-check now and then.
-                _log.warning("Redis pub/sub connection failed (%s); reconnecting", error)
+                if not self._broken:
+                    self._broken = True
+                    _log.warning("Redis pub/sub connection failed (%s); reconnecting until Redis is back", error)
                 await asyncio.sleep(0.5)
                 continue
             if message is None:
@@ -113,9 +118,20 @@ class Notifier:
                 pending = self._confirmations.pop(name, None)
                 if pending is not None and not pending.done():
                     pending.set_result(None)
+                if self._broken:
+                    self._broken = False
+                    _log.info("Redis pub/sub connection is back")
+                    self._call_all(b"")
             elif kind == "message":
-                for handler in list(self._handlers.get(name, ())):
-                    try:
-                        handler(message["data"])
-                    except Exception:
-                        _log.exception("Pub/sub handler for %s failed", name)
+                self._call(name, message["data"])
+
+    def _call_all(self, data: bytes) -> None:
+        for name in list(self._handlers):
+            self._call(name, data)
+
+    def _call(self, name: str, data: bytes) -> None:
+        for handler in list(self._handlers.get(name, ())):
+            try:
+                handler(data)
+            except Exception:
+                _log.exception("Pub/sub handler for %s failed", name)

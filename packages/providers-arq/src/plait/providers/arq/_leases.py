@@ -86,6 +86,10 @@ class Leases:
         """Whether this process lost the lease of a job it still counts as its own."""
         return job_id in self._lost
 
+    def handler(self, job_id: str) -> asyncio.Task[None] | None:
+        """The task running the handler of ``job_id`` right now, if any."""
+        return self._performing.get(job_id)
+
     @contextmanager
     def performing(self, job_id: str, task: asyncio.Task[None]) -> Iterator[None]:
         """Marks ``task`` as running the handler of ``job_id``: it is cancelled if the job's lease is lost."""

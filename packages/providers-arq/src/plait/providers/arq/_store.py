@@ -90,12 +90,15 @@ class Claimed:
 class Rejected:
     """A job taken from a queue that is not one this worker can run; ``leased``: it still has to be released.
 
-    ``job_id`` is the id exactly as stored (one not written by Plait may not even be UTF-8).
+    ``job_id`` is the id exactly as stored (one not written by Plait may not even be UTF-8). ``misplaced``: the job
+    itself is fine but not this queue's (another workflow's flow, or the other queue of the workflow), so its
+    payload, which the job's own queue shares, must be left alone.
     """
 
     job_id: bytes
     reason: str
     leased: bool
+    misplaced: bool = False
 
     @property
     def name(self) -> str:
@@ -263,15 +266,19 @@ class Store:
             job_id = _text(raw_id)
             try:
                 job = Job.parse(workflow, payload)
-                if job.on_steps_queue != (queue_number == 1):
-                    raise MalformedJobError(f"a {job.kind} job on the {'steps' if queue_number == 1 else 'flow'} queue")
                 if keys.job_id(job) != job_id:
                     raise MalformedJobError(f"its id does not match its content (a {job.kind} job of {job.flow_id!r})")
-                if flow_workflow is not None and flow_workflow != workflow.encode():
-                    other = shorten(flow_workflow.decode(errors="replace"))
-                    raise MalformedJobError(f"it names flow {job.flow_id!r} of workflow {other}, not of '{workflow}'")
             except MalformedJobError as error:
                 rejected.append(Rejected(raw_id, str(error), leased=True))
+                continue
+            misplaced = None
+            if job.on_steps_queue != (queue_number == 1):
+                misplaced = f"a {job.kind} job on the {'steps' if queue_number == 1 else 'flow'} queue"
+            elif flow_workflow is not None and flow_workflow != workflow.encode():
+                other = shorten(flow_workflow.decode(errors="replace"))
+                misplaced = f"it names flow {shorten(job.flow_id)} of workflow {other}, not of '{workflow}'"
+            if misplaced is not None:
+                rejected.append(Rejected(raw_id, misplaced, leased=True, misplaced=True))
                 continue
             claimed.append(Claimed(job_id, job, state, version))
         return claimed, rejected, (None if due is None else int(due) / 1000)
@@ -337,16 +344,19 @@ class Store:
         _, current, current_version = reply
         return Conflict(current, current_version)
 
-    async def release(self, job_ids: Sequence[str | bytes], *, hand_back: bool, delay: float = 0.0) -> int:
+    async def release(
+        self, job_ids: Sequence[str | bytes], *, hand_back: bool, delay: float = 0.0, leave: bool = False
+    ) -> int:
         """Ends the leases of ``job_ids`` that this store's owner still holds: hands the jobs back to their queues
-        (due after ``delay`` seconds), or drops them for good. Returns how many it ended."""
+        (due after ``delay`` seconds), or drops them for good, or (``leave``) leaves them as they are. Returns how
+        many it ended."""
         if not job_ids:
             return 0
         keys = self.keys
-        due = now_ms() + int(delay * 1000)
+        due: str | int = "-" if leave else now_ms() + int(delay * 1000) if hand_back else ""
         args: list[str | bytes | int] = [keys.job_key(""), self.owner]
         for job_id in job_ids:
-            args += [job_id, due if hand_back else ""]
+            args += [job_id, due]
         return int(await _run(self._release, [keys.leases, keys.lease_info], args))
 
     async def heartbeat(self, job_ids: Sequence[str]) -> list[str]:

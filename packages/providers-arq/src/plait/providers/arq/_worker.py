@@ -209,7 +209,6 @@ class Worker:
         self.runtimes: dict[str, WorkflowRuntime] = {}
         self._outage = Outage()
         self.leases = Leases(store, self._outage, stall_interval)
-        self._running: dict[str, asyncio.Task[None]] = {}  # job id -> the task running or committing it
         self._cancelled: set[str] = set()  # job ids the engine cancelled while they ran here
         self._chains: set[asyncio.Task[None]] = set()
         self._inflight: set[asyncio.Task[Any]] = set()
@@ -333,10 +332,11 @@ class Worker:
             self.leases.own(each.job_id, each.job, sent)
         for bad in rejected:
             _log.warning("Dropped job %s from the queues of '%s': %s", bad.name, runtime.name, bad.reason)
-        leased = [bad.job_id for bad in rejected if bad.leased]
+        leased = [bad for bad in rejected if bad.leased]
         if leased:
             try:
-                await self.store.release(leased, hand_back=False)
+                await self.store.release([bad.job_id for bad in leased if not bad.misplaced], hand_back=False)
+                await self.store.release([bad.job_id for bad in leased if bad.misplaced], hand_back=False, leave=True)
             except _REDIS_ERRORS as error:
                 # The claimed jobs are this process's now: a failure here must not lose them.
                 _log.warning(
@@ -373,7 +373,6 @@ class Worker:
                 if self.leases.lost(job_id):
                     self.leases.disown(job_id)
                     return
-                self._running[job_id] = current
                 try:
                     following = await self._run(runtime, flow, view, job_id, job)
                 except asyncio.CancelledError:
@@ -387,7 +386,6 @@ class Worker:
                     await self._drop(job_id)
                     return
                 finally:
-                    self._running.pop(job_id, None)
                     if job_id in self._cancelled:
                         self._cancelled.discard(job_id)
                         if current.cancelling():
@@ -590,7 +588,7 @@ class Worker:
     def _after_commit(self, runtime: WorkflowRuntime, state: FlowState, plan: _Plan, deadline: float | None) -> None:
         current = asyncio.current_task()
         for job_id in plan.cancelled:
-            task = self._running.get(job_id)
+            task = self.leases.handler(job_id)
             if task is not None and task is not current and job_id not in self._cancelled:
                 self._cancelled.add(job_id)
                 task.cancel()
@@ -742,7 +740,8 @@ class Worker:
             )
             return
         for job_id in job_ids:
-            task = self._running.get(job_id) if isinstance(job_id, str) else None
+            # Only a running handler is stopped: a job being committed is settled by its compare-and-set.
+            task = self.leases.handler(job_id) if isinstance(job_id, str) else None
             if task is not None and job_id not in self._cancelled:
                 self._cancelled.add(job_id)
                 task.cancel()

@@ -1,5 +1,6 @@
--- Ends leases the caller still holds: hands each job back to its queue (due at the given time) or drops it for
--- good. A lease the caller no longer holds (it ran out and the job went to another worker) is left alone.
+-- Ends leases the caller still holds: hands each job back to its queue (due at the given time), drops it for
+-- good, or only ends the lease and leaves the job alone (a job found on the wrong queue is another queue's).
+-- A lease the caller no longer holds (it ran out and the job went to another worker) is left alone.
 --
 -- A lease record is the JSON array [queue, wake-up list, owner], written when the job was leased.
 -- Returns how many leases were ended.
@@ -9,7 +10,7 @@ local lease_info = KEYS[2]
 
 local job_key_prefix = ARGV[1]
 local owner = ARGV[2]
-local FIRST_JOB = 3  -- then per job: job id, due ms ('' = drop the job)
+local FIRST_JOB = 3  -- then per job: job id, due ms ('' = drop the job, '-' = leave it)
 
 local ended = 0
 for i = FIRST_JOB, #ARGV, 2 do
@@ -24,7 +25,7 @@ for i = FIRST_JOB, #ARGV, 2 do
     local job_key = job_key_prefix .. job_id
     if due_ms == '' then
       redis.call('DEL', job_key)
-    elseif redis.call('EXISTS', job_key) == 1 then
+    elseif due_ms ~= '-' and redis.call('EXISTS', job_key) == 1 then
       redis.call('ZADD', record[1], due_ms, job_id)
       redis.call('LPUSH', record[2], '1')
       redis.call('LTRIM', record[2], 0, 63)

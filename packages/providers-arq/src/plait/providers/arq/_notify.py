@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable
 
 from arq.connections import ArqRedis
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
 __all__ = ["Notifier"]
@@ -102,6 +103,13 @@ class Notifier:
     async def _read(self) -> None:
         while True:
             try:
+                # Typed None in redis-py (assigned on first use).
+                connection: AbstractConnection | None = getattr(self._pubsub, "connection", None)
+                if connection is not None and not connection.is_connected:
+                    # Reconnect under the lock subscribers hold: redis-py would otherwise let this read and a
+                    # SUBSCRIBE connect the same connection at once, opening two sockets and leaking one.
+                    async with self._sending:
+                        await self._pubsub.connect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
                 message = await self._pubsub.get_message(timeout=None)
             except (RedisError, OSError) as error:
                 if not self._broken:

@@ -38,6 +38,7 @@ class PrivateRedis:
     """A redis-server of one test, on its own port and directory: stop it, start it again, keep its data.
 
     With ``persistent``, every write is in its append-only file before Redis answers, so a restart loses nothing.
+    ``port`` is a plain TCP port, also when ``extra`` adds a ``--tls-port``.
     """
 
     port: int
@@ -55,9 +56,8 @@ class PrivateRedis:
     def start(self, *, wait: bool = True) -> None:
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
         persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
-        command = [binary, "--bind", "127.0.0.1", "--save", "", "--dir", str(self.workdir), *persistence]
-        if "--tls-port" not in self.extra:
-            command += ["--port", str(self.port)]
+        command = [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--dir", str(self.workdir)]
+        command += persistence
         if self.password:
             command += ["--requirepass", self.password]
         self.process = subprocess.Popen([*command, *self.extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

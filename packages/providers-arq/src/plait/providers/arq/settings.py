@@ -78,16 +78,16 @@ class ArqSettings:
         parts = urlparse(url)
         if parts.scheme not in ("redis", "rediss", "unix"):
             raise ValueError(f"Not a Redis URL (redis://, rediss:// or unix://): {_redact(url)}")
+        # The errors name the part that is wrong, never its text: it may hold the password (redis:/u:pw@host).
+        query = {name: values[-1] for name, values in parse_qs(parts.query).items()}
         try:
-            query = {name: values[-1] for name, values in parse_qs(parts.query).items()}
-            database = 0
-            if "db" in query:
-                database = int(query["db"])
-            elif parts.scheme != "unix" and parts.path.strip("/"):
-                database = int(parts.path.strip("/"))
             port = parts.port
-        except ValueError as error:
-            raise ValueError(f"Cannot read the Redis URL {_redact(url)}: {error}") from None
+        except ValueError:
+            raise ValueError(f"Cannot read the Redis URL {_redact(url)}: the port is not a number") from None
+        database_text = query.get("db", parts.path.strip("/") if parts.scheme != "unix" else "") or "0"
+        if not database_text.isdigit():
+            raise ValueError(f"Cannot read the Redis URL {_redact(url)}: the database is not a number") from None
+        database = int(database_text)
         cert_reqs = query.get("ssl_cert_reqs", "required").lower()
         if cert_reqs not in _CERT_REQS:
             raise ValueError(f"ssl_cert_reqs must be one of {', '.join(_CERT_REQS)}, got {cert_reqs!r}")

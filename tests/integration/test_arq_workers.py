@@ -200,7 +200,6 @@ async def test_a_worker_paused_past_its_lease_cancels_its_handler_instead_of_lan
     handle = await emitter.execute(ORDER, Order(order_id="o-1", slow_step="charge", slow=3.0))
     running = await inflight(redis_client, "charge")
     paused = first if running[handle.id] == first.pid else second
-    other = second if paused is first else first
     paused.send_signal(signal.SIGSTOP)  # mid-step: its handler sleeps until it would land the side effect
     try:
         # The lease runs out, the other worker takes the step over; the paused one resumes after its handler's
@@ -208,8 +207,9 @@ async def test_a_worker_paused_past_its_lease_cancels_its_handler_instead_of_lan
         await asyncio.sleep(STALL + 3.0)
     finally:
         paused.send_signal(signal.SIGCONT)
-    result = await handle.result(timeout=15)
-    assert result.pids["charge"] == other.pid
+    await handle.result(timeout=15)
+    # The step ran again (on the other worker, unless a loaded machine starved it until the paused one resumed
+    # and took the job back itself); either way its side effect landed once.
     assert count(redis_client, handle.id, "charge:started") == 2
     assert count(redis_client, handle.id, "charge:done") == 1, "the paused worker landed its side effect too"
     await workers.logged(paused, "Lost the lease of 1 job(s)")

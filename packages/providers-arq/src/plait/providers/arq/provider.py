@@ -282,7 +282,7 @@ class ArqWorkflowProvider:
                     worker.add(runtime)
                 self._redis, self._store, self._notifier, self._worker = redis, store, notifier, worker
                 await worker.start()
-            except UNAVAILABLE as error:
+            except (*UNAVAILABLE, TimeoutError) as error:  # TimeoutError: the cancel channel's subscription
                 await self._close()
                 raise self._unavailable(error) from error
             except BaseException:
@@ -440,7 +440,8 @@ class ArqWorkflowProvider:
         return self._store
 
     def _unavailable(self, error: BaseException) -> ProviderUnavailableError:
-        return ProviderUnavailableError(f"Redis at {self.settings.address} cannot be reached: {error}")
+        reason = str(error) or type(error).__name__
+        return ProviderUnavailableError(f"Redis at {self.settings.address} cannot be reached: {reason}")
 
     async def _reach(self, request: Awaitable[T]) -> T:
         """Awaits one request to Redis; an outage becomes ``ProviderUnavailableError`` at once."""

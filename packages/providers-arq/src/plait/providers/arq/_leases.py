@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 
 from redis.exceptions import RedisError
 
@@ -90,15 +89,16 @@ class Leases:
         """The task running the handler of ``job_id`` right now, if any."""
         return self._performing.get(job_id)
 
-    @contextmanager
-    def performing(self, job_id: str, task: asyncio.Task[None]) -> Iterator[None]:
-        """Marks ``task`` as running the handler of ``job_id``: it is cancelled if the job's lease is lost."""
+    def performing(self, job_id: str, task: asyncio.Task[None]) -> None:
+        """Marks ``task`` as running the handler of ``job_id`` (until :meth:`performed`): it is cancelled if the
+        job's lease is lost."""
         self._performing[job_id] = task
-        self._arm()
-        try:
-            yield
-        finally:
-            self._performing.pop(job_id, None)
+        if self._watchdog is None:
+            self._arm()
+
+    def performed(self, job_id: str) -> None:
+        """The handler of ``job_id`` has returned."""
+        self._performing.pop(job_id, None)
 
     def stop(self) -> None:
         """Stops the watchdog."""

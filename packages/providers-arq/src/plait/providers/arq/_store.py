@@ -141,6 +141,7 @@ class Store:
         "_fail_unreadable",
         "_heartbeat",
         "_reconcile",
+        "_records",
         "_release",
         "keys",
         "lease",
@@ -155,6 +156,7 @@ class Store:
         self.retention_ms = max(1, int(retention * 1000))
         self.lease = lease
         self.owner = owner
+        self._records: dict[str, bytes] = {}  # queue -> the lease record of its jobs leased here
         self._create = redis.register_script(script("create"))
         self._claim = redis.register_script(script("claim"))
         self._commit = redis.register_script(script("commit"))
@@ -256,8 +258,8 @@ class Store:
                 keys.job_key(""),
                 keys.flow_prefix,
                 keys.flow_suffix,
-                keys.lease_record(steps_queue, workflow, self.owner),
-                keys.lease_record(flow_queue, workflow, self.owner),
+                self._record(steps_queue, workflow),
+                self._record(flow_queue, workflow),
             ],
         )
         rejected = [Rejected(job_id, reason.decode(), leased=False) for job_id, reason in garbage]
@@ -334,7 +336,7 @@ class Store:
                 job.payload(now),
                 "" if each.local else now + int(each.delay * 1000),
                 keys.wake(job.workflow),
-                keys.lease_record(queue, job.workflow, self.owner) if each.local else "",
+                self._record(queue, job.workflow) if each.local else "",
             ]
         reply = await _run(
             self._commit, [keys.flow(flow_id), keys.leases, keys.lease_info, keys.deadlines(workflow)], args
@@ -387,6 +389,12 @@ class Store:
         )
         found = {wf: [_text(f) for f in ids] for wf, ids in zip(workflows, overdue, strict=True) if ids}
         return int(handed_back), int(dropped), found
+
+    def _record(self, queue: str, workflow: str) -> bytes:
+        record = self._records.get(queue)
+        if record is None:
+            record = self._records[queue] = self.keys.lease_record(queue, workflow, self.owner)
+        return record
 
     async def forget_deadline(self, workflow: str, flow_id: str) -> None:
         """Removes a flow from its workflow's deadlines (it ended, or its timeout has been handled)."""

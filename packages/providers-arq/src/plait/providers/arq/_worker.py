@@ -424,8 +424,11 @@ class Worker:
         if job.kind != "start":
             task = asyncio.current_task()
             assert task is not None
-            with self.leases.performing(job_id, task):
+            self.leases.performing(job_id, task)
+            try:
                 event = await self._perform(runtime, view, job)
+            finally:
+                self.leases.performed(job_id)
         return await self._advance(runtime, flow, view, event, finished=job_id)
 
     async def _perform(self, runtime: WorkflowRuntime, view: FlowView[Any], job: Job) -> Event:

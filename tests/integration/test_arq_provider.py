@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any, cast
 
 import pytest
@@ -34,7 +36,7 @@ from plait.core import (
 )
 from plait.providers.arq import ArqSettings, ArqWorkflowProvider
 from plait.providers.arq._keys import Job, Keys, loads
-from plait.providers.arq._store import Store
+from plait.providers.arq._store import Store, script
 
 
 class Data(BaseModel):
@@ -130,6 +132,31 @@ def test_the_package_exports_the_provider_and_its_settings_only() -> None:
     assert plait.providers.arq.__doc__
     for name in plait.providers.arq.__all__:
         assert getattr(plait.providers.arq, name).__doc__
+
+
+def test_the_lua_scripts_are_package_data_reading_named_keys_and_arguments() -> None:
+    folder = resources.files("plait.providers.arq").joinpath("lua")
+    names = sorted(entry.name for entry in folder.iterdir() if entry.name.endswith(".lua"))
+    assert names == [
+        "claim.lua",
+        "commit.lua",
+        "create.lua",
+        "fail_unreadable.lua",
+        "heartbeat.lua",
+        "reconcile.lua",
+        "release.lua",
+    ]
+    named = re.compile(r"\s*local \w+ = (tonumber\()?(KEYS|ARGV)\[[\w +-]+\]\)?$")
+    for name in names:
+        source = folder.joinpath(name).read_text()
+        assert script(name.removesuffix(".lua")) == source
+        for line in source.splitlines():
+            code = line.split("--")[0].rstrip()
+            if re.search(r"(KEYS|ARGV)\[", code):
+                assert named.match(code), f"{name}: read KEYS and ARGV into named locals: {line!r}"
+        # Key names are Python's: a script gets them, or prefixes of them, and never spells one out.
+        for fragment in (":wake", ".steps", ":flow:", ":leases", ":lease", "arq:job:", "'{'", "'}'"):
+            assert fragment not in source, f"{name} spells out part of a key name: {fragment!r}"
 
 
 def test_the_provider_is_a_workflow_provider() -> None:
@@ -235,8 +262,8 @@ async def test_a_job_whose_worker_died_runs_again_after_the_stall_interval(redis
     async with started(emitter), arq_pool(redis_url) as pool:
         handle = await emitter.execute(LINE, Data(key="k"))
         # A worker claims the start job and dies at once: no heartbeat, no commit.
-        dead = Store(pool, Keys("workflow"), retention=3600, lease=0.5)
-        claimed, _ = await dead.claim(LINE.name, 10)
+        dead = Store(pool, Keys("workflow"), retention=3600, lease=0.5, owner="dead")
+        claimed, _, _ = await dead.claim(LINE.name, 10)
         assert [c.job.kind for c in claimed] == ["start"]
         began = time.monotonic()
         async with started(worker):
@@ -297,7 +324,7 @@ async def test_the_reconciler_times_out_a_flow_whose_starter_died(redis_url: str
     worker.register(LINE, consumer)
     async with started(emitter), arq_pool(redis_url) as pool:
         handle = await emitter.execute(LINE, Data(key="k"), timeout=0.2)
-        await Store(pool, Keys("workflow"), retention=3600, lease=2.0).claim(LINE.name, 10)  # and dies
+        await Store(pool, Keys("workflow"), retention=3600, lease=2.0, owner="dead").claim(LINE.name, 10)  # and dies
         async with started(worker):
             with pytest.raises(WorkflowTimeoutError):
                 await handle.result(timeout=3)

@@ -1,4 +1,5 @@
-"""Real worker processes (``plait worker``): crash one mid-step, stop one gracefully, count every side effect.
+"""Real worker processes (``plait worker``): crash one mid-step, stop one gracefully, pause one past its lease,
+let a step raise what would end a process; count every side effect.
 
 Flows are started by an emitter process that registers no consumer and exits at once; this process re-attaches
 to them with ``get_handle()``. Workers run a bare provider or a Plait application built by the app builder.
@@ -8,12 +9,10 @@ Handlers count their starts and completions in Redis (see ``apps/orders.py``).
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import cast
 
@@ -21,43 +20,13 @@ import pytest
 import pytest_asyncio
 import redis
 
-from plait.core import FlowStatus
+from plait.core import FlowStatus, RemoteError, WorkflowStepError
 from plait.providers.arq import ArqWorkflowProvider
 from tests.integration.apps.orders import ORDER, Order, Receipt
+from tests.integration.conftest import Workers
 
 ROOT = Path(__file__).resolve().parents[2]
-PLAIT = Path(sys.executable).parent / "plait"  # the console script of plait-providers-arq
 STALL = 1.0
-
-StartWorker = Callable[..., subprocess.Popen[bytes]]
-
-
-@pytest.fixture
-def start_worker(redis_url: str, tmp_path: Path) -> Iterator[StartWorker]:
-    """Starts ``plait worker tests.integration.apps.orders:<factory>`` processes; kills leftovers afterwards.
-
-    Each writes its log to ``worker-<n>.log`` (``worker.args[-1]`` names it); the logs are printed at the end.
-    """
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(*, console_script: bool = False, factory: str = "create_app") -> subprocess.Popen[bytes]:
-        command = [str(PLAIT)] if console_script else [sys.executable, "-m", "plait.providers.arq"]
-        command += ["worker", f"tests.integration.apps.orders:{factory}", "--app-dir", str(ROOT)]
-        env = {**os.environ, "PLAIT_TEST_REDIS_URL": redis_url, "PLAIT_TEST_STALL": str(STALL)}
-        log = tmp_path / f"worker-{len(started)}.log"
-        with open(log, "wb") as out:
-            process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        LOGS[process.pid] = log
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-    for log in sorted(tmp_path.glob("worker-*.log")):
-        sys.stdout.write(f"--- {log.name}\n{log.read_text(errors='replace')[-4000:]}\n")
 
 
 @pytest_asyncio.fixture
@@ -68,19 +37,6 @@ async def emitter(redis_url: str) -> AsyncIterator[ArqWorkflowProvider]:
     await provider.start()
     yield provider
     await provider.stop()
-
-
-LOGS: dict[int, Path] = {}
-
-
-async def ready(*workers: subprocess.Popen[bytes], within: float = 20.0) -> None:
-    """Waits until each worker logged that it runs (after its application's ``start()`` returned)."""
-    deadline = time.monotonic() + within
-    for worker in workers:
-        while f"running (pid {worker.pid})" not in LOGS[worker.pid].read_text(errors="replace"):
-            assert worker.poll() is None, f"worker {worker.pid} exited with {worker.returncode}"
-            assert time.monotonic() < deadline, "workers did not start"
-            await asyncio.sleep(0.05)
 
 
 async def inflight(client: redis.Redis, step: str, within: float = 20.0) -> dict[str, int]:
@@ -122,10 +78,10 @@ async def emit(redis_url: str, n: int, slow_step: str, slow: float) -> list[str]
 
 
 async def test_a_sigkilled_worker_loses_no_flow_and_later_steps_run_once(
-    redis_url: str, redis_client: redis.Redis, start_worker: StartWorker, emitter: ArqWorkflowProvider
+    redis_url: str, redis_client: redis.Redis, workers: Workers, emitter: ArqWorkflowProvider
 ) -> None:
-    first, second = start_worker(), start_worker(console_script=True)
-    await ready(first, second)
+    first, second = workers.start(), workers.start(console_script=True)
+    await workers.ready(first, second)
     flow_ids = await emit(redis_url, 12, "charge", 2.0)
     assert len(flow_ids) == 12
 
@@ -137,8 +93,8 @@ async def test_a_sigkilled_worker_loses_no_flow_and_later_steps_run_once(
     killed_at = time.monotonic()
     killed = {f for f, pid in (await inflight(redis_client, "charge")).items() if pid == victim.pid}
     assert killed
-    replacement = start_worker()
-    await ready(replacement)
+    replacement = workers.start()
+    await workers.ready(replacement)
 
     handles = [await emitter.get_handle(flow_id) for flow_id in flow_ids]
     results = await asyncio.gather(*(h.result(timeout=30) for h in handles))
@@ -169,10 +125,10 @@ async def test_a_sigkilled_worker_loses_no_flow_and_later_steps_run_once(
 
 
 async def test_sigterm_lets_the_running_step_finish_and_hands_the_flow_on(
-    redis_client: redis.Redis, start_worker: StartWorker, emitter: ArqWorkflowProvider
+    redis_client: redis.Redis, workers: Workers, emitter: ArqWorkflowProvider
 ) -> None:
-    worker = start_worker(factory="create_plait_app")  # a Plait application, run without HTTP
-    await ready(worker)
+    worker = workers.start("tests.integration.apps.orders:create_plait_app")  # a Plait application, without HTTP
+    await workers.ready(worker)
     handle = await emitter.execute(ORDER, Order(order_id="o-1", slow_step="charge", slow=1.0))
     await inflight(redis_client, "charge")
     worker.send_signal(signal.SIGTERM)
@@ -180,11 +136,84 @@ async def test_sigterm_lets_the_running_step_finish_and_hands_the_flow_on(
     assert count(redis_client, handle.id, "charge:done") == 1  # finished within the grace period
     assert await handle.status() == FlowStatus.RUNNING  # the rest waits in the queue for another worker
 
-    successor = start_worker(factory="create_plait_app")
-    await ready(successor)
+    successor = workers.start("tests.integration.apps.orders:create_plait_app")
+    await workers.ready(successor)
     result = await handle.result(timeout=15)
     assert result.order_id == "o-1"
     assert count(redis_client, handle.id, "charge:started") == 1
     assert result.pids["email"] == successor.pid
     successor.send_signal(signal.SIGTERM)
     assert successor.wait(timeout=15) == 0
+
+
+# -- handlers raising BaseExceptions --
+
+
+@pytest.mark.parametrize("raises", ["SystemExit", "KeyboardInterrupt", "GeneratorExit"])
+async def test_a_step_raising_a_base_exception_fails_its_attempt_and_the_worker_goes_on(
+    redis_client: redis.Redis, workers: Workers, emitter: ArqWorkflowProvider, raises: str
+) -> None:
+    worker = workers.start()
+    await workers.ready(worker)
+    handle = await emitter.execute(ORDER, Order(order_id="o-1", raise_in="charge", raises=raises))
+    with pytest.raises(WorkflowStepError) as caught:
+        await handle.result(timeout=15)
+    assert caught.value.step_name == "charge"
+    assert isinstance(caught.value.cause, RemoteError)
+    assert caught.value.cause.type_name == raises
+    assert count(redis_client, handle.id, "validate:rolled_back") == 1  # the flow went on: it rolled back
+    # The same process runs the next flow.
+    after = await emitter.execute(ORDER, Order(order_id="o-2"))
+    assert (await after.result(timeout=15)).pids["finalize"] == worker.pid
+    assert worker.poll() is None
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=15) == 0
+
+
+async def test_a_base_exception_from_code_the_runner_does_not_guard_does_not_end_the_worker(
+    redis_client: redis.Redis, workers: Workers, emitter: ArqWorkflowProvider
+) -> None:
+    # The step's output validator raises SystemExit, outside the handler: it reaches the worker's own code,
+    # which logs it, hands the job back and goes on; the step's second start returns a valid output.
+    worker = workers.start()
+    await workers.ready(worker)
+    handle = await emitter.execute(ORDER, Order(order_id="o-1", boom_in="charge"))
+    result = await handle.result(timeout=15)
+    assert result.pids["charge"] == worker.pid
+    assert count(redis_client, handle.id, "charge:started") == 2
+    assert worker.poll() is None
+    log = workers.log(worker)
+    assert "Internal error running job" in log
+    assert "SystemExit: a validator asked the process to exit" in log
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=15) == 0
+
+
+# -- zombie workers --
+
+
+async def test_a_worker_paused_past_its_lease_cancels_its_handler_instead_of_landing_a_duplicate(
+    redis_client: redis.Redis, workers: Workers, emitter: ArqWorkflowProvider
+) -> None:
+    first, second = workers.start(), workers.start()
+    await workers.ready(first, second)
+    handle = await emitter.execute(ORDER, Order(order_id="o-1", slow_step="charge", slow=3.0))
+    running = await inflight(redis_client, "charge")
+    paused = first if running[handle.id] == first.pid else second
+    paused.send_signal(signal.SIGSTOP)  # mid-step: its handler sleeps until it would land the side effect
+    try:
+        # The lease runs out, the other worker takes the step over; the paused one resumes after its handler's
+        # sleep has ended, with the side effect one step away.
+        await asyncio.sleep(STALL + 3.0)
+    finally:
+        paused.send_signal(signal.SIGCONT)
+    await handle.result(timeout=15)
+    # The step ran again (on the other worker, unless a loaded machine starved it until the paused one resumed
+    # and took the job back itself); either way its side effect landed once.
+    assert count(redis_client, handle.id, "charge:started") == 2
+    assert count(redis_client, handle.id, "charge:done") == 1, "the paused worker landed its side effect too"
+    await workers.logged(paused, "Lost the lease of 1 job(s)")
+    assert "cancelled their handlers" in workers.log(paused)
+    for worker in (first, second):
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=15) == 0

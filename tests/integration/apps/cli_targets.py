@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from plait.core import Application, Plait
+from plait.providers.arq import ArqWorkflowProvider
+from plait.providers.inprocess import InProcessWorkflowProvider
+from tests.integration.apps.orders import ORDER, OrderWorkflow, SideEffects
+
 
 class Runnable:
     """Anything with ``async start()`` and ``async stop()``."""
@@ -36,3 +41,29 @@ class Namespace:
 
 
 not_runnable = 42
+
+
+def inprocess_app() -> Application:
+    """An application that sets no provider: it runs the in-process one."""
+    return Plait.create().workflow(ORDER).consumer(OrderWorkflow, [SideEffects]).provider(SideEffects)
+
+
+def explicit_inprocess_app() -> Application:
+    return Plait.create().workflow_provider(InProcessWorkflowProvider())
+
+
+def arq_app() -> Application:
+    return Plait.create().workflow_provider(ArqWorkflowProvider("redis://127.0.0.1:1/0"))
+
+
+class Wrapper:
+    """An object that is not a provider but holds one, as tests' worker apps do."""
+
+    def __init__(self) -> None:
+        self.provider = ArqWorkflowProvider("redis://127.0.0.1:1/0")
+
+    async def start(self) -> None:
+        await self.provider.start()
+
+    async def stop(self) -> None:
+        await self.provider.stop()

@@ -5,15 +5,21 @@ Two things ``plait worker`` can run, both configured by ``PLAIT_TEST_REDIS_URL``
 ``async start()``/``async stop()``), ``create_plait_app()`` a Plait application built by the app builder. Each
 handler increments ``side:<flow>:<step>:started`` when it starts and ``...:done`` when it returns, and marks
 ``inflight:<flow>:<step>`` with its pid while it runs.
+
+An order can also make its handlers misbehave: ``raise_in``/``raises`` raise a ``BaseException`` by name from a
+step's first attempt, and ``boom_in`` returns an output whose model validator raises ``SystemExit`` on the
+step's first start (code the runner does not guard: the worker's own loop must survive it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 import redis.asyncio as aioredis
-from pydantic import BaseModel
+from pydantic import BaseModel, model_validator
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from plait.core import Application, IWorkflowConsumer, Plait, StepContext, StepHandler, Workflow, WorkflowContext
 from plait.providers.arq import ArqWorkflowProvider
@@ -23,11 +29,28 @@ class Order(BaseModel):
     order_id: str
     slow_step: str = ""
     slow: float = 0.0
+    raise_in: str = ""
+    raises: str = ""
+    boom_in: str = ""
+
+
+BASE_EXCEPTIONS: dict[str, type[BaseException]] = {
+    "SystemExit": SystemExit,
+    "KeyboardInterrupt": KeyboardInterrupt,
+    "GeneratorExit": GeneratorExit,
+}
 
 
 class StepOut(BaseModel):
     step: str
     pid: int
+    boom: bool = False
+
+    @model_validator(mode="after")
+    def explode(self) -> StepOut:
+        if self.boom:
+            raise SystemExit("a validator asked the process to exit")
+        return self
 
 
 class Receipt(BaseModel):
@@ -46,8 +69,15 @@ ORDER = Workflow.define(name="it-order", data=Order, result=Receipt).steps(
 
 
 async def call(redis: aioredis.Redis, *args: str | int | float) -> object:
-    """One Redis command (redis-py's typing of command results is a union of awaitable and value)."""
-    return await redis.execute_command(*args)  # type: ignore[no-untyped-call]  # unannotated in redis-py
+    """One Redis command, tried again for up to 20 s while Redis restarts: the counting must not fail a step."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            return await redis.execute_command(*args)  # type: ignore[no-untyped-call]  # unannotated in redis-py
+        except (RedisConnectionError, OSError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
 
 
 class SideEffects:
@@ -70,15 +100,21 @@ class OrderWorkflow(IWorkflowConsumer[Order, Receipt]):
     async def _call(self, *args: str | int | float) -> object:
         return await self.side.call(*args)
 
-    async def run(self, ctx: StepContext[Order]) -> StepOut:
+    async def run(self, ctx: StepContext[Order]) -> StepOut | dict[str, object]:
         side = f"side:{ctx.flow_id}:{ctx.step_name}"
         inflight = f"inflight:{ctx.flow_id}:{ctx.step_name}"
-        await self._call("INCR", f"{side}:started")
+        started = await self._call("INCR", f"{side}:started")
         await self._call("SET", inflight, os.getpid())
         if ctx.data.slow_step == ctx.step_name:
             await asyncio.sleep(ctx.data.slow)
+        if ctx.data.raise_in == ctx.step_name and ctx.attempt == 1:
+            await self._call("DEL", inflight)
+            raise BASE_EXCEPTIONS[ctx.data.raises](f"raised by step {ctx.step_name}")
         await self._call("INCR", f"{side}:done")
         await self._call("DEL", inflight)
+        if ctx.data.boom_in == ctx.step_name:
+            # A dict, validated by the runner: the validator runs outside the handler.
+            return {"step": ctx.step_name, "pid": os.getpid(), "boom": started == 1}
         return StepOut(step=ctx.step_name, pid=os.getpid())
 
     async def undo(self, ctx: StepContext[Order]) -> None:

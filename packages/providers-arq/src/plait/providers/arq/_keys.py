@@ -10,12 +10,16 @@ With the queue prefix ``P`` (``"workflow"`` by default):
   due time in ms; ``P.<workflow>.steps``: the arq queue of step and rollback jobs.
 - ``P.<workflow>:wake`` (list): wake-up tokens that idle workers of the workflow block on.
 - ``P.<workflow>:deadlines`` (sorted set): flows of the workflow scored by their deadline in ms.
-- ``P:leases`` (sorted set): jobs being run, scored by when their lease ends in ms; ``P:lease-queues`` (hash):
-  job id -> the queue to hand it back to when the lease runs out.
+- ``P:leases`` (sorted set): jobs being run, scored by when their lease ends in ms; ``P:lease-info`` (hash):
+  job id -> its lease record, the JSON array ``[queue, wake-up list, owner]``: where to hand the job back when
+  the lease runs out, and which worker holds it.
 - ``P:reconcile``, ``P.<workflow>:reconcile`` (strings): short locks, so one reconciler scans at a time.
 
 Every key of one flow carries the ``{F}`` hash tag. Channels: ``P:done:F`` (the flow ended: its status) and
-``P:cancel`` (job ids to stop, one per line).
+``P:cancel`` (job ids to stop, as a JSON array). No list is ever joined with a delimiter: a flow id holding one
+could otherwise name other flows' jobs.
+
+A flow's hash also has ``unreadable`` once a worker found its state unreadable and failed it: the bytes it found.
 """
 
 from __future__ import annotations
@@ -25,11 +29,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from arq.constants import job_key_prefix
-from arq.jobs import deserialize_job_raw, serialize_job
+from arq.jobs import serialize_job
 
-from plait.core.engine import Action, RunComplete, RunOnError, RunRollback, RunStep
+from plait.core.engine import Action, FlowState, RunComplete, RunOnError, RunRollback, RunStep
+from plait.core.errors import CorruptFlowError
 
-__all__ = ["Job", "JobKind", "Keys", "dumps", "loads"]
+__all__ = ["Job", "JobKind", "Keys", "MalformedJobError", "decode_state", "dumps", "loads", "shorten"]
 
 JobKind = Literal["start", "step", "rollback", "complete", "on_error"]
 
@@ -41,6 +46,7 @@ _FUNCTIONS: dict[str, JobKind] = {
     "plait.on_error": "on_error",
 }
 _FLOW_QUEUE_KINDS = frozenset({"start", "complete", "on_error"})
+_STEP_KINDS = frozenset({"step", "rollback"})
 
 
 def dumps(value: Any) -> bytes:
@@ -51,6 +57,23 @@ def dumps(value: Any) -> bytes:
 def loads(raw: bytes | str) -> Any:
     """JSON back to Python; arq's ``job_deserializer``. Nothing is ever unpickled."""
     return json.loads(raw)
+
+
+def shorten(value: object, limit: int = 80) -> str:
+    """``repr(value)``, cut to about ``limit`` characters: safe to put in a log line or an error message.
+
+    A repr escapes newlines and control characters, so a value read from Redis cannot forge log lines.
+    """
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 20]}...({len(text)} chars)"
+
+
+class MalformedJobError(ValueError):
+    """A job payload that is not one of Plait's jobs; the message says why."""
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,10 +113,41 @@ class Job:
 
     @classmethod
     def parse(cls, workflow: str, payload: bytes) -> Job:
-        """Reads a job back from arq's JSON format."""
-        function, args, _, _, _ = deserialize_job_raw(payload, deserializer=loads)
-        flow_id, _, step, attempt = args
-        return cls(_FUNCTIONS[function], workflow, str(flow_id), str(step), int(attempt))
+        """Reads a job back from arq's JSON format, checking every field Plait writes.
+
+        Raises:
+            MalformedJobError: it is not JSON, not in arq's format, or not a Plait job; the message says why.
+        """
+        try:
+            raw = loads(payload)
+        except (ValueError, RecursionError) as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            raise MalformedJobError(f"not JSON ({type(error).__name__})") from None
+        if not isinstance(raw, dict):
+            raise MalformedJobError(f"not an arq job (a JSON {type(raw).__name__}, not an object)")
+        for field, what in (("f", "function"), ("a", "arguments"), ("k", "keyword arguments"), ("t", "try")):
+            if field not in raw:
+                raise MalformedJobError(f"not an arq job (no {what}, '{field}')")
+        if "et" not in raw:
+            raise MalformedJobError("not an arq job (no enqueue time, 'et')")
+        function, args = raw["f"], raw["a"]
+        kind = _FUNCTIONS.get(function) if isinstance(function, str) else None
+        if kind is None:
+            raise MalformedJobError(f"unknown function {shorten(function)}")
+        if not isinstance(args, list) or len(args) != 4:
+            count = len(args) if isinstance(args, list) else type(args).__name__
+            raise MalformedJobError(f"{function} takes 4 arguments (flow id, kind, step, attempt), got {count}")
+        if raw["k"] != {} or not _is_int(raw["t"]) or not _is_int(raw["et"]):
+            raise MalformedJobError("not an arq job as Plait writes it (keyword arguments, try or enqueue time)")
+        flow_id, job_kind, step, attempt = args
+        if not isinstance(flow_id, str) or not flow_id:
+            raise MalformedJobError(f"its flow id {shorten(flow_id)} is not a string")
+        if job_kind != kind:
+            raise MalformedJobError(f"{function} with the kind {shorten(job_kind)}")
+        if not isinstance(step, str) or not _is_int(attempt):
+            raise MalformedJobError(f"its step {shorten(step)} or attempt {shorten(attempt)} has the wrong type")
+        if (kind in _STEP_KINDS) != (step != "" and attempt >= 1) or (kind not in _STEP_KINDS and attempt != 0):
+            raise MalformedJobError(f"a {kind} job with step {shorten(step)} and attempt {attempt}")
+        return cls(kind, workflow, flow_id, step, attempt)
 
     def payload(self, enqueue_ms: int) -> bytes:
         """The job in arq's format, serialised as JSON."""
@@ -106,24 +160,66 @@ class Job:
         return self.kind not in _FLOW_QUEUE_KINDS
 
 
+# Container fields of a state that the engine reads as such: checked, so that a state with, say, a list where
+# its steps belong is reported as unreadable rather than crashing every worker that runs it.
+_SHAPES: dict[str, type | tuple[type, ...]] = {
+    "workflow": str,
+    "meta": dict,
+    "steps": dict,
+    "results": dict,
+    "rollbacks": list,
+    "rollback_errors": list,
+    "error": (dict, type(None)),
+    "phase": str,
+}
+
+
+def decode_state(flow_id: str, raw: bytes) -> FlowState:
+    """Reads the stored state of flow ``flow_id``.
+
+    Raises:
+        CorruptFlowError: it is not JSON, not a flow state, or the state of another flow.
+    """
+    try:
+        data = loads(raw)
+    except (ValueError, RecursionError) as error:
+        raise CorruptFlowError(flow_id, f"not JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise CorruptFlowError(flow_id, f"a JSON {type(data).__name__}, not an object")
+    try:
+        state = FlowState.from_dict(data)
+    except (TypeError, ValueError, KeyError) as error:
+        raise CorruptFlowError(flow_id, f"not a flow state ({shorten(str(error), 160)})") from None
+    for field, expected in _SHAPES.items():
+        value = getattr(state, field, None)
+        if field in data and not isinstance(value, expected):
+            raise CorruptFlowError(flow_id, f"its field '{field}' holds a {type(value).__name__}")
+    if not all(isinstance(record, dict) for record in state.steps.values()):
+        raise CorruptFlowError(flow_id, "its field 'steps' holds something other than step records")
+    if state.flow_id != flow_id:
+        raise CorruptFlowError(flow_id, f"it is the state of flow {shorten(state.flow_id)}")
+    return state
+
+
 class Keys:
     """Every key and channel name under one queue prefix."""
 
-    __slots__ = ("cancel", "flow_prefix", "lease_queues", "leases", "lock", "prefix")
+    __slots__ = ("cancel", "flow_prefix", "flow_suffix", "lease_info", "leases", "lock", "prefix")
 
     def __init__(self, prefix: str) -> None:
-        if not prefix or any(c in prefix for c in "{}\n "):
+        if not prefix or any(c in prefix for c in "{}\n ") or not prefix.isprintable():
             raise ValueError(f"Invalid queue prefix {prefix!r}: use letters, digits, '.', ':', '_' or '-'")
         self.prefix = prefix
-        self.flow_prefix = f"{prefix}:flow:"
+        self.flow_prefix = f"{prefix}:flow:{{"
+        self.flow_suffix = "}"
         self.leases = f"{prefix}:leases"
-        self.lease_queues = f"{prefix}:lease-queues"
+        self.lease_info = f"{prefix}:lease-info"
         self.lock = f"{prefix}:reconcile"
         self.cancel = f"{prefix}:cancel"
 
     def flow(self, flow_id: str) -> str:
         """The hash of flow ``flow_id``."""
-        return f"{self.flow_prefix}{{{flow_id}}}"
+        return f"{self.flow_prefix}{flow_id}{self.flow_suffix}"
 
     def done(self, flow_id: str) -> str:
         """The channel that announces the end of flow ``flow_id``."""
@@ -161,3 +257,7 @@ class Keys:
     def queue_of(self, job: Job) -> str:
         """The queue ``job`` waits in."""
         return self.steps_queue(job.workflow) if job.on_steps_queue else self.queue(job.workflow)
+
+    def lease_record(self, queue: str, workflow: str, owner: str) -> bytes:
+        """What ``P:lease-info`` holds for a job of ``queue`` leased to ``owner``: ``[queue, wake-up list, owner]``."""
+        return dumps([queue, self.wake(workflow), owner])

@@ -3,6 +3,10 @@
 Callers of ``result()`` subscribe to their flow's channel and workers to the cancel channel. A subscription is
 confirmed by the server before :meth:`Notifier.subscribe` returns, so a caller that subscribes and then reads the
 flow's status cannot miss an end announced in between.
+
+When the connection fails (Redis restarts, say), redis-py reconnects on the next read and subscribes again, but a
+message published meanwhile is lost: once the subscriptions are confirmed again, every handler is called with an
+empty message, which means "look again".
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import logging
 from collections.abc import Callable
 
 from arq.connections import ArqRedis
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
 __all__ = ["Notifier"]
@@ -25,7 +30,7 @@ Handler = Callable[[bytes], None]
 class Notifier:
     """Channels and their handlers over one pub/sub connection, opened at the first subscription."""
 
-    __slots__ = ("_closed", "_confirmations", "_handlers", "_pubsub", "_reader", "_sending")
+    __slots__ = ("_broken", "_closed", "_confirmations", "_handlers", "_pubsub", "_reader", "_sending")
 
     def __init__(self, redis: ArqRedis) -> None:
         self._pubsub = redis.pubsub()
@@ -33,6 +38,7 @@ class Notifier:
         self._confirmations: dict[str, asyncio.Future[None]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._closed = False
+        self._broken = False  # the connection failed; it is not known to be back yet
         # redis-py's PubSub opens its connection on first use: two first uses at once would open two.
         self._sending = asyncio.Lock()
 
@@ -97,11 +103,18 @@ class Notifier:
     async def _read(self) -> None:
         while True:
             try:
+                # Typed None in redis-py (assigned on first use).
+                connection: AbstractConnection | None = getattr(self._pubsub, "connection", None)
+                if connection is not None and not connection.is_connected:
+                    # Reconnect under the lock subscribers hold: redis-py would otherwise let this read and a
+                    # SUBSCRIBE connect the same connection at once, opening two sockets and leaking one.
+                    async with self._sending:
+                        await self._pubsub.connect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
                 message = await self._pubsub.get_message(timeout=None)
             except (RedisError, OSError) as error:
-                # redis-py reconnects on the next read and subscribes again; a message published meanwhile is
-                # lost, which is why waiters also re-check now and then.
-                _log.warning("Redis pub/sub connection failed (%s); reconnecting", error)
+                if not self._broken:
+                    self._broken = True
+                    _log.warning("Redis pub/sub connection failed (%s); reconnecting until Redis is back", error)
                 await asyncio.sleep(0.5)
                 continue
             if message is None:
@@ -113,9 +126,20 @@ class Notifier:
                 pending = self._confirmations.pop(name, None)
                 if pending is not None and not pending.done():
                     pending.set_result(None)
+                if self._broken:
+                    self._broken = False
+                    _log.info("Redis pub/sub connection is back")
+                    self._call_all(b"")
             elif kind == "message":
-                for handler in list(self._handlers.get(name, ())):
-                    try:
-                        handler(message["data"])
-                    except Exception:
-                        _log.exception("Pub/sub handler for %s failed", name)
+                self._call(name, message["data"])
+
+    def _call_all(self, data: bytes) -> None:
+        for name in list(self._handlers):
+            self._call(name, data)
+
+    def _call(self, name: str, data: bytes) -> None:
+        for handler in list(self._handlers.get(name, ())):
+            try:
+                handler(data)
+            except Exception:
+                _log.exception("Pub/sub handler for %s failed", name)

@@ -6,23 +6,63 @@ this worker) the jobs the engine asked for, deletes the jobs of cancelled steps,
 at once or not at all. A writer that lost the race gets the current state back and applies its event again,
 which the engine ignores if it no longer matches; so an event delivered twice advances the flow once.
 
+The scripts are the ``lua/*.lua`` files of this package. Every key a script touches is passed in by the caller,
+named here in Python: the keys it can only know while it runs (a job's payload, the flow a job names, the queue
+and wake-up list in a lease record) are built from prefixes passed in, or read from records written by Python.
+
 The scripts read and write a flow's keys together with the queues and lease sets, which are not in the flow's
 hash slot: like arq itself, this needs a single Redis server (or a primary with replicas), not Redis Cluster.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any, cast
 
 from arq.connections import ArqRedis
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from plait.providers.arq._keys import Job, Keys
+from plait.providers.arq._keys import Job, Keys, MalformedJobError, dumps, shorten
 
-__all__ = ["Claimed", "Conflict", "Enqueue", "Store", "now_ms"]
+__all__ = ["UNAVAILABLE", "Claimed", "Conflict", "Enqueue", "Outage", "Rejected", "Store", "now_ms", "script"]
+
+UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
+"""What Redis raises when it cannot be reached (down, restarting, loading its data, failed over): an outage,
+not a bug. ``RedisConnectionError`` covers redis-py's ``BusyLoadingError`` and ``AuthenticationError``."""
+
+
+class Outage:
+    """Logs a Redis outage once, as one WARNING however many loops meet it, and its end."""
+
+    __slots__ = ("since",)
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+
+    def failed(self, doing: str, error: BaseException) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+            _log.warning("Redis cannot be reached while %s (%s); retrying until it is back", doing, _describe(error))
+
+    def over(self) -> None:
+        if self.since is not None:
+            _log.info("Redis is reachable again, after %.1fs", time.monotonic() - self.since)
+            self.since = None
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+_log = logging.getLogger("plait.providers.arq")
 
 
 def now_ms() -> int:
@@ -30,169 +70,40 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-# KEYS: flow, queue, job key, wake, deadlines
-# ARGV: state, workflow, job id, payload, score, retention ms, deadline ms or '', flow id
-_CREATE = """
-local existing = redis.call('HGET', KEYS[1], 's')
-if existing then return existing end
-redis.call('HSET', KEYS[1], 's', ARGV[1], 'v', '1', 'st', 'pending', 'wf', ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[6])
-redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[6])
-redis.call('ZADD', KEYS[2], ARGV[5], ARGV[3])
-redis.call('LPUSH', KEYS[4], '1')
-redis.call('LTRIM', KEYS[4], 0, 63)
-if ARGV[7] ~= '' then redis.call('ZADD', KEYS[5], ARGV[7], ARGV[8]) end
-return false
-"""
-
-# KEYS: steps queue, flow queue, wake, leases, lease queues
-# ARGV: now ms, limit, lease end ms, flow key prefix, job key prefix
-# Returns {{job id, payload, state, version}...}, next due score or false (only when no ready job is left).
-_CLAIM = """
-local now = tonumber(ARGV[1])
-local left = tonumber(ARGV[2])
-local out = {}
-for i = 1, 2 do
-  local q = KEYS[i]
-  while left > 0 do
-    local ids = redis.call('ZRANGEBYSCORE', q, '-inf', now, 'LIMIT', 0, left)
-    if #ids == 0 then break end
-    for _, id in ipairs(ids) do
-      redis.call('ZREM', q, id)
-      local payload = redis.call('GET', ARGV[5] .. id)
-      if payload then
-        local flow_id = cjson.decode(payload)['a'][1]
-        local st = redis.call('HMGET', ARGV[4] .. '{' .. flow_id .. '}', 's', 'v')
-        redis.call('ZADD', KEYS[4], ARGV[3], id)
-        redis.call('HSET', KEYS[5], id, q)
-        out[#out + 1] = {id, payload, st[1], st[2]}
-        left = left - 1
-      end
-    end
-  end
-end
-local due = false
-if left > 0 then
-  -- Nothing ready is left: stale wake-up tokens would only wake idle workers for nothing.
-  redis.call('DEL', KEYS[3])
-  for i = 1, 2 do
-    local first = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
-    if first[2] and (not due or tonumber(first[2]) < tonumber(due)) then due = first[2] end
-  end
-end
-return {out, due}
-"""
-
-# KEYS: flow, leases, lease queues, deadlines
-# ARGV: [1] expected version, [2] state, [3] status, [4] retention ms, [5] finished job id or '',
-#       [6] deadline: '' keep, '-' remove, else ms, [7] flow id, [8] done channel or '', [9] cancel channel,
-#       [10] cancelled job ids joined by newlines or '', [11] lease end ms, [12] job key prefix, [13] job count,
-#       then 5 per job: queue, id, payload, score ('' = leased to the caller), wake list
-_COMMIT = """
-local v = redis.call('HGET', KEYS[1], 'v')
-if v ~= ARGV[1] then
-  if not v then return {0, false, false} end
-  return {0, redis.call('HGET', KEYS[1], 's'), v}
-end
-local jp = ARGV[12]
-redis.call('HSET', KEYS[1], 's', ARGV[2], 'v', tostring(tonumber(v) + 1), 'st', ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-if ARGV[5] ~= '' then
-  redis.call('DEL', jp .. ARGV[5])
-  redis.call('ZREM', KEYS[2], ARGV[5])
-  redis.call('HDEL', KEYS[3], ARGV[5])
-end
-if ARGV[6] == '-' then
-  redis.call('ZREM', KEYS[4], ARGV[7])
-elseif ARGV[6] ~= '' then
-  redis.call('ZADD', KEYS[4], ARGV[6], ARGV[7])
-end
-if ARGV[10] ~= '' then
-  for id in string.gmatch(ARGV[10], '[^\\n]+') do redis.call('DEL', jp .. id) end
-  redis.call('PUBLISH', ARGV[9], ARGV[10])
-end
-local n = tonumber(ARGV[13])
-for i = 0, n - 1 do
-  local b = 14 + i * 5
-  local q, id, score, wake = ARGV[b], ARGV[b + 1], ARGV[b + 3], ARGV[b + 4]
-  redis.call('SET', jp .. id, ARGV[b + 2], 'PX', ARGV[4])
-  if score == '' then
-    redis.call('ZADD', KEYS[2], ARGV[11], id)
-    redis.call('HSET', KEYS[3], id, q)
-  else
-    redis.call('ZADD', q, score, id)
-    redis.call('LPUSH', wake, '1')
-    redis.call('LTRIM', wake, 0, 63)
-  end
-end
-if ARGV[8] ~= '' then redis.call('PUBLISH', ARGV[8], ARGV[3]) end
-return {1}
-"""
-
-# KEYS: leases, lease queues
-# ARGV: job key prefix, then 3 per job: job id, score ('' = drop the job), wake list
-_RELEASE = """
-for i = 2, #ARGV, 3 do
-  local id, score = ARGV[i], ARGV[i + 1]
-  local q = redis.call('HGET', KEYS[2], id)
-  redis.call('ZREM', KEYS[1], id)
-  redis.call('HDEL', KEYS[2], id)
-  if score == '' then
-    redis.call('DEL', ARGV[1] .. id)
-  elseif q and redis.call('EXISTS', ARGV[1] .. id) == 1 then
-    redis.call('ZADD', q, score, id)
-    redis.call('LPUSH', ARGV[i + 2], '1')
-    redis.call('LTRIM', ARGV[i + 2], 0, 63)
-  end
-end
-return #ARGV
-"""
-
-# KEYS: leases, lease queues, lock, then 2 per workflow: deadlines, lock
-# ARGV: now ms, lock ms, owner, job key prefix, limit
-# Re-queues the jobs whose lease ran out (their worker died or hung) and returns, per workflow, the flows past
-# their deadline. A part with something to do runs only for the caller that takes its lock, so one worker
-# handles it at a time; an idle scan takes no lock.
-_RECONCILE = """
-local now, lock_ms, owner, jp, limit = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
-local requeued = 0
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit)
-if #ids > 0 and redis.call('SET', KEYS[3], owner, 'NX', 'PX', lock_ms) then
-  for _, id in ipairs(ids) do
-    local q = redis.call('HGET', KEYS[2], id)
-    redis.call('ZREM', KEYS[1], id)
-    redis.call('HDEL', KEYS[2], id)
-    if q and redis.call('EXISTS', jp .. id) == 1 then
-      redis.call('ZADD', q, now, id)
-      local base = q
-      if string.sub(q, -6) == '.steps' then base = string.sub(q, 1, -7) end
-      redis.call('LPUSH', base .. ':wake', '1')
-      redis.call('LTRIM', base .. ':wake', 0, 63)
-      requeued = requeued + 1
-    end
-  end
-end
-local overdue = {}
-for i = 4, #KEYS, 2 do
-  local due = redis.call('ZRANGEBYSCORE', KEYS[i], '-inf', now, 'LIMIT', 0, limit)
-  if #due > 0 and redis.call('SET', KEYS[i + 1], owner, 'NX', 'PX', lock_ms) then
-    overdue[#overdue + 1] = due
-  else
-    overdue[#overdue + 1] = {}
-  end
-end
-return {requeued, overdue}
-"""
+def script(name: str) -> str:
+    """The source of ``lua/<name>.lua``, shipped with this package."""
+    return resources.files("plait.providers.arq").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
 
 
 @dataclass(frozen=True, slots=True)
 class Claimed:
-    """A job taken from a queue, with its flow's state as it was (``None`` if the flow is gone)."""
+    """A job taken from a queue, with its flow's stored state and version as they were (``None`` if the flow is
+    gone). The bytes are as stored: they may not be readable."""
 
     job_id: str
     job: Job
     state: bytes | None
-    version: str | None
+    version: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A job taken from a queue that is not one this worker can run; ``leased``: it still has to be released.
+
+    ``job_id`` is the id exactly as stored (one not written by Plait may not even be UTF-8). ``misplaced``: the job
+    itself is fine but not this queue's (another workflow's flow, or the other queue of the workflow), so its
+    payload, which the job's own queue shares, must be left alone.
+    """
+
+    job_id: bytes
+    reason: str
+    leased: bool
+    misplaced: bool = False
+
+    @property
+    def name(self) -> str:
+        """The job id, safe for a log line."""
+        return shorten(self.job_id.decode(errors="replace"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +120,7 @@ class Conflict:
     """A commit lost the race: the flow's current state and version (``None`` when the flow no longer exists)."""
 
     state: bytes | None
-    version: str | None
+    version: bytes | None
 
 
 class Store:
@@ -220,20 +131,39 @@ class Store:
         keys: key names.
         retention: seconds a flow and its jobs stay after their last change.
         lease: seconds a claimed job stays leased without a heartbeat (the stall interval).
+        owner: who holds the leases this store takes (the worker's id); only the holder renews or releases one.
     """
 
-    __slots__ = ("_claim", "_commit", "_create", "_reconcile", "_release", "keys", "lease", "redis", "retention_ms")
+    __slots__ = (
+        "_claim",
+        "_commit",
+        "_create",
+        "_fail_unreadable",
+        "_heartbeat",
+        "_reconcile",
+        "_records",
+        "_release",
+        "keys",
+        "lease",
+        "owner",
+        "redis",
+        "retention_ms",
+    )
 
-    def __init__(self, redis: ArqRedis, keys: Keys, *, retention: float, lease: float) -> None:
+    def __init__(self, redis: ArqRedis, keys: Keys, *, retention: float, lease: float, owner: str) -> None:
         self.redis = redis
         self.keys = keys
         self.retention_ms = max(1, int(retention * 1000))
         self.lease = lease
-        self._create = redis.register_script(_CREATE)
-        self._claim = redis.register_script(_CLAIM)
-        self._commit = redis.register_script(_COMMIT)
-        self._release = redis.register_script(_RELEASE)
-        self._reconcile = redis.register_script(_RECONCILE)
+        self.owner = owner
+        self._records: dict[str, bytes] = {}  # queue -> the lease record of its jobs leased here
+        self._create = redis.register_script(script("create"))
+        self._claim = redis.register_script(script("claim"))
+        self._commit = redis.register_script(script("commit"))
+        self._release = redis.register_script(script("release"))
+        self._heartbeat = redis.register_script(script("heartbeat"))
+        self._reconcile = redis.register_script(script("reconcile"))
+        self._fail_unreadable = redis.register_script(script("fail_unreadable"))
 
     # -- flows --
 
@@ -266,45 +196,94 @@ class Store:
         )
         return cast(bytes | None, existing)
 
-    async def load(self, flow_id: str) -> tuple[bytes, str] | None:
-        """A flow's state and version, or ``None``."""
+    async def load(self, flow_id: str) -> tuple[bytes, bytes | None] | None:
+        """A flow's stored state and version, or ``None`` when the flow does not exist."""
         state, version = await self.command("HMGET", self.keys.flow(flow_id), "s", "v")
-        if state is None or version is None:
+        if state is None:
             return None
-        return cast(bytes, state), cast(bytes, version).decode()
+        return cast(bytes, state), cast(bytes | None, version)
 
-    async def status(self, flow_id: str) -> tuple[str, str] | None:
-        """A flow's status and workflow name, or ``None``."""
-        status, workflow = await self.command("HMGET", self.keys.flow(flow_id), "st", "wf")
-        if status is None or workflow is None:
+    async def status(self, flow_id: str) -> tuple[bytes | None, bytes | None] | None:
+        """A flow's stored status and workflow name, or ``None`` when the flow does not exist."""
+        status, workflow, state = await self.command("HMGET", self.keys.flow(flow_id), "st", "wf", "s")
+        if status is None and workflow is None and state is None:
             return None
-        return cast(bytes, status).decode(), cast(bytes, workflow).decode()
+        return cast(bytes | None, status), cast(bytes | None, workflow)
+
+    async def fail_unreadable(
+        self, flow_id: str, workflow: str, unreadable: bytes, state: bytes, status: str, *, finished: str | None
+    ) -> bool:
+        """Replaces an unreadable state by ``state`` (terminal), keeping the bytes; ``False`` if it changed meanwhile.
+
+        Args:
+            finished: the id of the job that found it (its lease and payload are deleted).
+        """
+        keys = self.keys
+        done = await _run(
+            self._fail_unreadable,
+            [keys.flow(flow_id), keys.leases, keys.lease_info, keys.deadlines(workflow)],
+            [
+                unreadable,
+                state,
+                status,
+                self.retention_ms,
+                finished or "",
+                flow_id,
+                keys.done(flow_id),
+                keys.job_key(""),
+            ],
+        )
+        return bool(done)
 
     # -- jobs --
 
-    async def claim(self, workflow: str, limit: int) -> tuple[list[Claimed], float | None]:
-        """Leases up to ``limit`` due jobs of ``workflow`` (steps first) to the caller.
+    async def claim(self, workflow: str, limit: int) -> tuple[list[Claimed], list[Rejected], float | None]:
+        """Leases up to ``limit`` due jobs of ``workflow`` (steps first) to this store's owner.
 
         Returns:
-            The jobs, and when no due job is left, the time (seconds since the epoch) the next one falls due.
+            The jobs; those that are not jobs of this workflow this worker can run, and why (the script deleted
+            the worst of them already, the others are still leased); and when no due job is left, the time
+            (seconds since the epoch) the next one falls due.
         """
         keys = self.keys
         now = now_ms()
-        jobs, due = await _run(
+        steps_queue, flow_queue = keys.steps_queue(workflow), keys.queue(workflow)
+        jobs, garbage, due = await _run(
             self._claim,
-            [keys.steps_queue(workflow), keys.queue(workflow), keys.wake(workflow), keys.leases, keys.lease_queues],
-            [now, limit, now + int(self.lease * 1000), keys.flow_prefix, keys.job_key("")],
+            [steps_queue, flow_queue, keys.wake(workflow), keys.leases, keys.lease_info],
+            [
+                now,
+                limit,
+                now + int(self.lease * 1000),
+                keys.job_key(""),
+                keys.flow_prefix,
+                keys.flow_suffix,
+                self._record(steps_queue, workflow),
+                self._record(flow_queue, workflow),
+            ],
         )
-        claimed = [
-            Claimed(
-                job_id.decode(),
-                Job.parse(workflow, payload),
-                state,
-                None if version is None else version.decode(),
-            )
-            for job_id, payload, state, version in jobs
-        ]
-        return claimed, (None if due is None else int(due) / 1000)
+        rejected = [Rejected(job_id, reason.decode(), leased=False) for job_id, reason in garbage]
+        claimed: list[Claimed] = []
+        for raw_id, payload, state, version, flow_workflow, queue_number in jobs:
+            job_id = _text(raw_id)
+            try:
+                job = Job.parse(workflow, payload)
+                if keys.job_id(job) != job_id:
+                    raise MalformedJobError(f"its id does not match its content (a {job.kind} job of {job.flow_id!r})")
+            except MalformedJobError as error:
+                rejected.append(Rejected(raw_id, str(error), leased=True))
+                continue
+            misplaced = None
+            if job.on_steps_queue != (queue_number == 1):
+                misplaced = f"a {job.kind} job on the {'steps' if queue_number == 1 else 'flow'} queue"
+            elif flow_workflow is not None and flow_workflow != workflow.encode():
+                other = shorten(flow_workflow.decode(errors="replace"))
+                misplaced = f"it names flow {shorten(job.flow_id)} of workflow {other}, not of '{workflow}'"
+            if misplaced is not None:
+                rejected.append(Rejected(raw_id, misplaced, leased=True, misplaced=True))
+                continue
+            claimed.append(Claimed(job_id, job, state, version))
+        return claimed, rejected, (None if due is None else int(due) / 1000)
 
     async def commit(
         self,
@@ -329,7 +308,7 @@ class Store:
             forget_deadline: stop watching the flow's deadline (it ended, or its timeout was handled).
             done: the flow has ended: announce ``status`` on its channel.
             cancelled: ids of jobs to stop (their payloads are deleted and their workers told).
-            jobs: jobs to create.
+            jobs: jobs to create; a ``local`` one is leased to this store's owner.
         """
         keys = self.keys
         now = now_ms()
@@ -343,67 +322,79 @@ class Store:
             flow_id,
             keys.done(flow_id) if done else "",
             keys.cancel,
-            "\n".join(cancelled),
+            dumps(list(cancelled)) if cancelled else "",
             now + int(self.lease * 1000),
             keys.job_key(""),
             len(jobs),
         ]
         for each in jobs:
             job = each.job
+            queue = keys.queue_of(job)
             args += [
-                keys.queue_of(job),
+                queue,
                 keys.job_id(job),
                 job.payload(now),
                 "" if each.local else now + int(each.delay * 1000),
                 keys.wake(job.workflow),
+                self._record(queue, job.workflow) if each.local else "",
             ]
         reply = await _run(
-            self._commit, [keys.flow(flow_id), keys.leases, keys.lease_queues, keys.deadlines(workflow)], args
+            self._commit, [keys.flow(flow_id), keys.leases, keys.lease_info, keys.deadlines(workflow)], args
         )
         if reply[0] == 1:
             return None
         _, current, current_version = reply
-        return Conflict(current, None if current_version is None else current_version.decode())
+        return Conflict(current, current_version)
 
-    async def release(self, jobs: Mapping[str, Job], *, hand_back: bool, delay: float = 0.0) -> None:
-        """Ends the leases of ``jobs``: hands them back to their queues (due after ``delay`` seconds), or drops
-        them for good."""
-        if not jobs:
-            return
-        keys = self.keys
-        due = now_ms() + int(delay * 1000)
-        args: list[str | int] = [keys.job_key("")]
-        for job_id, job in jobs.items():
-            args += [job_id, due if hand_back else "", keys.wake(job.workflow)]
-        await _run(self._release, [keys.leases, keys.lease_queues], args)
-
-    async def heartbeat(self, job_ids: Sequence[str]) -> None:
-        """Extends the leases of ``job_ids`` that still exist by one stall interval."""
+    async def release(
+        self, job_ids: Sequence[str | bytes], *, hand_back: bool, delay: float = 0.0, leave: bool = False
+    ) -> int:
+        """Ends the leases of ``job_ids`` that this store's owner still holds: hands the jobs back to their queues
+        (due after ``delay`` seconds), or drops them for good, or (``leave``) leaves them as they are. Returns how
+        many it ended."""
         if not job_ids:
-            return
-        until = now_ms() + int(self.lease * 1000)
-        pairs: list[str | int] = []
+            return 0
+        keys = self.keys
+        due: str | int = "-" if leave else now_ms() + int(delay * 1000) if hand_back else ""
+        args: list[str | bytes | int] = [keys.job_key(""), self.owner]
         for job_id in job_ids:
-            pairs += [until, job_id]
-        await self.command("ZADD", self.keys.leases, "XX", *pairs)
+            args += [job_id, due]
+        return int(await _run(self._release, [keys.leases, keys.lease_info], args))
+
+    async def heartbeat(self, job_ids: Sequence[str]) -> list[str]:
+        """Extends the leases of ``job_ids`` by one stall interval; returns those this store's owner lost."""
+        if not job_ids:
+            return []
+        until = now_ms() + int(self.lease * 1000)
+        lost = await _run(self._heartbeat, [self.keys.leases, self.keys.lease_info], [until, self.owner, *job_ids])
+        return [_text(job_id) for job_id in lost]
 
     async def reconcile(
-        self, workflows: Sequence[str], owner: str, interval: float, limit: int = 100
-    ) -> tuple[int, dict[str, list[str]]]:
+        self, workflows: Sequence[str], interval: float, limit: int = 100
+    ) -> tuple[int, int, dict[str, list[str]]]:
         """Re-queues stalled jobs and lists overdue flows of ``workflows``, for whoever holds the locks.
 
         Returns:
-            How many jobs were handed back, and per workflow the ids of flows past their deadline.
+            How many jobs were handed back, how many stalled leases had no usable record (dropped), and per
+            workflow the ids of flows past their deadline.
         """
         keys = self.keys
-        scan_keys = [keys.leases, keys.lease_queues, keys.lock]
+        scan_keys = [keys.leases, keys.lease_info, keys.lock]
         for workflow in workflows:
             scan_keys += [keys.deadlines(workflow), keys.workflow_lock(workflow)]
-        requeued, overdue = await _run(
-            self._reconcile, scan_keys, [now_ms(), max(1, int(interval * 1000)), owner, keys.job_key(""), limit]
+        handed_back, dropped, overdue = await _run(
+            self._reconcile,
+            scan_keys,
+            [now_ms(), max(1, int(interval * 1000)), self.owner, keys.job_key(""), limit],
         )
-        found = {wf: [f.decode() for f in ids] for wf, ids in zip(workflows, overdue, strict=True) if ids}
-        return int(requeued), found
+        found = {wf: [_text(f) for f in ids] for wf, ids in zip(workflows, overdue, strict=True) if ids}
+        return int(handed_back), int(dropped), found
+
+    def _record(self, queue: str, workflow: str) -> bytes:
+        record = self._records.get(queue)
+        if record is None:
+            record = self._records[queue] = self.keys.lease_record(queue, workflow, self.owner)
+        return record
 
     async def forget_deadline(self, workflow: str, flow_id: str) -> None:
         """Removes a flow from its workflow's deadlines (it ended, or its timeout has been handled)."""
@@ -417,6 +408,11 @@ class Store:
     async def command(self, *args: str | bytes | int | float) -> Any:
         """Runs one Redis command and returns its raw reply."""
         return await self.redis.execute_command(*args)  # type: ignore[no-untyped-call]  # unannotated in redis-py
+
+
+def _text(value: bytes) -> str:
+    # Ids come back from Redis as bytes; one written by something else than Plait may not even be UTF-8.
+    return value.decode(errors="replace")
 
 
 async def _run(script: AsyncScript, keys: Sequence[str], args: Sequence[str | bytes | int]) -> Any:

@@ -5,16 +5,21 @@ list when there are none. Each claimed job runs in a task; when the engine answe
 once, the same task runs it too, leased to this process in the same commit (a sequential flow costs one commit
 per step and no queue round trip). The others go to the queues, where any worker picks them up.
 
-Leases: a claimed job is leased until now + ``stall_interval``; a heartbeat extends every lease this process holds
-three times per interval. A reconciler (any worker, one at a time through a short lock) hands jobs whose lease
-ran out back to their queue and fires the timeouts of flows past their deadline; the process that starts a flow
-also arms a local timer for its deadline, so timeouts are on time while the reconciler covers crashes.
+Leases: a claimed job is leased to this process for ``stall_interval`` seconds, renewed by a heartbeat; a job
+whose lease this process loses has its handler cancelled at once (see ``_leases``). A reconciler (any worker,
+one at a time through a short lock) hands jobs whose lease ran out back to their queue and fires the timeouts of
+flows past their deadline; the process that starts a flow also arms a local timer for its deadline, so timeouts
+are on time while the reconciler covers crashes.
+
+What must never stop a worker: a job that is not one of Plait's is dropped with a log line naming it and why; a
+flow whose state cannot be read is failed once (see ``fail_unreadable.lua``); a handler raising any
+``BaseException`` fails its attempt (the core runner), and whatever else escapes a job is logged and the job
+handed back; a Redis outage is one WARNING, and every loop retries until Redis is back.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -29,6 +34,7 @@ from plait.core.engine import (
     CancelRunning,
     CompleteFailed,
     Engine,
+    ErrorRecord,
     Event,
     Finish,
     FlowState,
@@ -37,13 +43,16 @@ from plait.core.engine import (
     RunStep,
     StepFailed,
     TimedOut,
+    Unrunnable,
     build_error,
 )
+from plait.core.errors import CorruptFlowError
 from plait.core.handle import FlowStatus
 from plait.core.runner import FlowView, Runner, resolve_timeout
-from plait.providers.arq._keys import Job, Keys, dumps, loads
+from plait.providers.arq._keys import Job, Keys, decode_state, dumps, loads, shorten
+from plait.providers.arq._leases import Leases
 from plait.providers.arq._notify import Notifier
-from plait.providers.arq._store import Claimed, Conflict, Enqueue, Store
+from plait.providers.arq._store import UNAVAILABLE, Claimed, Conflict, Enqueue, Outage, Store
 
 __all__ = ["Exceptions", "Worker", "WorkflowRuntime"]
 
@@ -52,7 +61,9 @@ T = TypeVar("T")
 _log = logging.getLogger("plait.providers.arq")
 
 _IDLE_WAIT = 10.0  # seconds an idle workflow loop blocks on its wake-up list before it looks again
+_RETRY = 1.0  # seconds a loop waits before it tries Redis again
 _REDIS_ERRORS = (RedisError, OSError)
+_CORRUPT = f"{CorruptFlowError.__module__}.{CorruptFlowError.__qualname__}"
 
 
 class Exceptions:
@@ -125,6 +136,20 @@ class WorkflowRuntime:
         return self.runner.engine
 
 
+class _UnreadableState(Exception):
+    """A flow's stored state (or its version) cannot be read: the flow is failed once, never retried."""
+
+    def __init__(self, flow_id: str, raw: bytes, reason: str) -> None:
+        self.flow_id = flow_id
+        self.raw = raw
+        self.reason = reason
+        super().__init__(f"Flow {shorten(flow_id)} has unreadable state: {reason}")
+
+
+class _LeaseRanOut(Exception):
+    """Redis stayed unreachable until the lease of the job being committed ran out: another worker runs it."""
+
+
 @dataclass(eq=False, slots=True)
 class _Flow:
     """A flow's state as this worker last read or wrote it: its version and its exact JSON."""
@@ -134,18 +159,28 @@ class _Flow:
     raw: bytes
 
     @classmethod
-    def parse(cls, raw: bytes, version: str) -> _Flow:
-        return cls(FlowState.from_dict(loads(raw)), version, raw)
+    def read(cls, flow_id: str, raw: bytes, version: bytes | None) -> _Flow:
+        """Reads a stored state and version.
+
+        Raises:
+            _UnreadableState: either cannot be read.
+        """
+        try:
+            state = decode_state(flow_id, raw)
+        except CorruptFlowError as error:
+            raise _UnreadableState(flow_id, raw, error.reason) from None
+        if version is None or not version.isdigit():
+            raise _UnreadableState(flow_id, raw, f"its version {shorten(version)} is not a number")
+        return cls(state, version.decode(), raw)
 
 
 class Worker:
     """Runs the jobs of the workflows registered with a consumer in this process.
 
     Args:
-        store: Redis operations.
+        store: Redis operations; its ``owner`` names this process in leases, locks and logs.
         notifier: pub/sub, for cancellations.
         exceptions: where failures of this process are remembered.
-        owner: this process's id in locks and logs.
         default_timeout: the provider's flow timeout when neither ``execute()`` nor the registration sets one.
         stall_interval: seconds after which a job whose worker stopped renewing its lease runs elsewhere.
         stop_grace: seconds ``stop()`` lets running jobs finish before it hands them back.
@@ -157,7 +192,6 @@ class Worker:
         notifier: Notifier,
         exceptions: Exceptions,
         *,
-        owner: str,
         default_timeout: float | None,
         stall_interval: float,
         stop_grace: float,
@@ -166,7 +200,6 @@ class Worker:
         self.keys: Keys = store.keys
         self.notifier = notifier
         self.exceptions = exceptions
-        self.owner = owner
         self.default_timeout = default_timeout
         self.stall_interval = stall_interval
         self.stop_grace = stop_grace
@@ -174,8 +207,8 @@ class Worker:
         # buys little, since the local timers already fire timeouts on time.
         self.reconcile_interval = min(5.0, max(0.1, stall_interval / 2))
         self.runtimes: dict[str, WorkflowRuntime] = {}
-        self._owned: dict[str, Job] = {}  # jobs whose lease this process holds
-        self._running: dict[str, asyncio.Task[None]] = {}  # job id -> the task running it right now
+        self._outage = Outage()
+        self.leases = Leases(store, self._outage, stall_interval)
         self._cancelled: set[str] = set()  # job ids the engine cancelled while they ran here
         self._chains: set[asyncio.Task[None]] = set()
         self._inflight: set[asyncio.Task[Any]] = set()
@@ -197,6 +230,7 @@ class Worker:
         """Starts running the workflows added so far (and those added later); a worker without any stays idle."""
         self._started = True
         self._stopping = False
+        self.leases.stopped = False
         if self.runtimes:
             await self._activate()
 
@@ -204,7 +238,7 @@ class Worker:
         """Subscribes to cancellations, then starts the workflow loops, the heartbeat and the reconciler."""
         if not self._services:
             self._services = [
-                asyncio.create_task(self._heartbeat(), name="plait-arq-heartbeat"),
+                asyncio.create_task(self.leases.renew_forever(), name="plait-arq-heartbeat"),
                 asyncio.create_task(self._reconciler(), name="plait-arq-reconciler"),
             ]
             await self.notifier.subscribe(self.keys.cancel, self._on_cancel)
@@ -234,19 +268,21 @@ class Worker:
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
+        self.leases.stop()
         background = set(self._background)
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
         # Commits and claims run shielded: let them land, so that what this process owns is known exactly.
         await asyncio.gather(*set(self._inflight), return_exceptions=True)
-        if self._owned:
-            _log.info("Handing %d unfinished job(s) back to their queues", len(self._owned))
+        owned = self.leases.owned
+        if owned:
+            _log.info("Handing %d unfinished job(s) back to their queues", len(owned))
             try:
-                await self.store.release(dict(self._owned), hand_back=True)
-            except _REDIS_ERRORS:
-                _log.exception("Could not hand jobs back; they run again once their leases expire")
-            self._owned.clear()
+                await self.store.release(list(owned), hand_back=True)
+            except _REDIS_ERRORS as error:
+                _log.warning("Could not hand jobs back (%s); they run again once their leases run out", error)
+            self.leases.clear()
         for task in self._services:
             task.cancel()
         await asyncio.gather(*self._services, return_exceptions=True)
@@ -267,9 +303,15 @@ class Worker:
             try:
                 claimed, due = await self._guarded(self._claim(runtime, free))
             except _REDIS_ERRORS as error:
-                _log.warning("Claiming jobs of '%s' failed (%s); retrying", runtime.name, error)
-                await asyncio.sleep(1.0)
+                self._outage.failed(f"claiming jobs of '{runtime.name}'", error)
+                await asyncio.sleep(_RETRY)
                 continue
+            except Exception:
+                # A bug, not bad data (jobs are checked one by one): the loop must go on all the same.
+                _log.exception("Internal error claiming jobs of '%s'; retrying", runtime.name)
+                await asyncio.sleep(_RETRY)
+                continue
+            self._outage.over()
             for each in claimed:
                 self._spawn(runtime, each)
             if len(claimed) == free:
@@ -280,13 +322,26 @@ class Worker:
             try:
                 await store.wait_for_work(runtime.name, wait)
             except _REDIS_ERRORS as error:
-                _log.warning("Waiting for jobs of '%s' failed (%s); retrying", runtime.name, error)
-                await asyncio.sleep(1.0)
+                self._outage.failed(f"waiting for jobs of '{runtime.name}'", error)
+                await asyncio.sleep(_RETRY)
 
     async def _claim(self, runtime: WorkflowRuntime, limit: int) -> tuple[list[Claimed], float | None]:
-        claimed, due = await self.store.claim(runtime.name, limit)
+        sent = asyncio.get_running_loop().time()
+        claimed, rejected, due = await self.store.claim(runtime.name, limit)
         for each in claimed:
-            self._owned[each.job_id] = each.job
+            self.leases.own(each.job_id, each.job, sent)
+        for bad in rejected:
+            _log.warning("Dropped job %s from the queues of '%s': %s", bad.name, runtime.name, bad.reason)
+        leased = [bad for bad in rejected if bad.leased]
+        if leased:
+            try:
+                await self.store.release([bad.job_id for bad in leased if not bad.misplaced], hand_back=False)
+                await self.store.release([bad.job_id for bad in leased if bad.misplaced], hand_back=False, leave=True)
+            except _REDIS_ERRORS as error:
+                # The claimed jobs are this process's now: a failure here must not lose them.
+                _log.warning(
+                    "Could not drop %d job(s) (%s); they come back when their leases run out", len(leased), error
+                )
         return claimed, due
 
     def _spawn(self, runtime: WorkflowRuntime, claimed: Claimed) -> None:
@@ -306,36 +361,56 @@ class Worker:
     async def _chain(self, runtime: WorkflowRuntime, claimed: Claimed) -> None:
         """Runs a claimed job, then each job the engine lets this task continue with."""
         job_id, job = claimed.job_id, claimed.job
-        if claimed.state is None or claimed.version is None:
-            await self._drop(job_id, job)
-            return
-        flow = _Flow.parse(claimed.state, claimed.version)
-        view = runtime.runner.view(flow.state)
         current = asyncio.current_task()
         assert current is not None
-        while True:
-            self._running[job_id] = current
-            try:
-                following = await self._run(runtime, flow, view, job_id, job)
-            except asyncio.CancelledError:
-                if job_id not in self._cancelled:
-                    raise  # the worker is stopping: stop() hands the job back
-                current.uncancel()
-                await self._drop(job_id, job)
+        try:
+            if claimed.state is None:
+                await self._drop(job_id)  # the flow expired or was deleted
                 return
-            except Exception:
-                _log.exception("Internal error running job %s; handing it back", job_id)
-                await self._give_up(job_id, job)
-                return
-            finally:
-                self._running.pop(job_id, None)
-                if job_id in self._cancelled:
-                    self._cancelled.discard(job_id)
-                    if current.cancelling():
-                        current.uncancel()  # a handler swallowed the cancellation and finished anyway
-            if following is None:
-                return
-            job, job_id = following, self.keys.job_id(following)
+            flow = _Flow.read(job.flow_id, claimed.state, claimed.version)
+            view = runtime.runner.view(flow.state)
+            while True:
+                if self.leases.lost(job_id):
+                    self.leases.disown(job_id)
+                    return
+                try:
+                    following = await self._run(runtime, flow, view, job_id, job)
+                except asyncio.CancelledError:
+                    if self.leases.lost(job_id):
+                        current.uncancel()  # the watchdog or the heartbeat cancelled it, and said so
+                        self.leases.disown(job_id)
+                        return
+                    if job_id not in self._cancelled:
+                        raise  # the worker is stopping: stop() hands the job back
+                    current.uncancel()
+                    await self._drop(job_id)
+                    return
+                finally:
+                    if job_id in self._cancelled:
+                        self._cancelled.discard(job_id)
+                        if current.cancelling():
+                            current.uncancel()  # a handler swallowed the cancellation and finished anyway
+                if following is None:
+                    return
+                job, job_id = following, self.keys.job_id(following)
+        except _UnreadableState as unreadable:
+            await self._fail_unreadable(runtime, unreadable, finished=job_id)
+        except _LeaseRanOut:
+            _log.warning(
+                "Gave up committing job %s: Redis stayed unreachable until its lease ran out; it runs again elsewhere",
+                shorten(job_id),
+            )
+            self.leases.disown(job_id)
+        except UNAVAILABLE as error:
+            self._outage.failed(f"running job {shorten(job_id)}", error)
+            self.leases.disown(job_id)  # no more heartbeats: its lease runs out and it runs again
+        except BaseException as error:
+            if isinstance(error, asyncio.CancelledError) and current.cancelling():
+                raise
+            # Whatever escapes (a bug, or a BaseException from code the runner does not guard, such as a model's
+            # validator) must not end this task silently, let alone the process.
+            _log.error("Internal error running job %s; handing it back", shorten(job_id), exc_info=error)
+            await self._give_up(job_id)
 
     async def _run(
         self, runtime: WorkflowRuntime, flow: _Flow, view: FlowView[Any], job_id: str, job: Job
@@ -343,12 +418,18 @@ class Worker:
         engine = runtime.engine
         current = engine.startable(flow.state) if job.kind == "start" else engine.expects(flow.state, job.action())
         if not current:
-            await self._drop(job_id, job)
+            await self._drop(job_id)
             return None
         event: Event | None = None
         if job.kind != "start":
-            event = await self._perform(runtime, view, job)
-        return await self._advance(runtime, flow, view, event, finished=(job_id, job))
+            task = asyncio.current_task()
+            assert task is not None
+            self.leases.performing(job_id, task)
+            try:
+                event = await self._perform(runtime, view, job)
+            finally:
+                self.leases.performed(job_id)
+        return await self._advance(runtime, flow, view, event, finished=job_id)
 
     async def _perform(self, runtime: WorkflowRuntime, view: FlowView[Any], job: Job) -> Event:
         runner = runtime.runner
@@ -378,16 +459,19 @@ class Worker:
         view: FlowView[Any],
         event: Event | None,
         *,
-        finished: tuple[str, Job] | None,
+        finished: str | None,
         timed_out: bool = False,
     ) -> Job | None:
         """Applies ``event`` (``None``: start the flow) and commits; retries on a lost race.
 
         Returns:
             The job this task should run next, already leased to this process, or ``None``.
+
+        Raises:
+            _UnreadableState: the state a lost race returned cannot be read.
+            _LeaseRanOut: Redis stayed unreachable until the finished job's lease ran out.
         """
         engine = runtime.engine
-        finished_id = finished[0] if finished is not None else None
         while True:
             state = flow.state
             if event is None:
@@ -400,26 +484,26 @@ class Worker:
             if raw == flow.raw:
                 # The event changed nothing (a duplicate, or the flow moved on): just let the job go.
                 if finished is not None:
-                    await self._drop(*finished)
+                    await self._drop(finished)
                 if timed_out:
                     await self.store.forget_deadline(runtime.name, state.flow_id)
                 return None
             plan = self._plan(runtime, state, actions, allow_local=finished is not None and not self._stopping)
             started_deadline = state.deadline if event is None else None
             conflict = await self._commit(
-                runtime, flow.version, state, raw, plan, finished_id, started_deadline, timed_out or plan.done
+                runtime, flow.version, state, raw, plan, finished, started_deadline, timed_out or plan.done
             )
             if conflict is None:
                 flow.state, flow.raw, flow.version = state, raw, str(int(flow.version) + 1)
                 view.state = state
                 self._after_commit(runtime, state, plan, started_deadline)
                 return plan.local
-            if conflict.state is None or conflict.version is None:
-                _log.warning("Flow %s disappeared (expired or deleted); dropping its job", state.flow_id)
+            if conflict.state is None:
+                _log.warning("Flow %s disappeared (expired or deleted); dropping its job", shorten(state.flow_id))
                 if finished is not None:
-                    await self._drop(*finished)
+                    await self._drop(finished)
                 return None
-            fresh = _Flow.parse(conflict.state, conflict.version)
+            fresh = _Flow.read(state.flow_id, conflict.state, conflict.version)
             flow.state, flow.raw, flow.version = fresh.state, fresh.raw, fresh.version
             view.state = fresh.state
 
@@ -461,7 +545,10 @@ class Worker:
         deadline: float | None,
         forget_deadline: bool,
     ) -> Conflict | None:
+        loop = asyncio.get_running_loop()
+
         async def commit() -> Conflict | None:
+            sent = loop.time()
             conflict = await self.store.commit(
                 state.flow_id,
                 runtime.name,
@@ -477,26 +564,34 @@ class Worker:
             )
             if conflict is None:
                 if finished_id is not None:
-                    self._owned.pop(finished_id, None)
+                    self.leases.disown(finished_id)
                 if plan.local is not None:
-                    self._owned[self.keys.job_id(plan.local)] = plan.local
+                    self.leases.own(self.keys.job_id(plan.local), plan.local, sent)
             return conflict
 
-        delay = 0.2
+        # An outage: retry while the job is still this process's, so that its work is not lost; past its lease
+        # another worker runs it again anyway. A commit without a job (a timeout) retries one stall interval.
+        give_up_at = loop.time() + self.stall_interval
+        delay = 0.1
         while True:
             try:
                 return await self._guarded(commit())
-            except _REDIS_ERRORS as error:
-                if delay > self.stall_interval:
+            except UNAVAILABLE as error:
+                self._outage.failed(f"committing flow {shorten(state.flow_id)}", error)
+                now = loop.time()
+                if finished_id is not None:
+                    give_up_at = self.leases.end(finished_id) or now
+                    if self.leases.lost(finished_id) or now + delay >= give_up_at:
+                        raise _LeaseRanOut() from None
+                elif now + delay >= give_up_at:
                     raise
-                _log.warning("Committing flow %s failed (%s); retrying", state.flow_id, error)
                 await asyncio.sleep(delay)
-                delay *= 2
+                delay = min(delay * 2, 1.0)
 
     def _after_commit(self, runtime: WorkflowRuntime, state: FlowState, plan: _Plan, deadline: float | None) -> None:
         current = asyncio.current_task()
         for job_id in plan.cancelled:
-            task = self._running.get(job_id)
+            task = self.leases.handler(job_id)
             if task is not None and task is not current and job_id not in self._cancelled:
                 self._cancelled.add(job_id)
                 task.cancel()
@@ -507,10 +602,56 @@ class Worker:
                 timer.cancel()
             if state.status != FlowStatus.COMPLETED:
                 error = build_error(state, self.exceptions.matching(state))
-                _log.warning("Flow %s of workflow '%s' ended %s: %s", flow_id, state.workflow, state.status, error)
+                _log.warning(
+                    "Flow %s of workflow '%s' ended %s: %s", shorten(flow_id), state.workflow, state.status, error
+                )
         elif deadline is not None and flow_id not in self._timers:
             delay = max(0.0, deadline - time.time())
             self._timers[flow_id] = asyncio.get_running_loop().call_later(delay, self._timer_fired, runtime, flow_id)
+
+    async def _fail_unreadable(
+        self, runtime: WorkflowRuntime, found: _UnreadableState, *, finished: str | None
+    ) -> None:
+        """Fails a flow whose state cannot be read, once, through the engine's ``Unrunnable`` event."""
+        flow_id = found.flow_id
+        engine = runtime.engine
+        state = engine.new_state(flow_id, None, now=time.time())
+        record: ErrorRecord = {
+            "type": _CORRUPT,
+            "message": f"its stored state cannot be read ({found.reason}); the unreadable bytes are kept in the "
+            "field 'unreadable' of its Redis hash",
+            "traceback": "",
+        }
+        engine.handle(state, Unrunnable(record))
+        state.finished_at = time.time()
+        try:
+            failed = await self._guarded(
+                self.store.fail_unreadable(
+                    flow_id, runtime.name, found.raw, dumps(state.to_dict()), state.status.value, finished=finished
+                )
+            )
+        except _REDIS_ERRORS as error:
+            self._outage.failed(f"failing flow {shorten(flow_id)}", error)
+            if finished is not None:
+                self.leases.disown(finished)  # its lease runs out and whoever claims it next tries again
+            return
+        if failed:
+            if finished is not None:
+                self.leases.disown(finished)
+            timer = self._timers.pop(flow_id, None)
+            if timer is not None:
+                timer.cancel()
+            _log.error(
+                "Flow %s of workflow '%s' has unreadable state (%s): failed it; its bytes are kept in %s, field "
+                "'unreadable'",
+                shorten(flow_id),
+                runtime.name,
+                found.reason,
+                shorten(self.keys.flow(flow_id)),
+            )
+        elif finished is not None:
+            # It changed meanwhile (repaired, or failed by another worker): let the job run against what is there.
+            await self._release(finished, hand_back=True)
 
     # -- timeouts --
 
@@ -530,7 +671,7 @@ class Worker:
             if loaded is None:
                 await self.store.forget_deadline(runtime.name, flow_id)
                 return
-            flow = _Flow.parse(*loaded)
+            flow = _Flow.read(flow_id, *loaded)
             state = flow.state
             if state.deadline is not None and state.deadline > time.time() + 0.001 and not state.status.is_terminal:
                 # Not yet due (a deadline moved by the start): look again then.
@@ -540,34 +681,33 @@ class Worker:
                 return
             view = runtime.runner.view(state)
             await self._advance(runtime, flow, view, TimedOut(), finished=None, timed_out=True)
+        except _UnreadableState as unreadable:
+            await self._fail_unreadable(runtime, unreadable, finished=None)
         except _REDIS_ERRORS as error:
-            _log.warning("Timing out flow %s failed (%s); the reconciler tries again", flow_id, error)
+            # The deadline stays in Redis: the reconciler tries again once Redis is back.
+            self._outage.failed(f"timing out flow {shorten(flow_id)}", error)
         except Exception:
-            _log.exception("Internal error timing out flow %s", flow_id)
+            _log.exception("Internal error timing out flow %s", shorten(flow_id))
 
     # -- leases --
-
-    async def _heartbeat(self) -> None:
-        while True:
-            await asyncio.sleep(self.stall_interval / 3)
-            if not self._owned:
-                continue
-            try:
-                await self.store.heartbeat(list(self._owned))
-            except _REDIS_ERRORS as error:
-                _log.warning("Heartbeat failed (%s); leases may run out", error)
 
     async def _reconciler(self) -> None:
         while True:
             await asyncio.sleep(self.reconcile_interval)
-            names = [name for name, runtime in self.runtimes.items()]
+            names = list(self.runtimes)
             try:
-                requeued, overdue = await self.store.reconcile(names, self.owner, self.reconcile_interval)
+                handed_back, dropped, overdue = await self.store.reconcile(names, self.reconcile_interval)
             except _REDIS_ERRORS as error:
-                _log.warning("Reconciler scan failed (%s)", error)
+                self._outage.failed("scanning for stalled jobs", error)
                 continue
-            if requeued:
-                _log.warning("Handed %d stalled job(s) back to their queues", requeued)
+            except Exception:
+                _log.exception("Internal error scanning for stalled jobs")
+                continue
+            self._outage.over()
+            if handed_back:
+                _log.warning("Handed %d stalled job(s) back to their queues", handed_back)
+            if dropped:
+                _log.warning("Dropped %d stalled lease(s) whose record could not be read", dropped)
             for name, flow_ids in overdue.items():
                 runtime = self.runtimes.get(name)
                 if runtime is None:
@@ -575,28 +715,36 @@ class Worker:
                 for flow_id in flow_ids:
                     self._background_task(self._time_out(runtime, flow_id))
 
-    async def _drop(self, job_id: str, job: Job) -> None:
+    async def _drop(self, job_id: str) -> None:
         """Ends the lease of a job that is not needed any more, and deletes it."""
+        await self._release(job_id, hand_back=False)
 
-        async def drop() -> None:
-            await self.store.release({job_id: job}, hand_back=False)
-            self._owned.pop(job_id, None)
+    async def _give_up(self, job_id: str) -> None:
+        # Later, not now: a job that trips a bug would otherwise spin through the workers.
+        await self._release(job_id, hand_back=True, delay=self.stall_interval)
 
+    async def _release(self, job_id: str, *, hand_back: bool, delay: float = 0.0) -> None:
         try:
-            await self._guarded(drop())
+            await self._guarded(self.store.release([job_id], hand_back=hand_back, delay=delay))
         except _REDIS_ERRORS as error:
-            _log.warning("Releasing job %s failed (%s); its lease runs out instead", job_id, error)
-            self._owned.pop(job_id, None)
-
-    async def _give_up(self, job_id: str, job: Job) -> None:
-        self._owned.pop(job_id, None)  # no more heartbeats: if the hand-back fails, the lease runs out
-        with contextlib.suppress(*_REDIS_ERRORS):
-            # Later, not now: a job that trips a bug would otherwise spin through the workers.
-            await self.store.release({job_id: job}, hand_back=True, delay=self.stall_interval)
+            self._outage.failed(f"releasing job {shorten(job_id)}", error)
+        self.leases.disown(job_id)  # if the release failed, the lease runs out instead
 
     def _on_cancel(self, data: bytes) -> None:
-        for job_id in data.decode().split("\n"):
-            task = self._running.get(job_id)
+        if not data:
+            return  # the notifier's "you may have missed messages": nothing to stop
+        try:
+            job_ids = loads(data)
+        except ValueError:
+            job_ids = None
+        if not isinstance(job_ids, list):
+            _log.warning(
+                "Ignored a message on %s that is not a JSON array of job ids: %s", self.keys.cancel, shorten(data)
+            )
+            return
+        for job_id in job_ids:
+            # Only a running handler is stopped: a job being committed is settled by its compare-and-set.
+            task = self.leases.handler(job_id) if isinstance(job_id, str) else None
             if task is not None and job_id not in self._cancelled:
                 self._cancelled.add(job_id)
                 task.cancel()

@@ -5,13 +5,13 @@ Why it looks like this (arq 0.28):
 * **arq is the job format, not the loop.** Jobs are arq jobs (``arq:job:<id>`` holding arq's JSON-serialised
   ``{"f", "a", "k", "t", "et"}``, in arq queues: sorted sets named ``<prefix>.<workflow>`` and
   ``<prefix>.<workflow>.steps``, scored by due time in ms), written through arq's own ``serialize_job`` and read
-  back with ``deserialize_job_raw`` and a JSON deserializer; the connection is arq's ``ArqRedis``, created with
-  JSON ``job_serializer``/``job_deserializer``; nothing is ever unpickled. But Plait does not run arq's
-  ``Worker``: its loop polls the queue every ``poll_delay`` (0.5 s by default, so a 4-step flow would take 2 s;
-  at 10 ms an idle worker sends about 90 commands a second and a job still waits 5 ms on average), it starts a
-  job with four sequential round trips (WATCH, EXISTS, ZSCORE, MULTI/EXEC), fails a job for good on any
-  exception, and re-runs a killed job only after its in-progress key expires while spending a try. Plait claims
-  due jobs with one Lua script, and an idle workflow loop blocks on a Plait wake-up list
+  back as JSON, checked field by field (a job that is not Plait's is dropped, never run); the client is arq's
+  ``ArqRedis``, created with JSON ``job_serializer``/``job_deserializer``; nothing is ever unpickled. But Plait
+  does not run arq's ``Worker``: its loop polls the queue every ``poll_delay`` (0.5 s by default, so a 4-step
+  flow would take 2 s; at 10 ms an idle worker sends about 90 commands a second and a job still waits 5 ms on
+  average), it starts a job with four sequential round trips (WATCH, EXISTS, ZSCORE, MULTI/EXEC), fails a job
+  for good on any exception, and re-runs a killed job only after its in-progress key expires while spending a
+  try. Plait claims due jobs with one Lua script, and an idle workflow loop blocks on a Plait wake-up list
   (``BLPOP <prefix>.<workflow>:wake``, pushed by every enqueue) with a 10 s timeout: a hop costs a round trip,
   and an idle worker sends about 3 commands a second, its reconciler's scan included (see BENCHMARKS.md for
   both measured against raw arq). An arq ``Worker`` pointed at these queues would see jobs it can decode but
@@ -31,6 +31,9 @@ Why it looks like this (arq 0.28):
   attempt; a handler may run again after a crash (at least once), a completion is recorded once.
 * **Callers wait on pub/sub.** ``result()`` subscribes to ``<prefix>:done:<flow>`` (one pub/sub connection per
   process), then reads the flow; the commit that ends a flow publishes there.
+* **Outages.** ``execute()`` and the reads raise ``ProviderUnavailableError`` at once while Redis cannot be
+  reached (redis-py is not asked to retry: a request handler answers 503 rather than hang); ``result()`` waits
+  through an outage; workers log it once and retry until Redis is back (see ``_worker``).
 """
 
 from __future__ import annotations
@@ -42,21 +45,23 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import replace
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
-from arq.connections import ArqRedis, create_pool
+from arq.connections import ArqRedis
 from pydantic import BaseModel
 
 from plait.core import (
     ConsumerOptions,
+    CorruptFlowError,
     FlowHandle,
     FlowInfo,
     FlowNotFoundError,
     FlowStatus,
     IWorkflowConsumer,
     ProviderNotStartedError,
+    ProviderUnavailableError,
     WorkflowDefinition,
     WorkflowNotRegisteredError,
 )
@@ -70,9 +75,9 @@ from plait.core.runner import (
     validate_data,
 )
 from plait.core.validation import MAX_PAYLOAD_SIZE, check_max_payload_size
-from plait.providers.arq._keys import Job, Keys, dumps, loads
+from plait.providers.arq._keys import Job, Keys, decode_state, dumps, shorten
 from plait.providers.arq._notify import Notifier
-from plait.providers.arq._store import Store
+from plait.providers.arq._store import UNAVAILABLE, Store
 from plait.providers.arq._worker import Exceptions, Worker, WorkflowRuntime
 from plait.providers.arq.settings import ArqSettings
 
@@ -83,8 +88,11 @@ R = TypeVar("R", bound=BaseModel)
 
 _log = logging.getLogger("plait.providers.arq")
 
+T = TypeVar("T")
+
 _DAY = 86400.0
 _RECHECK = 10.0  # seconds between a waiter's own looks at its flow, in case a pub/sub message was lost
+_OUTAGE_RECHECK = 0.5  # seconds between a waiter's looks while Redis cannot be reached
 
 
 class ArqFlowHandle(FlowHandle[R], Generic[R]):
@@ -130,11 +138,16 @@ class ArqWorkflowProvider:
         redis_url: a ``redis://``, ``rediss://`` (TLS) or ``unix://`` URL, or :class:`ArqSettings`.
         password: the Redis password, if the URL does not carry it.
         ssl: force TLS on (or off), whatever the URL's scheme says.
-        ssl_ca_certs: CA certificates to verify the server with.
+        ssl_ca_certs: CA certificates to verify the server with (default: the system's).
+        ssl_certfile: client certificate, for mutual TLS.
+        ssl_keyfile: client key, for mutual TLS.
+        ssl_check_hostname: check that the server's certificate was issued for the URL's host (the default);
+            ``False`` only for a server reached through a tunnel you trust.
         queue_prefix: prefix of every key, queue and channel (queues are ``<prefix>.<workflow>[.steps]``).
         default_timeout: seconds a flow may take when neither ``execute()`` nor its registration says;
             ``None`` for no limit.
-        stall_interval: seconds after which a job whose worker died (stopped renewing its lease) runs elsewhere.
+        stall_interval: seconds after which a job whose worker died (stopped renewing its lease) runs elsewhere;
+            a worker that could not renew a lease for that long stops the job's handler.
         step_timeout: seconds one step attempt may take when its registration does not say; ``None`` for none.
         provider_id: shown in contexts and logs; defaults to ``arq-<host>-<pid>``.
         retention: seconds a flow stays queryable after its last change (7 days by default).
@@ -144,6 +157,9 @@ class ArqWorkflowProvider:
         max_payload_size: the most bytes of JSON a flow's data, a step's output or a signal's payload may take.
     """
 
+    distributed: ClassVar[bool] = True
+    """Flows run in any process that registered their consumer: ``plait worker`` runs only such providers."""
+
     def __init__(
         self,
         redis_url: str | ArqSettings = "redis://localhost:6379",
@@ -151,6 +167,9 @@ class ArqWorkflowProvider:
         password: str | None = None,
         ssl: bool | None = None,
         ssl_ca_certs: str | None = None,
+        ssl_certfile: str | None = None,
+        ssl_keyfile: str | None = None,
+        ssl_check_hostname: bool | None = None,
         queue_prefix: str = "workflow",
         default_timeout: float | None = None,
         stall_interval: float = 5.0,
@@ -169,6 +188,12 @@ class ArqWorkflowProvider:
             settings = replace(settings, ssl=ssl)
         if ssl_ca_certs is not None:
             settings = replace(settings, ssl_ca_certs=ssl_ca_certs)
+        if ssl_certfile is not None:
+            settings = replace(settings, ssl_certfile=ssl_certfile)
+        if ssl_keyfile is not None:
+            settings = replace(settings, ssl_keyfile=ssl_keyfile)
+        if ssl_check_hostname is not None:
+            settings = replace(settings, ssl_check_hostname=ssl_check_hostname)
         self.settings = settings
         check_timeout(default_timeout, "default_timeout")
         check_timeout(step_timeout, "step_timeout")
@@ -194,6 +219,9 @@ class ArqWorkflowProvider:
         self._waiters: set[asyncio.Event] = set()
         self._started = False
         self._lifecycle = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"ArqWorkflowProvider({self.settings.address}, queue_prefix={self.keys.prefix!r})"
 
     # -- lifecycle --
 
@@ -227,22 +255,25 @@ class ArqWorkflowProvider:
     async def start(self) -> None:
         """Connects to Redis and, if consumers are registered, starts running their jobs; idempotent.
 
+        Tries ``settings.conn_retries`` more times, ``settings.conn_retry_delay`` seconds apart, while Redis
+        cannot be reached, logging one WARNING per failed try.
+
         Raises:
-            redis.exceptions.ConnectionError: Redis is unreachable (after the settings' retries).
+            ProviderUnavailableError: Redis could not be reached (or refused the credentials) on any try.
         """
         async with self._lifecycle:
             if self._started:
                 return
-            redis = await create_pool(self.settings.redis_settings(), job_serializer=dumps, job_deserializer=loads)
+            redis = await self._connect()
             try:
-                store = Store(redis, self.keys, retention=self.retention, lease=self.stall_interval)
+                owner = f"{self.provider_id}-{uuid.uuid4().hex[:8]}"
+                store = Store(redis, self.keys, retention=self.retention, lease=self.stall_interval, owner=owner)
                 notifier = Notifier(redis)
                 runtimes = [r.runtime for r in self._registrations.values() if r.runtime is not None]
                 worker = Worker(
                     store,
                     notifier,
                     self._exceptions,
-                    owner=f"{self.provider_id}-{uuid.uuid4().hex[:8]}",
                     default_timeout=self.default_timeout,
                     stall_interval=self.stall_interval,
                     stop_grace=self.stop_grace,
@@ -251,10 +282,37 @@ class ArqWorkflowProvider:
                     worker.add(runtime)
                 self._redis, self._store, self._notifier, self._worker = redis, store, notifier, worker
                 await worker.start()
+            except (*UNAVAILABLE, TimeoutError) as error:  # TimeoutError: the cancel channel's subscription
+                await self._close()
+                raise self._unavailable(error) from error
             except BaseException:
                 await self._close()
                 raise
             self._started = True
+
+    async def _connect(self) -> ArqRedis:
+        settings = self.settings
+        tries = 1 + max(0, settings.conn_retries)
+        for attempt in range(1, tries + 1):
+            redis = settings.client()
+            try:
+                await redis.ping()
+            except UNAVAILABLE as error:
+                await redis.aclose(close_connection_pool=True)
+                if attempt == tries:
+                    raise self._unavailable(error) from error
+                _log.warning(
+                    "Redis at %s cannot be reached (%s); try %d of %d, next in %gs",
+                    settings.address,
+                    error,
+                    attempt,
+                    tries,
+                    settings.conn_retry_delay,
+                )
+                await asyncio.sleep(settings.conn_retry_delay)
+            else:
+                return redis
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     async def stop(self) -> None:
         """Stops taking work, lets running jobs finish within ``stop_grace`` and hands the rest back.
@@ -299,9 +357,14 @@ class ArqWorkflowProvider:
 
         Raises:
             WorkflowValidationError: ``data`` does not match ``definition.data``; nothing was stored.
-            ValueError: ``timeout`` is not a number of seconds greater than 0 (or ``None``).
+            PayloadTooLargeError: ``data`` is larger, as JSON, than ``max_payload_size``; nothing was stored.
+            TypeError, ValueError: ``id`` is not a str of 1-200 printable characters, or ``timeout`` is not a
+                number of seconds greater than 0 (or ``None``).
             WorkflowNotRegisteredError: the definition is not registered here (a consumer is not needed).
             FlowConflictError: ``id`` names an existing flow of another workflow or with other data.
+            CorruptFlowError: ``id`` names an existing flow whose state cannot be read.
+            ProviderUnavailableError: Redis cannot be reached; nothing was stored (or the flow was, if Redis went
+                away while answering: run it again with the same ``id`` to be sure).
             ProviderNotStartedError: the provider is not started (or is stopping).
         """
         if id is not None:
@@ -315,28 +378,33 @@ class ArqWorkflowProvider:
         flow_id = new_flow_id() if id is None else id
         state = registration.engine.new_state(flow_id, payload, meta=meta, timeout=timeout, now=time.time())
         start = Job("start", definition.name, flow_id)
-        existing = await store.create(flow_id, definition.name, dumps(state.to_dict()), start, state.deadline)
+        existing = await self._reach(
+            store.create(flow_id, definition.name, dumps(state.to_dict()), start, state.deadline)
+        )
         if existing is not None:
-            check_same_flow(FlowState.from_dict(loads(existing)), definition.name, payload)
+            check_same_flow(decode_state(flow_id, existing), definition.name, payload)
         return ArqFlowHandle(flow_id, self, definition)
 
     async def get_status(self, flow_id: str) -> FlowStatus:
-        """Returns the status of flow ``flow_id``; raises ``FlowNotFoundError`` when unknown or expired."""
-        found = await self._running_store().status(flow_id)
-        if found is None:
-            raise FlowNotFoundError(flow_id)
-        return FlowStatus(found[0])
+        """Returns the status of flow ``flow_id``.
+
+        Raises:
+            FlowNotFoundError: unknown or expired.
+            CorruptFlowError: its stored status cannot be read.
+            ProviderUnavailableError: Redis cannot be reached.
+        """
+        return (await self._status(flow_id))[0]
 
     async def get_handle(self, flow_id: str) -> ArqFlowHandle[BaseModel]:
         """Returns a handle on flow ``flow_id`` (of any workflow registered here, with or without a consumer).
 
         Raises:
             FlowNotFoundError: unknown or expired.
+            CorruptFlowError: its stored status cannot be read.
+            ProviderUnavailableError: Redis cannot be reached.
         """
-        found = await self._running_store().status(flow_id)
-        if found is None:
-            raise FlowNotFoundError(flow_id)
-        registration = self._registrations.get(found[1])
+        _, workflow = await self._status(flow_id)
+        registration = self._registrations.get(workflow)
         return ArqFlowHandle(flow_id, self, registration.definition if registration is not None else None)
 
     async def describe(self, flow_id: str) -> FlowInfo:
@@ -344,6 +412,8 @@ class ArqWorkflowProvider:
 
         Raises:
             FlowNotFoundError: unknown or expired.
+            CorruptFlowError: its stored state cannot be read.
+            ProviderUnavailableError: Redis cannot be reached.
         """
         state = await self.get_state(flow_id)
         registration = self._registrations.get(state.workflow)
@@ -354,11 +424,13 @@ class ArqWorkflowProvider:
 
         Raises:
             FlowNotFoundError: unknown or expired.
+            CorruptFlowError: its stored state cannot be read.
+            ProviderUnavailableError: Redis cannot be reached.
         """
-        loaded = await self._running_store().load(flow_id)
+        loaded = await self._reach(self._running_store().load(flow_id))
         if loaded is None:
             raise FlowNotFoundError(flow_id)
-        return FlowState.from_dict(loads(loaded[0]))
+        return decode_state(flow_id, loaded[0])
 
     # -- internals --
 
@@ -367,6 +439,29 @@ class ArqWorkflowProvider:
             raise ProviderNotStartedError("ArqWorkflowProvider is not running: await provider.start() first")
         return self._store
 
+    def _unavailable(self, error: BaseException) -> ProviderUnavailableError:
+        reason = str(error) or type(error).__name__
+        return ProviderUnavailableError(f"Redis at {self.settings.address} cannot be reached: {reason}")
+
+    async def _reach(self, request: Awaitable[T]) -> T:
+        """Awaits one request to Redis; an outage becomes ``ProviderUnavailableError`` at once."""
+        try:
+            return await request
+        except UNAVAILABLE as error:
+            raise self._unavailable(error) from error
+
+    async def _status(self, flow_id: str) -> tuple[FlowStatus, str]:
+        found = await self._reach(self._running_store().status(flow_id))
+        if found is None:
+            raise FlowNotFoundError(flow_id)
+        status, workflow = found
+        try:
+            if status is not None and workflow is not None:
+                return FlowStatus(status.decode()), workflow.decode()
+        except ValueError:  # UnicodeDecodeError is one too
+            pass
+        raise CorruptFlowError(flow_id, f"its status {shorten(status)} or workflow {shorten(workflow)} cannot be read")
+
     def _definition(self, workflow: str) -> WorkflowDefinition[Any, Any]:
         registration = self._registrations.get(workflow)
         if registration is None:
@@ -374,7 +469,14 @@ class ArqWorkflowProvider:
         return registration.definition
 
     async def _wait(self, flow_id: str, timeout: float | None) -> FlowState:
-        """Waits until the flow ends (woken through pub/sub) and returns its final state."""
+        """Waits until the flow ends (woken through pub/sub) and returns its final state; rides through outages.
+
+        Raises:
+            FlowNotFoundError: unknown or expired.
+            CorruptFlowError: its stored state cannot be read.
+            TimeoutError: it did not end within ``timeout`` seconds.
+            ProviderNotStartedError: the provider stopped meanwhile.
+        """
         store = self._running_store()
         notifier = self._notifier
         assert notifier is not None
@@ -386,19 +488,35 @@ class ArqWorkflowProvider:
 
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
+        subscribed = outage = False
         self._waiters.add(woken)
         try:
-            await notifier.subscribe(channel, wake)
             while True:
                 if not self._started:
                     raise ProviderNotStartedError(f"The provider stopped while waiting for flow '{flow_id}'")
-                loaded = await store.load(flow_id)
-                if loaded is None:
-                    raise FlowNotFoundError(flow_id)
-                state = FlowState.from_dict(loads(loaded[0]))
-                if state.status.is_terminal:
-                    return state
                 wait = _RECHECK
+                try:
+                    if not subscribed:
+                        # Subscribed before the read below: an end announced in between is not missed.
+                        await notifier.subscribe(channel, wake)
+                        subscribed = True
+                    loaded = await store.load(flow_id)
+                except (*UNAVAILABLE, TimeoutError) as error:
+                    if not outage:
+                        outage = True
+                        _log.warning(
+                            "Redis cannot be reached (%s); result() of flow %s waits for it", error, shorten(flow_id)
+                        )
+                    wait = _OUTAGE_RECHECK
+                else:
+                    if outage:
+                        outage = False
+                        _log.info("Redis is reachable again: result() of flow %s goes on waiting", shorten(flow_id))
+                    if loaded is None:
+                        raise FlowNotFoundError(flow_id)
+                    state = decode_state(flow_id, loaded[0])
+                    if state.status.is_terminal:
+                        return state
                 if deadline is not None:
                     remaining = deadline - loop.time()
                     if remaining <= 0:
@@ -409,4 +527,5 @@ class ArqWorkflowProvider:
                 woken.clear()
         finally:
             self._waiters.discard(woken)
-            await notifier.unsubscribe(channel, wake)
+            if subscribed:
+                await notifier.unsubscribe(channel, wake)

@@ -1,0 +1,81 @@
+-- Leases up to `limit` due jobs of one workflow to the caller, step jobs first, with each job's flow state.
+--
+-- A job whose payload is not an arq job naming a flow (bad JSON, no argument list, a first argument that is not
+-- a string) is deleted here and reported, never leased: one garbage job must not fail the whole claim. The
+-- caller checks the rest of each job and drops, through release.lua, those it cannot run.
+--
+-- Returns {jobs, rejected, due}:
+--   jobs: {job id, payload, state, version, workflow, queue number (1: steps queue, 2: flow queue)} per leased job;
+--         state, version and workflow are false when the flow no longer exists
+--   rejected: {job id, reason} per job deleted here
+--   due: when no ready job is left, the score of the next job (ms), else false
+
+local steps_queue = KEYS[1]
+local flow_queue = KEYS[2]
+local wake = KEYS[3]
+local leases = KEYS[4]
+local lease_info = KEYS[5]
+
+local now_ms = tonumber(ARGV[1])
+local left = tonumber(ARGV[2])
+local lease_end_ms = ARGV[3]
+local job_key_prefix = ARGV[4]
+local flow_key_prefix = ARGV[5]  -- a flow's key is prefix .. flow id .. suffix
+local flow_key_suffix = ARGV[6]
+local steps_record = ARGV[7]  -- the lease record of a job from the steps queue, and from the flow queue
+local flow_record = ARGV[8]
+
+-- Garbage does not use up `left`, so a flood of it is bounded separately.
+local rejects_left = 1000
+
+local function flow_id_of(payload)
+  local ok, job = pcall(cjson.decode, payload)
+  if not ok then return nil, 'not JSON' end
+  if type(job) ~= 'table' or type(job['a']) ~= 'table' then return nil, 'not an arq job (no argument list)' end
+  local flow_id = job['a'][1]
+  if type(flow_id) ~= 'string' then return nil, 'its first argument is not a flow id' end
+  return flow_id
+end
+
+local jobs = {}
+local rejected = {}
+local queues = {steps_queue, flow_queue}
+local records = {steps_record, flow_record}
+for number = 1, 2 do
+  local queue = queues[number]
+  while left > 0 and rejects_left > 0 do
+    local ids = redis.call('ZRANGEBYSCORE', queue, '-inf', now_ms, 'LIMIT', 0, left)
+    if #ids == 0 then break end
+    for _, job_id in ipairs(ids) do
+      redis.call('ZREM', queue, job_id)
+      local job_key = job_key_prefix .. job_id
+      local payload = redis.call('GET', job_key)
+      -- No payload: the job was cancelled or has expired; there is nothing to run.
+      if payload then
+        local flow_id, reason = flow_id_of(payload)
+        if flow_id then
+          local flow = redis.call('HMGET', flow_key_prefix .. flow_id .. flow_key_suffix, 's', 'v', 'wf')
+          redis.call('ZADD', leases, lease_end_ms, job_id)
+          redis.call('HSET', lease_info, job_id, records[number])
+          jobs[#jobs + 1] = {job_id, payload, flow[1], flow[2], flow[3], number}
+          left = left - 1
+        else
+          redis.call('DEL', job_key)
+          rejected[#rejected + 1] = {job_id, reason}
+          rejects_left = rejects_left - 1
+        end
+      end
+    end
+  end
+end
+
+local due = false
+if left > 0 then
+  -- Nothing ready is left: stale wake-up tokens would only wake idle workers for nothing.
+  redis.call('DEL', wake)
+  for number = 1, 2 do
+    local first = redis.call('ZRANGE', queues[number], 0, 0, 'WITHSCORES')
+    if first[2] and (not due or tonumber(first[2]) < tonumber(due)) then due = first[2] end
+  end
+end
+return {jobs, rejected, due}

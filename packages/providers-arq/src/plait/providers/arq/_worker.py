@@ -386,10 +386,12 @@ class Worker:
                     await self._drop(job_id)
                     return
                 finally:
-                    if job_id in self._cancelled:
+                    if job_id in self._cancelled or self.leases.lost(job_id):
                         self._cancelled.discard(job_id)
                         if current.cancelling():
-                            current.uncancel()  # a handler swallowed the cancellation and finished anyway
+                            # A handler swallowed the cancellation and finished anyway: its event is committed
+                            # like any other (a compare-and-set), and the next handler must not inherit it.
+                            current.uncancel()
                 if following is None:
                     return
                 job, job_id = following, self.keys.job_id(following)

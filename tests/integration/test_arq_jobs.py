@@ -19,7 +19,7 @@ import redis
 from plait.core import FlowStatus
 from plait.providers.arq import ArqSettings, ArqWorkflowProvider
 from plait.providers.arq._keys import Job, Keys
-from plait.providers.arq._store import Store
+from plait.providers.arq._store import Change, Store
 from tests.integration.apps.orders import ORDER, Order
 from tests.integration.conftest import Workers
 from tests.integration.test_arq_provider import FORK, LINE, Data, Recorder
@@ -69,10 +69,10 @@ async def test_malformed_jobs_are_dropped_with_a_line_each_and_the_rest_of_the_c
         bad = {
             "bad:too-few-args": arq_job("plait.step", [flow_id]),
             "bad:unknown-function": arq_job("os.system", ["echo pwned", "step", "x", 1]),
-            "bad:no-enqueue-time": without(arq_job("plait.step", [flow_id, "step", "validate", 1]), "et"),
+            "bad:no-enqueue-time": without(arq_job("plait.step", [flow_id, "step", "validate", 1, {}]), "et"),
             "bad:not-json": b"{not json",
             "bad:too-deep-for-cjson": nested,
-            "bad:id-for-another-job": arq_job("plait.step", [flow_id, "step", "validate", 1]),
+            "bad:id-for-another-job": arq_job("plait.step", [flow_id, "step", "validate", 1, {}]),
             "bad:forged\nERROR forged line": arq_job("plait.step", [flow_id]),
         }
         for job_id, payload in bad.items():
@@ -88,13 +88,13 @@ async def test_malformed_jobs_are_dropped_with_a_line_each_and_the_rest_of_the_c
 
     log = workers.log(worker)
     reasons = {
-        "bad:too-few-args": "takes 4 arguments",
+        "bad:too-few-args": "takes 5 arguments",
         "bad:unknown-function": "unknown function 'os.system'",
         "bad:no-enqueue-time": "no enqueue time",
         "bad:not-json": "not JSON",
         "bad:too-deep-for-cjson": "not JSON",
         "bad:id-for-another-job": "its id does not match its content",
-        "bad:forged\\nERROR forged line": "takes 4 arguments",
+        "bad:forged\\nERROR forged line": "takes 5 arguments",
     }
     for job_id, reason in reasons.items():
         lines = [line for line in log.splitlines() if f"Dropped job '{job_id}'" in line]
@@ -175,7 +175,10 @@ async def test_a_cancelled_id_holding_a_newline_names_one_job_on_the_channel_and
         redis = ArqSettings.from_url(redis_url).client()
         try:
             store = Store(redis, KEYS, retention=60, lease=5.0, owner="someone")
-            conflict = await store.commit(other.id, FORK.name, version.decode(), state, "pending", cancelled=[crafted])
+            message = json.dumps({"jobs": [crafted], "fan_outs": []}).encode()
+            conflict = await store.commit(
+                other.id, FORK.name, version.decode(), state, "pending", change=Change(), cancelled=message
+            )
         finally:
             await redis.aclose()
         assert conflict is None
@@ -189,10 +192,10 @@ async def test_a_cancelled_id_holding_a_newline_names_one_job_on_the_channel_and
         if message is not None and message["type"] == "message":
             messages.append(message["data"])
     pubsub.close()
-    assert [json.loads(m) for m in messages] == [[crafted]]
+    assert [json.loads(m) for m in messages] == [{"jobs": [crafted], "fan_outs": []}]
 
 
-async def test_a_cancel_message_that_is_not_a_json_array_cancels_nothing(
+async def test_a_cancel_message_that_is_not_a_json_object_cancels_nothing(
     redis_url: str, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
     consumer = Recorder(("a", "b"))
@@ -209,4 +212,4 @@ async def test_a_cancel_message_that_is_not_a_json_array_cancels_nothing(
         redis_client.publish("workflow:cancel", f"x\n{running}")  # one id per line, as the channel once carried
         assert (await handle.result(timeout=5)).steps == ["a", "b"]
     assert [c.outcome for c in consumer.of("step")] == ["ok", "ok"]
-    assert any("not a JSON array of job ids" in r.getMessage() for r in caplog.records)
+    assert any("not a JSON object of jobs and fan-outs" in r.getMessage() for r in caplog.records)

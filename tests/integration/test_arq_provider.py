@@ -145,6 +145,8 @@ def test_the_lua_scripts_are_package_data_reading_named_keys_and_arguments() -> 
         "heartbeat.lua",
         "reconcile.lua",
         "release.lua",
+        "timers.lua",
+        "trim.lua",
     ]
     named = re.compile(r"\s*local \w+ = (tonumber\()?(KEYS|ARGV)\[[\w +-]+\]\)?$")
     for name in names:
@@ -234,7 +236,7 @@ async def test_jobs_are_arq_jobs_in_json(redis_url: str, redis_client: redis.Red
         assert json.loads(payload)["f"] == "plait.start"  # JSON, never pickle
         info = await ArqJob(job_id, pool, _queue_name="workflow.it-line", _deserializer=loads).info()
         assert info is not None
-        assert (info.function, list(info.args)) == ("plait.start", [handle.id, "start", "", 0])
+        assert (info.function, list(info.args)) == ("plait.start", [handle.id, "start", "", 0, {}])
 
 
 async def test_flow_keys_share_a_hash_tag_and_expire_after_the_retention(

@@ -11,7 +11,7 @@ import httpx
 
 from plait.core import ConsumerOptions
 from plait.providers.arq import ArqWorkflowProvider
-from tests.examples.test_readme import quickstart_namespace
+from tests.examples.test_readme import quickstart_source
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -19,7 +19,8 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 def idempotency_example() -> dict[str, Any]:
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
     (block,) = [b for b in blocks if "Idempotency-Key" in b]
-    namespace = quickstart_namespace()
+    namespace: dict[str, Any] = {"__name__": "readme_quickstart"}
+    exec(compile("from __future__ import annotations\n" + quickstart_source(), str(README), "exec"), namespace)
     exec(compile(block, str(README), "exec"), namespace)
     return namespace
 

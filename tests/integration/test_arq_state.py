@@ -28,7 +28,7 @@ from plait.core import (
 )
 from plait.providers.arq import ArqWorkflowProvider
 from plait.providers.arq._keys import Keys
-from tests.integration.test_arq_provider import LINE, Data, Recorder, Result
+from tests.integration.test_arq_provider import LINE, Data, Out, Recorder, Result
 
 KEYS = Keys("workflow")
 STALL = 0.5
@@ -119,9 +119,9 @@ async def test_a_flow_whose_state_holds_the_wrong_shapes_is_failed_once(
         await asyncio.sleep(0.3)
         raw = stored(redis_client, handle.id, "s")
         assert raw is not None
-        damage(redis_client, handle.id, s=raw.replace(b'"steps":{}', b'"steps":[]'))
+        damage(redis_client, handle.id, s=raw.replace(b'"signals":{}', b'"signals":[]'))
         async with started(worker):
-            with pytest.raises(WorkflowError, match="its field 'steps' holds a list"):
+            with pytest.raises(WorkflowError, match="its field 'signals' holds a list"):
                 await waiter
     assert consumer.calls == []
 
@@ -170,7 +170,7 @@ class StricterLine(IWorkflowConsumer[StricterData, Result]):
 
 
 STRICTER_LINE = Workflow.define(name=LINE.name, data=StricterData, result=Result).steps(
-    lambda s: s.sequential(s.step("a", LINE.step("a").output), s.step("b", LINE.step("b").output))
+    lambda s: s.sequential(s.step("a", Out), s.step("b", Out))
 )
 
 

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 
 from redis.exceptions import RedisError
 
-from plait.providers.arq._keys import Job, shorten
+from plait.providers.arq._keys import Job, Keys, shorten
 from plait.providers.arq._store import Outage, Store
 
 __all__ = ["Leases"]
@@ -88,6 +88,18 @@ class Leases:
     def handler(self, job_id: str) -> asyncio.Task[None] | None:
         """The task running the handler of ``job_id`` right now, if any."""
         return self._performing.get(job_id)
+
+    def running_items(self, keys: Keys, flow_id: str, node: str) -> list[str]:
+        """The ids of the jobs of for-each ``node`` of flow ``flow_id`` whose handler runs here right now."""
+        owned = self.owned
+        return [
+            job_id
+            for job_id in self._performing
+            if (job := owned.get(job_id)) is not None
+            and job.flow_id == flow_id
+            and job.step == node
+            and job.index is not None
+        ]
 
     def performing(self, job_id: str, task: asyncio.Task[None]) -> None:
         """Marks ``task`` as running the handler of ``job_id`` (until :meth:`performed`): it is cancelled if the

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, cast
@@ -29,9 +29,24 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from plait.providers.arq._keys import Job, Keys, MalformedJobError, dumps, shorten
+from plait.providers.arq._keys import Job, Keys, MalformedJobError, shorten
 
-__all__ = ["UNAVAILABLE", "Claimed", "Conflict", "Enqueue", "Outage", "Rejected", "Store", "now_ms", "script"]
+__all__ = [
+    "EVENTS_MAXLEN",
+    "UNAVAILABLE",
+    "Change",
+    "Claimed",
+    "Conflict",
+    "Enqueue",
+    "Outage",
+    "Rejected",
+    "Store",
+    "now_ms",
+    "script",
+]
+
+EVENTS_MAXLEN = 10_000
+"""About how many events a flow's stream keeps (the oldest go first); a flow has a few per step."""
 
 UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
 """What Redis raises when it cannot be reached (down, restarting, loading its data, failed over): an outage,
@@ -78,12 +93,14 @@ def script(name: str) -> str:
 @dataclass(frozen=True, slots=True)
 class Claimed:
     """A job taken from a queue, with its flow's stored state and version as they were (``None`` if the flow is
-    gone). The bytes are as stored: they may not be readable."""
+    gone), and the record of the for-each item it names, if any. The bytes are as stored: they may not be
+    readable."""
 
     job_id: str
     job: Job
     state: bytes | None
     version: bytes | None
+    item: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +133,18 @@ class Enqueue:
 
 
 @dataclass(frozen=True, slots=True)
+class Change:
+    """What a commit writes besides the state: for-each items, events, the flow's timer, its listing status."""
+
+    items: Sequence[tuple[str, bytes]] = ()
+    events: Sequence[bytes] = ()
+    timer: float | None = None
+    clear_timer: bool = False
+    old_status: str | None = None
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class Conflict:
     """A commit lost the race: the flow's current state and version (``None`` when the flow no longer exists)."""
 
@@ -143,6 +172,8 @@ class Store:
         "_reconcile",
         "_records",
         "_release",
+        "_timers",
+        "_trim",
         "keys",
         "lease",
         "owner",
@@ -164,16 +195,34 @@ class Store:
         self._heartbeat = redis.register_script(script("heartbeat"))
         self._reconcile = redis.register_script(script("reconcile"))
         self._fail_unreadable = redis.register_script(script("fail_unreadable"))
+        self._timers = redis.register_script(script("timers"))
+        self._trim = redis.register_script(script("trim"))
 
     # -- flows --
 
     async def create(
-        self, flow_id: str, workflow: str, state: bytes, start: Job, deadline: float | None
+        self,
+        flow_id: str,
+        workflow: str,
+        state: bytes,
+        start: Job,
+        *,
+        wake_at: float | None,
+        created_at: float,
+        parent_id: str | None = None,
     ) -> bytes | None:
-        """Stores a new flow and queues its start job; returns the existing state instead if the id is taken."""
+        """Stores a new flow, queues its start job, indexes it for listings and arms its timer; returns the
+        existing state instead if the id is taken."""
         keys = self.keys
         job_id = keys.job_id(start)
         now = now_ms()
+        index_keys = [
+            keys.index,
+            keys.index_workflow(workflow),
+            *keys.status_indexes(workflow, "pending"),
+        ]
+        if parent_id is not None:
+            index_keys.append(keys.index_parent(parent_id))
         existing = await _run(
             self._create,
             [
@@ -181,7 +230,8 @@ class Store:
                 keys.queue(workflow),
                 keys.job_key(job_id),
                 keys.wake(workflow),
-                keys.deadlines(workflow),
+                keys.timers(workflow),
+                *index_keys,
             ],
             [
                 state,
@@ -190,8 +240,10 @@ class Store:
                 start.payload(now),
                 now,
                 self.retention_ms,
-                "" if deadline is None else int(deadline * 1000),
+                "" if wake_at is None else _ms(wake_at),
                 flow_id,
+                "pending",
+                repr(created_at),
             ],
         )
         return cast(bytes | None, existing)
@@ -221,7 +273,7 @@ class Store:
         keys = self.keys
         done = await _run(
             self._fail_unreadable,
-            [keys.flow(flow_id), keys.leases, keys.lease_info, keys.deadlines(workflow)],
+            [keys.flow(flow_id), keys.leases, keys.lease_info, keys.timers(workflow)],
             [
                 unreadable,
                 state,
@@ -260,11 +312,12 @@ class Store:
                 keys.flow_suffix,
                 self._record(steps_queue, workflow),
                 self._record(flow_queue, workflow),
+                keys.item_prefix,
             ],
         )
         rejected = [Rejected(job_id, reason.decode(), leased=False) for job_id, reason in garbage]
         claimed: list[Claimed] = []
-        for raw_id, payload, state, version, flow_workflow, queue_number in jobs:
+        for raw_id, payload, state, version, flow_workflow, queue_number, item in jobs:
             job_id = _text(raw_id)
             try:
                 job = Job.parse(workflow, payload)
@@ -282,7 +335,7 @@ class Store:
             if misplaced is not None:
                 rejected.append(Rejected(raw_id, misplaced, leased=True, misplaced=True))
                 continue
-            claimed.append(Claimed(job_id, job, state, version))
+            claimed.append(Claimed(job_id, job, state, version, item or None))
         return claimed, rejected, (None if due is None else int(due) / 1000)
 
     async def commit(
@@ -293,40 +346,47 @@ class Store:
         state: bytes,
         status: str,
         *,
+        change: Change,
         finished: str | None = None,
-        deadline: float | None = None,
-        forget_deadline: bool = False,
         done: bool = False,
-        cancelled: Sequence[str] = (),
+        cancelled: bytes | None = None,
         jobs: Sequence[Enqueue] = (),
     ) -> Conflict | None:
         """Writes ``state`` if the flow is still at ``version``; ``None`` on success, else the current state.
 
         Args:
+            change: the items, events, timer and listing status that go with the state.
             finished: the id of the job whose event this is (its lease and payload are deleted).
-            deadline: a deadline (seconds since the epoch) to watch for the flow.
-            forget_deadline: stop watching the flow's deadline (it ended, or its timeout was handled).
             done: the flow has ended: announce ``status`` on its channel.
-            cancelled: ids of jobs to stop (their payloads are deleted and their workers told).
+            cancelled: what to stop, as the JSON object published on the cancel channel (the jobs it names are
+                deleted too).
             jobs: jobs to create; a ``local`` one is leased to this store's owner.
         """
         keys = self.keys
         now = now_ms()
+        timer: str | int = "-" if change.clear_timer else "" if change.timer is None else _ms(change.timer)
         args: list[str | int | bytes] = [
             version,
             state,
             status,
             self.retention_ms,
             finished or "",
-            "-" if forget_deadline else "" if deadline is None else int(deadline * 1000),
+            timer,
             flow_id,
             keys.done(flow_id) if done else "",
             keys.cancel,
-            dumps(list(cancelled)) if cancelled else "",
+            cancelled or "",
             now + int(self.lease * 1000),
             keys.job_key(""),
+            repr(change.created_at),
+            EVENTS_MAXLEN,
+            len(change.items),
+            len(change.events),
             len(jobs),
         ]
+        for item_field, record in change.items:
+            args += [item_field, record]
+        args += change.events
         for each in jobs:
             job = each.job
             queue = keys.queue_of(job)
@@ -338,13 +398,82 @@ class Store:
                 keys.wake(job.workflow),
                 self._record(queue, job.workflow) if each.local else "",
             ]
-        reply = await _run(
-            self._commit, [keys.flow(flow_id), keys.leases, keys.lease_info, keys.deadlines(workflow)], args
-        )
+        commit_keys = [keys.flow(flow_id), keys.leases, keys.lease_info, keys.timers(workflow), keys.events(flow_id)]
+        if change.old_status is not None and change.old_status != status:
+            commit_keys += keys.status_indexes(workflow, change.old_status) + keys.status_indexes(workflow, status)
+        reply = await _run(self._commit, commit_keys, args)
         if reply[0] == 1:
             return None
         _, current, current_version = reply
         return Conflict(current, current_version)
+
+    async def load_items(self, flow_id: str, fields: Sequence[str]) -> list[bytes | None]:
+        """The stored records of a flow's for-each items (``None`` for one not stored)."""
+        if not fields:
+            return []
+        return cast(list[bytes | None], await self.command("HMGET", self.keys.flow(flow_id), *fields))
+
+    async def set_timer(self, workflow: str, flow_id: str, wake_at: float | None) -> None:
+        """Sets (or, with ``None``, clears) a flow's timer: after a tick that changed nothing."""
+        if wake_at is None:
+            await self.command("ZREM", self.keys.timers(workflow), flow_id)
+        else:
+            await self.command("ZADD", self.keys.timers(workflow), _ms(wake_at), flow_id)
+
+    async def due_timers(self, workflows: Sequence[str], limit: int = 100) -> tuple[dict[str, list[str]], float | None]:
+        """Takes the flows of ``workflows`` whose timer is due, moving their timers a lease ahead.
+
+        Returns:
+            Per workflow, the flows to tick; and when the earliest timer left falls due (seconds since the epoch).
+        """
+        if not workflows:
+            return {}, None
+        due, next_ms = await _run(
+            self._timers, [self.keys.timers(w) for w in workflows], [now_ms(), int(self.lease * 1000), limit]
+        )
+        found = {wf: [_text(f) for f in ids] for wf, ids in zip(workflows, due, strict=True) if ids}
+        return found, (None if next_ms is None else int(next_ms) / 1000)
+
+    async def trim_indexes(self, index_keys: Sequence[str], cutoff: float, limit: int = 100) -> int:
+        """Removes from ``index_keys`` the flows created before ``cutoff`` whose hash has expired."""
+        keys = self.keys
+        return int(await _run(self._trim, list(index_keys), [repr(cutoff), limit, keys.flow_prefix, keys.flow_suffix]))
+
+    async def index_page(
+        self, index: str, newest: float | None, oldest: float | None, count: int, offset: int = 0
+    ) -> list[tuple[str, float]]:
+        """Flow ids of a listing index, newest first, with their creation times: at most ``count``, created before
+        ``newest`` (inclusive) and at or after ``oldest``, skipping the first ``offset``."""
+        high = "+inf" if newest is None else repr(newest)
+        low = "-inf" if oldest is None else repr(oldest)
+        reply = await self.command("ZRANGE", index, high, low, "BYSCORE", "REV", "LIMIT", offset, count, "WITHSCORES")
+        pairs = list(zip(reply[::2], reply[1::2], strict=True))
+        return [(_text(flow_id), float(score)) for flow_id, score in pairs]
+
+    async def load_many(self, flow_ids: Sequence[str]) -> list[bytes | None]:
+        """The stored states of ``flow_ids`` (``None`` for a flow that is gone), in one round trip."""
+        if not flow_ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for flow_id in flow_ids:
+                pipe.hget(self.keys.flow(flow_id), "s")
+            return cast(list[bytes | None], await pipe.execute())
+
+    async def events_after(
+        self, flow_id: str, after: str, *, block: float | None = None
+    ) -> list[tuple[str, bytes | None]]:
+        """The events of a flow's stream after entry ``after`` (``"0"``: from the first), as ``(entry id, record)``
+        (``None`` for an entry without one); with ``block``, waits that many seconds at most for new ones."""
+        key = self.keys.events(flow_id)
+        if block is None:
+            reply = await self.command("XRANGE", key, f"({after}" if after != "0" else "-", "+", "COUNT", 1000)
+            entries = reply or []
+        else:
+            reply = await self.command(
+                "XREAD", "COUNT", 1000, "BLOCK", max(1, int(block * 1000)), "STREAMS", key, after
+            )
+            entries = reply[0][1] if reply else []
+        return [(_text(entry_id), _field(fields, b"e")) for entry_id, fields in entries]
 
     async def release(
         self, job_ids: Sequence[str | bytes], *, hand_back: bool, delay: float = 0.0, leave: bool = False
@@ -369,36 +498,25 @@ class Store:
         lost = await _run(self._heartbeat, [self.keys.leases, self.keys.lease_info], [until, self.owner, *job_ids])
         return [_text(job_id) for job_id in lost]
 
-    async def reconcile(
-        self, workflows: Sequence[str], interval: float, limit: int = 100
-    ) -> tuple[int, int, dict[str, list[str]]]:
-        """Re-queues stalled jobs and lists overdue flows of ``workflows``, for whoever holds the locks.
+    async def reconcile(self, interval: float, limit: int = 100) -> tuple[int, int]:
+        """Re-queues stalled jobs, for whoever holds the lock.
 
         Returns:
-            How many jobs were handed back, how many stalled leases had no usable record (dropped), and per
-            workflow the ids of flows past their deadline.
+            How many jobs were handed back, and how many stalled leases had no usable record (dropped).
         """
         keys = self.keys
-        scan_keys = [keys.leases, keys.lease_info, keys.lock]
-        for workflow in workflows:
-            scan_keys += [keys.deadlines(workflow), keys.workflow_lock(workflow)]
-        handed_back, dropped, overdue = await _run(
+        handed_back, dropped = await _run(
             self._reconcile,
-            scan_keys,
+            [keys.leases, keys.lease_info, keys.lock],
             [now_ms(), max(1, int(interval * 1000)), self.owner, keys.job_key(""), limit],
         )
-        found = {wf: [_text(f) for f in ids] for wf, ids in zip(workflows, overdue, strict=True) if ids}
-        return int(handed_back), int(dropped), found
+        return int(handed_back), int(dropped)
 
     def _record(self, queue: str, workflow: str) -> bytes:
         record = self._records.get(queue)
         if record is None:
             record = self._records[queue] = self.keys.lease_record(queue, workflow, self.owner)
         return record
-
-    async def forget_deadline(self, workflow: str, flow_id: str) -> None:
-        """Removes a flow from its workflow's deadlines (it ended, or its timeout has been handled)."""
-        await self.command("ZREM", self.keys.deadlines(workflow), flow_id)
 
     async def wait_for_work(self, workflow: str, timeout: float) -> bool:
         """Blocks until a wake-up token for ``workflow`` arrives or ``timeout`` seconds pass."""
@@ -408,6 +526,15 @@ class Store:
     async def command(self, *args: str | bytes | int | float) -> Any:
         """Runs one Redis command and returns its raw reply."""
         return await self.redis.execute_command(*args)  # type: ignore[no-untyped-call]  # unannotated in redis-py
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
+
+
+def _field(fields: Mapping[bytes, bytes], name: bytes) -> bytes | None:
+    # redis-py hands a stream entry's fields over as a dict.
+    return fields.get(name) if isinstance(fields, Mapping) else None
 
 
 def _text(value: bytes) -> str:

@@ -1,15 +1,22 @@
-"""Running a process's consumers: claim jobs, run them through the core runner, commit what the engine decides.
+"""Running a process's consumers, and every change to a flow: claim jobs, run them through the core runner, hand
+what happened to the engine, commit what it decides.
 
 One loop per workflow claims due jobs (up to the workflow's concurrency) and blocks on the workflow's wake-up
 list when there are none. Each claimed job runs in a task; when the engine answers with a job that can start at
 once, the same task runs it too, leased to this process in the same commit (a sequential flow costs one commit
 per step and no queue round trip). The others go to the queues, where any worker picks them up.
 
+Every change to a flow goes through :meth:`Worker.advance`: a job's outcome, a timer's tick, and the operations
+any process applies (a signal, a cancellation, an undo: :meth:`Worker.apply`). It is a compare-and-set on the
+flow's version that writes the state, the for-each items the event changed and the flow's events at once.
+
+Timers: a flow's next wake-up (a sleep's end, a signal's timeout, its deadline) is a score in its workflow's
+timers; a loop in each worker takes the due ones about once a second (so a wake-up fires even when every worker
+was down at its time), and the process that committed a wake-up also arms a local timer, so it fires on time.
+
 Leases: a claimed job is leased to this process for ``stall_interval`` seconds, renewed by a heartbeat; a job
 whose lease this process loses has its handler cancelled at once (see ``_leases``). A reconciler (any worker,
-one at a time through a short lock) hands jobs whose lease ran out back to their queue and fires the timeouts of
-flows past their deadline; the process that starts a flow also arms a local timer for its deadline, so timeouts
-are on time while the reconciler covers crashes.
+one at a time through a short lock) hands jobs whose lease ran out back to their queue.
 
 What must never stop a worker: a job that is not one of Plait's is dropped with a log line naming it and why; a
 flow whose state cannot be read is failed once (see ``fail_unreadable.lua``); a handler raising any
@@ -20,99 +27,59 @@ handed back; a Redis outage is one WARNING, and every loop retries until Redis i
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections import OrderedDict
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
+from plait.core import telemetry
 from plait.core.engine import (
-    Action,
-    CancelRunning,
-    CompleteFailed,
+    Cancel,
+    ChildSettled,
+    Compensate,
+    CompleteRaised,
     Engine,
     ErrorRecord,
+    Evaluate,
     Event,
-    Finish,
     FlowState,
-    RollbackFailed,
-    RunRollback,
-    RunStep,
-    StepFailed,
-    TimedOut,
+    ItemsNeeded,
+    ParentRef,
+    Progress,
+    RetryCompensation,
+    RollbackRaised,
+    StepRaised,
+    Tick,
     Unrunnable,
     build_error,
+    log_flow_end,
 )
-from plait.core.errors import CorruptFlowError
+from plait.core.errors import CorruptFlowError, FlowNotFoundError, FlowStateError
 from plait.core.handle import FlowStatus
-from plait.core.runner import FlowView, Runner, resolve_timeout
-from plait.providers.arq._keys import Job, Keys, decode_state, dumps, loads, shorten
+from plait.core.hooks import Hooks
+from plait.core.runner import FlowView, Runner
+from plait.providers.arq._flows import Exceptions, Plan, StoredFlow, UnreadableState, plan
+from plait.providers.arq._keys import Job, Keys, dumps, loads, shorten
 from plait.providers.arq._leases import Leases
 from plait.providers.arq._notify import Notifier
-from plait.providers.arq._store import UNAVAILABLE, Claimed, Conflict, Enqueue, Outage, Store
+from plait.providers.arq._store import UNAVAILABLE, Change, Claimed, Conflict, Outage, Store
 
-__all__ = ["Exceptions", "Worker", "WorkflowRuntime"]
+__all__ = ["Worker", "WorkflowRuntime"]
 
 T = TypeVar("T")
 
 _log = logging.getLogger("plait.providers.arq")
 
 _IDLE_WAIT = 10.0  # seconds an idle workflow loop blocks on its wake-up list before it looks again
+_TIMER_POLL = 1.0  # seconds between looks at the due timers, at most
 _RETRY = 1.0  # seconds a loop waits before it tries Redis again
+_TRIM_EVERY = 60.0  # seconds between sweeps of the listing indexes
 _REDIS_ERRORS = (RedisError, OSError)
 _CORRUPT = f"{CorruptFlowError.__module__}.{CorruptFlowError.__qualname__}"
-
-
-class Exceptions:
-    """The exception objects of failures that happened in this process, for the flows' errors.
-
-    A flow's error is rebuilt from its state; where the failure happened in this process, its cause is the very
-    exception object (as in-process), else a ``RemoteError``. An entry is used only if it matches what the state
-    recorded (type and message), so a stale attempt's exception never stands in for a later one.
-    """
-
-    __slots__ = ("_flows", "_limit")
-
-    def __init__(self, limit: int = 512) -> None:
-        self._flows: OrderedDict[str, dict[tuple[str, str | None], tuple[BaseException, Mapping[str, Any]]]] = (
-            OrderedDict()
-        )
-        self._limit = limit
-
-    def record(
-        self, flow_id: str, key: tuple[str, str | None], error: BaseException, record: Mapping[str, Any]
-    ) -> None:
-        """Remembers ``error`` (recorded as ``record``) for flow ``flow_id``."""
-        flows = self._flows
-        entry = flows.get(flow_id)
-        if entry is None:
-            entry = flows[flow_id] = {}
-            if len(flows) > self._limit:
-                flows.popitem(last=False)
-        else:
-            flows.move_to_end(flow_id)
-        entry[key] = (error, record)
-
-    def matching(self, state: FlowState) -> dict[tuple[str, str | None], BaseException]:
-        """The remembered exceptions that are the ones ``state`` records."""
-        entry = self._flows.get(state.flow_id)
-        if not entry:
-            return {}
-        recorded: dict[tuple[str, str | None], Mapping[str, Any]] = {}
-        if state.error is not None and state.error.get("kind") in ("step", "complete"):
-            kind = state.error["kind"]
-            recorded[kind, state.error["step"] if kind == "step" else None] = state.error
-        for failure in state.rollback_errors:
-            recorded["rollback", failure["step"]] = failure
-        found: dict[tuple[str, str | None], BaseException] = {}
-        for key, (error, record) in entry.items():
-            seen = recorded.get(key)
-            if seen is not None and (seen.get("type"), seen.get("message")) == (record["type"], record["message"]):
-                found[key] = error
-        return found
 
 
 @dataclass(eq=False, slots=True)
@@ -136,54 +103,26 @@ class WorkflowRuntime:
         return self.runner.engine
 
 
-class _UnreadableState(Exception):
-    """A flow's stored state (or its version) cannot be read: the flow is failed once, never retried."""
-
-    def __init__(self, flow_id: str, raw: bytes, reason: str) -> None:
-        self.flow_id = flow_id
-        self.raw = raw
-        self.reason = reason
-        super().__init__(f"Flow {shorten(flow_id)} has unreadable state: {reason}")
-
-
 class _LeaseRanOut(Exception):
     """Redis stayed unreachable until the lease of the job being committed ran out: another worker runs it."""
 
 
-@dataclass(eq=False, slots=True)
-class _Flow:
-    """A flow's state as this worker last read or wrote it: its version and its exact JSON."""
-
-    state: FlowState
-    version: str
-    raw: bytes
-
-    @classmethod
-    def read(cls, flow_id: str, raw: bytes, version: bytes | None) -> _Flow:
-        """Reads a stored state and version.
-
-        Raises:
-            _UnreadableState: either cannot be read.
-        """
-        try:
-            state = decode_state(flow_id, raw)
-        except CorruptFlowError as error:
-            raise _UnreadableState(flow_id, raw, error.reason) from None
-        if version is None or not version.isdigit():
-            raise _UnreadableState(flow_id, raw, f"its version {shorten(version)} is not a number")
-        return cls(state, version.decode(), raw)
+class _Gone(Exception):
+    """The flow no longer exists (expired or deleted)."""
 
 
 class Worker:
-    """Runs the jobs of the workflows registered with a consumer in this process.
+    """Runs the jobs of the workflows registered with a consumer in this process, and commits every change this
+    process makes to a flow.
 
     Args:
         store: Redis operations; its ``owner`` names this process in leases, locks and logs.
         notifier: pub/sub, for cancellations.
         exceptions: where failures of this process are remembered.
-        default_timeout: the provider's flow timeout when neither ``execute()`` nor the registration sets one.
+        hooks: the provider's event hooks.
         stall_interval: seconds after which a job whose worker stopped renewing its lease runs elsewhere.
         stop_grace: seconds ``stop()`` lets running jobs finish before it hands them back.
+        retention: seconds a flow is kept; the listing indexes are swept of flows older than that.
     """
 
     def __init__(
@@ -191,22 +130,24 @@ class Worker:
         store: Store,
         notifier: Notifier,
         exceptions: Exceptions,
+        hooks: Hooks,
         *,
-        default_timeout: float | None,
         stall_interval: float,
         stop_grace: float,
+        retention: float,
     ) -> None:
         self.store = store
         self.keys: Keys = store.keys
         self.notifier = notifier
         self.exceptions = exceptions
-        self.default_timeout = default_timeout
+        self.hooks = hooks
         self.stall_interval = stall_interval
         self.stop_grace = stop_grace
-        # A stalled job runs again within stall_interval + reconcile_interval; scanning more often than that
-        # buys little, since the local timers already fire timeouts on time.
+        self.retention = retention
+        # A stalled job runs again within stall_interval + reconcile_interval; scanning more often buys little.
         self.reconcile_interval = min(5.0, max(0.1, stall_interval / 2))
         self.runtimes: dict[str, WorkflowRuntime] = {}
+        self.engines: dict[str, Engine] = {}  # engines of workflows known here without a consumer
         self._outage = Outage()
         self.leases = Leases(store, self._outage, stall_interval)
         self._cancelled: set[str] = set()  # job ids the engine cancelled while they ran here
@@ -235,11 +176,12 @@ class Worker:
             await self._activate()
 
     async def _activate(self) -> None:
-        """Subscribes to cancellations, then starts the workflow loops, the heartbeat and the reconciler."""
+        """Subscribes to cancellations, then starts the workflow loops, timers, heartbeat and reconciler."""
         if not self._services:
             self._services = [
                 asyncio.create_task(self.leases.renew_forever(), name="plait-arq-heartbeat"),
                 asyncio.create_task(self._reconciler(), name="plait-arq-reconciler"),
+                asyncio.create_task(self._timer_loop(), name="plait-arq-timers"),
             ]
             await self.notifier.subscribe(self.keys.cancel, self._on_cancel)
         if self._stopping:
@@ -367,8 +309,12 @@ class Worker:
             if claimed.state is None:
                 await self._drop(job_id)  # the flow expired or was deleted
                 return
-            flow = _Flow.read(job.flow_id, claimed.state, claimed.version)
+            items: dict[tuple[str, int], bytes] = {}
+            if claimed.item is not None and job.index is not None:
+                items[job.step, job.index] = claimed.item
+            flow = StoredFlow.read(job.flow_id, claimed.state, claimed.version, items)
             view = runtime.runner.view(flow.state)
+            view.report = functools.partial(self._progress, runtime.engine, flow, view)
             while True:
                 if self.leases.lost(job_id):
                     self.leases.disown(job_id)
@@ -395,14 +341,17 @@ class Worker:
                 if following is None:
                     return
                 job, job_id = following, self.keys.job_id(following)
-        except _UnreadableState as unreadable:
-            await self._fail_unreadable(runtime, unreadable, finished=job_id)
+        except UnreadableState as unreadable:
+            await self._fail_unreadable(runtime.name, runtime.engine, unreadable, finished=job_id)
         except _LeaseRanOut:
             _log.warning(
                 "Gave up committing job %s: Redis stayed unreachable until its lease ran out; it runs again elsewhere",
                 shorten(job_id),
             )
             self.leases.disown(job_id)
+        except _Gone:
+            _log.warning("Flow %s disappeared (expired or deleted); dropping its job", shorten(job.flow_id))
+            await self._drop(job_id)
         except UNAVAILABLE as error:
             self._outage.failed(f"running job {shorten(job_id)}", error)
             self.leases.disown(job_id)  # no more heartbeats: its lease runs out and it runs again
@@ -415,169 +364,325 @@ class Worker:
             await self._give_up(job_id)
 
     async def _run(
-        self, runtime: WorkflowRuntime, flow: _Flow, view: FlowView[Any], job_id: str, job: Job
+        self, runtime: WorkflowRuntime, flow: StoredFlow, view: FlowView[Any], job_id: str, job: Job
     ) -> Job | None:
         engine = runtime.engine
-        current = engine.startable(flow.state) if job.kind == "start" else engine.expects(flow.state, job.action())
+        kind = job.kind
+        if kind == "spawn":
+            await self._spawn_child(runtime, flow, job)
+            await self._drop(job_id)
+            return None
+        if kind == "op":
+            return await self._operate(runtime, flow, view, job_id, job)
+        if kind == "start":
+            current = engine.startable(flow.state)
+        else:
+            current = await self._with_items(flow, lambda: engine.expects(flow.state, job.action()))
         if not current:
             await self._drop(job_id)
             return None
-        event: Event | None = None
-        if job.kind != "start":
-            task = asyncio.current_task()
-            assert task is not None
-            self.leases.performing(job_id, task)
-            try:
-                event = await self._perform(runtime, view, job)
-            finally:
-                self.leases.performed(job_id)
-        return await self._advance(runtime, flow, view, event, finished=job_id)
+        if kind == "start":
+            return await self.advance(engine, flow, None, finished=job_id, view=view, runner=runtime.runner)
+        task = asyncio.current_task()
+        assert task is not None
+        self.leases.performing(job_id, task)
+        try:
+            event = await self._perform(runtime, view, job)
+        finally:
+            self.leases.performed(job_id)
+        return await self.advance(engine, flow, event, finished=job_id, view=view)
 
     async def _perform(self, runtime: WorkflowRuntime, view: FlowView[Any], job: Job) -> Event:
         runner = runtime.runner
         flow_id = view.state.flow_id
-        if job.kind == "step":
-            step_event = await runner.run_step(view, job.step, job.attempt)
-            if isinstance(step_event, StepFailed) and step_event.exception is not None:
-                self.exceptions.record(flow_id, ("step", job.step), step_event.exception, step_event.error)
+        kind = job.kind
+        if kind == "step":
+            step_event = await runner.run_step(view, job.step, job.attempt, job.index)
+            if isinstance(step_event, StepRaised) and step_event.exception is not None:
+                self.exceptions.record(flow_id, ("step", job.step, job.index), step_event.exception, step_event.error)
             return step_event
-        if job.kind == "rollback":
-            rollback_event = await runner.run_rollback(view, job.step, job.attempt)
-            if isinstance(rollback_event, RollbackFailed) and rollback_event.exception is not None:
-                self.exceptions.record(flow_id, ("rollback", job.step), rollback_event.exception, rollback_event.error)
-            return rollback_event
-        if job.kind == "complete":
+        if kind == "rollback":
+            undo_event = await runner.run_rollback(view, job.step, job.attempt, job.index)
+            if isinstance(undo_event, RollbackRaised) and undo_event.exception is not None:
+                self.exceptions.record(
+                    flow_id, ("rollback", job.step, job.index), undo_event.exception, undo_event.error
+                )
+            return undo_event
+        if kind == "complete":
             complete_event = await runner.run_complete(view)
-            if isinstance(complete_event, CompleteFailed) and complete_event.exception is not None:
-                self.exceptions.record(flow_id, ("complete", None), complete_event.exception, complete_event.error)
+            if isinstance(complete_event, CompleteRaised) and complete_event.exception is not None:
+                self.exceptions.record(
+                    flow_id, ("complete", None, None), complete_event.exception, complete_event.error
+                )
             return complete_event
+        if kind == "eval":
+            action = job.action()
+            assert isinstance(action, Evaluate)
+            return await runner.evaluate(view, action.eval_id, action.targets)
         view.exceptions = self.exceptions.matching(view.state)
         return await runner.run_on_error(view)
 
-    async def _advance(
+    async def _operate(
+        self, runtime: WorkflowRuntime, flow: StoredFlow, view: FlowView[Any], job_id: str, job: Job
+    ) -> Job | None:
+        """Applies an operation another flow (or process) queued for this flow: a cancellation, an undo, a child's
+        end."""
+        extra = job.extra
+        op = extra["op"]
+        event: Event
+        if op == "cancel":
+            event = Cancel(str(extra.get("reason") or "cancelled"))
+        elif op == "compensate":
+            event = Compensate(str(extra.get("reason") or "compensated"))
+        elif op == "retry_compensation":
+            event = RetryCompensation()
+        else:
+            event = ChildSettled(
+                job.step,
+                str(extra.get("child")),
+                str(extra.get("status")),
+                extra.get("result"),
+                extra.get("error"),
+                bool(extra.get("rollback_failed")),
+            )
+        try:
+            return await self.advance(runtime.engine, flow, event, finished=job_id, view=view)
+        except FlowStateError as refused:
+            _log.warning("%s: dropped the %s asked of it", refused, op)
+            await self._drop(job_id)
+            return None
+
+    async def _spawn_child(self, runtime: WorkflowRuntime, flow: StoredFlow, job: Job) -> None:
+        """Creates the child flow of sub-workflow ``job.step`` (once, whatever the crashes: its id is derived)."""
+        parent = flow.state
+        child_id = str(job.extra["child"])
+        child_definition = runtime.engine.node(job.step).step.workflow
+        assert child_definition is not None
+        engine = self.engine_of(child_definition.name) or Engine(child_definition)
+        self.engines.setdefault(child_definition.name, engine)
+        meta = {**parent.meta, "correlation_id": parent.meta.get("correlation_id") or parent.flow_id}
+        ref: ParentRef = {"flow_id": parent.flow_id, "workflow": parent.workflow, "node": job.step}
+        now = time.time()
+        state = engine.new_state(
+            child_id,
+            job.extra["data"],
+            meta=meta,
+            now=now,
+            parent=ref,
+            depth=parent.depth + 1,
+        )
+        start = Job("start", child_definition.name, child_id)
+        existing = await self.store.create(
+            child_id,
+            child_definition.name,
+            dumps(state.to_dict()),
+            start,
+            wake_at=state.wake_at,
+            created_at=now,
+            parent_id=parent.flow_id,
+        )
+        if existing is None:
+            return
+        try:
+            found = StoredFlow.read(child_id, existing, b"1").state
+        except UnreadableState:
+            found = None
+        settled: ChildSettled | None = None
+        if found is None or found.parent is None or found.parent["flow_id"] != parent.flow_id:
+            error = f"a flow with the child's id '{child_id}' already exists"
+            settled = ChildSettled(job.step, child_id, FlowStatus.FAILED.value, None, error)
+        elif found.status.is_terminal:  # a crash after it ended, before its parent heard of it
+            result = found.result if found.status == FlowStatus.COMPLETED else None
+            message = None if found.error is None else str(build_error(found))
+            settled = ChildSettled(job.step, child_id, found.status.value, result, message, bool(found.rollback_errors))
+        if settled is not None:
+            await self.apply(runtime.engine, parent.flow_id, settled)
+
+    async def _progress(
+        self, engine: Engine, flow: StoredFlow, view: FlowView[Any], step: str | None, index: int | None,
+        fraction: float, message: str | None,
+    ) -> None:  # fmt: skip
+        await self.advance(engine, flow, Progress(step, fraction, message, index), finished=None, view=view)
+
+    # -- committing --
+
+    async def apply(self, engine: Engine, flow_id: str, event: Event) -> FlowState:
+        """Applies ``event`` to flow ``flow_id`` from this process (an operation, a child's end, a tick).
+
+        Returns:
+            The flow's state once the event is committed (or found to change nothing).
+
+        Raises:
+            FlowNotFoundError: the flow does not exist.
+            CorruptFlowError: its stored state cannot be read.
+            SignalError, FlowStateError: the engine refused the operation.
+        """
+        loaded = await self.store.load(flow_id)
+        if loaded is None:
+            raise FlowNotFoundError(flow_id)
+        try:
+            flow = StoredFlow.read(flow_id, *loaded)
+        except UnreadableState as unreadable:
+            raise CorruptFlowError(flow_id, unreadable.reason) from None
+        try:
+            await self.advance(engine, flow, event, finished=None)
+        except _Gone:
+            raise FlowNotFoundError(flow_id) from None
+        return flow.state
+
+    async def advance(
         self,
-        runtime: WorkflowRuntime,
-        flow: _Flow,
-        view: FlowView[Any],
+        engine: Engine,
+        flow: StoredFlow,
         event: Event | None,
         *,
         finished: str | None,
-        timed_out: bool = False,
+        view: FlowView[Any] | None = None,
+        runner: Runner[Any, Any] | None = None,
+        tick: bool = False,
     ) -> Job | None:
-        """Applies ``event`` (``None``: start the flow) and commits; retries on a lost race.
+        """Applies ``event`` (``None``: start the flow with ``runner``) and commits; retries on a lost race.
+
+        Args:
+            finished: the id of the job whose outcome this is (its lease ends with the commit).
+            view: the running job's view of the flow, kept up to date.
+            tick: the event is a timer's: set the flow's timer anew even if nothing changed.
 
         Returns:
             The job this task should run next, already leased to this process, or ``None``.
 
         Raises:
-            _UnreadableState: the state a lost race returned cannot be read.
+            UnreadableState: the state a lost race returned cannot be read.
             _LeaseRanOut: Redis stayed unreachable until the finished job's lease ran out.
+            _Gone: the flow no longer exists.
         """
-        engine = runtime.engine
+        workflow = engine.definition.name
         while True:
             state = flow.state
-            if event is None:
-                state, actions = self._start(runtime, state)
-            else:
-                actions = engine.handle(state, event)
-            if any(isinstance(action, Finish) for action in actions):
-                state.finished_at = time.time()
+            old_status = state.status.value
+            old_wake = state.wake_at
+            now = time.time()
+            try:
+                if event is None:
+                    assert runner is not None
+                    actions = runner.start(state, now)
+                else:
+                    actions = engine.handle(state, event, now)
+            except ItemsNeeded as needed:
+                await self._load_items(flow, needed)
+                flow.reread()
+                continue
+            records = state.take_events()
             raw = dumps(state.to_dict())
-            if raw == flow.raw:
+            if raw == flow.raw and not state.items_changed:
                 # The event changed nothing (a duplicate, or the flow moved on): just let the job go.
                 if finished is not None:
                     await self._drop(finished)
-                if timed_out:
-                    await self.store.forget_deadline(runtime.name, state.flow_id)
+                if tick:
+                    await self.store.set_timer(workflow, state.flow_id, state.wake_at)
                 return None
-            plan = self._plan(runtime, state, actions, allow_local=finished is not None and not self._stopping)
-            started_deadline = state.deadline if event is None else None
-            conflict = await self._commit(
-                runtime, flow.version, state, raw, plan, finished, started_deadline, timed_out or plan.done
+            commit = plan(self.keys, workflow, state, actions, allow_local=finished is not None and not self._stopping)
+            timer_changed = tick or state.wake_at != old_wake
+            change = Change(
+                items=flow.changed_items(self.keys),
+                events=[dumps(record) for record in records],
+                timer=state.wake_at if timer_changed else None,
+                clear_timer=timer_changed and state.wake_at is None,
+                old_status=old_status,
+                created_at=state.created_at,
             )
+            conflict = await self._commit(workflow, flow.version, state, raw, commit, change, finished)
             if conflict is None:
-                flow.state, flow.raw, flow.version = state, raw, str(int(flow.version) + 1)
-                view.state = state
-                self._after_commit(runtime, state, plan, started_deadline)
-                return plan.local
+                flow.raw, flow.version = raw, str(int(flow.version) + 1)
+                state.items_changed.clear()
+                if view is not None:
+                    view.state = state
+                self._after_commit(engine, state, commit, records)
+                return commit.local
             if conflict.state is None:
-                _log.warning("Flow %s disappeared (expired or deleted); dropping its job", shorten(state.flow_id))
-                if finished is not None:
-                    await self._drop(finished)
-                return None
-            fresh = _Flow.read(state.flow_id, conflict.state, conflict.version)
+                raise _Gone()
+            fresh = StoredFlow.read(state.flow_id, conflict.state, conflict.version)
+            if flow.items:
+                await self._reload_items(fresh, flow)
             flow.state, flow.raw, flow.version = fresh.state, fresh.raw, fresh.version
-            view.state = fresh.state
+            flow.items, flow.complete = fresh.items, fresh.complete
+            if view is not None:
+                view.state = fresh.state
 
-    def _start(self, runtime: WorkflowRuntime, state: FlowState) -> tuple[FlowState, list[Action]]:
-        # execute() may have given no timeout: then the registration's, else this provider's default applies.
-        default_timeout = resolve_timeout(runtime.runner.options.timeout, self.default_timeout)
-        return state, runtime.engine.start(state, default_timeout=default_timeout)
+    async def _with_items(self, flow: StoredFlow, ask: Any) -> Any:
+        """Asks the engine something, loading the items it needs first if it says so."""
+        while True:
+            try:
+                return ask()
+            except ItemsNeeded as needed:
+                await self._load_items(flow, needed)
+                flow.reread()
 
-    def _plan(self, runtime: WorkflowRuntime, state: FlowState, actions: list[Action], *, allow_local: bool) -> _Plan:
-        plan = _Plan()
-        keys = self.keys
-        for action in actions:
-            if isinstance(action, Finish):
-                plan.done = True
-            elif isinstance(action, CancelRunning):
-                for step in action.steps:
-                    attempt = int(state.steps[step]["attempt"])
-                    plan.cancelled.append(keys.job_id(Job("step", runtime.name, state.flow_id, step, attempt)))
-                if action.complete:
-                    plan.cancelled.append(keys.job_id(Job("complete", runtime.name, state.flow_id)))
-            else:
-                job = Job.for_action(runtime.name, state.flow_id, action)
-                delay = action.delay if isinstance(action, (RunStep, RunRollback)) else 0.0
-                if allow_local and plan.local is None and delay <= 0:
-                    plan.local = job
-                    plan.jobs.append(Enqueue(job, local=True))
-                else:
-                    plan.jobs.append(Enqueue(job, delay))
-        return plan
+    async def _load_items(self, flow: StoredFlow, needed: ItemsNeeded) -> None:
+        node = needed.node
+        if needed.indices is None:
+            total = int(flow.state.nodes[node].get("total", 0))
+            indices: tuple[int, ...] = tuple(range(total))
+        else:
+            indices = needed.indices
+        fields = [self.keys.item_field(node, i) for i in indices]
+        records = await self.store.load_items(flow.state.flow_id, fields)
+        for index, record in zip(indices, records, strict=True):
+            if record is None:
+                raise UnreadableState(flow.state.flow_id, flow.raw, f"its item {index} of '{node}' is missing")
+            flow.items[node, index] = record
+        if needed.indices is None:
+            flow.complete.add(node)
+
+    async def _reload_items(self, fresh: StoredFlow, stale: StoredFlow) -> None:
+        # Another writer got there first: the items at hand may have changed too.
+        keys = list(stale.items)
+        records = await self.store.load_items(fresh.state.flow_id, [self.keys.item_field(n, i) for n, i in keys])
+        fresh.items = {key: record for key, record in zip(keys, records, strict=True) if record is not None}
+        fresh.complete = {node for node in stale.complete}
+        fresh.attach_items()
 
     async def _commit(
         self,
-        runtime: WorkflowRuntime,
+        workflow: str,
         version: str,
         state: FlowState,
         raw: bytes,
-        plan: _Plan,
+        commit: Plan,
+        change: Change,
         finished_id: str | None,
-        deadline: float | None,
-        forget_deadline: bool,
     ) -> Conflict | None:
         loop = asyncio.get_running_loop()
 
-        async def commit() -> Conflict | None:
+        async def attempt() -> Conflict | None:
             sent = loop.time()
             conflict = await self.store.commit(
                 state.flow_id,
-                runtime.name,
+                workflow,
                 version,
                 raw,
                 state.status.value,
+                change=change,
                 finished=finished_id,
-                deadline=deadline,
-                forget_deadline=forget_deadline,
-                done=plan.done,
-                cancelled=plan.cancelled,
-                jobs=plan.jobs,
+                done=commit.done,
+                cancelled=commit.cancel_message,
+                jobs=commit.jobs,
             )
             if conflict is None:
                 if finished_id is not None:
                     self.leases.disown(finished_id)
-                if plan.local is not None:
-                    self.leases.own(self.keys.job_id(plan.local), plan.local, sent)
+                if commit.local is not None:
+                    self.leases.own(self.keys.job_id(commit.local), commit.local, sent)
             return conflict
 
         # An outage: retry while the job is still this process's, so that its work is not lost; past its lease
-        # another worker runs it again anyway. A commit without a job (a timeout) retries one stall interval.
+        # another worker runs it again anyway. A commit without a job (a tick, an operation) retries one stall
+        # interval.
         give_up_at = loop.time() + self.stall_interval
         delay = 0.1
         while True:
             try:
-                return await self._guarded(commit())
+                return await self._guarded(attempt())
             except UNAVAILABLE as error:
                 self._outage.failed(f"committing flow {shorten(state.flow_id)}", error)
                 now = loop.time()
@@ -590,46 +695,53 @@ class Worker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
-    def _after_commit(self, runtime: WorkflowRuntime, state: FlowState, plan: _Plan, deadline: float | None) -> None:
+    def _after_commit(self, engine: Engine, state: FlowState, commit: Plan, records: list[Any]) -> None:
         current = asyncio.current_task()
-        for job_id in plan.cancelled:
-            task = self.leases.handler(job_id)
-            if task is not None and task is not current and job_id not in self._cancelled:
-                self._cancelled.add(job_id)
-                task.cancel()
+        for job_id in commit.cancel_jobs:
+            self._cancel_here(job_id, current)
+        for flow_id, node in commit.cancel_fan_outs:
+            for job_id in self.leases.running_items(self.keys, flow_id, node):
+                self._cancel_here(job_id, current)
         flow_id = state.flow_id
-        if plan.done:
-            timer = self._timers.pop(flow_id, None)
-            if timer is not None:
-                timer.cancel()
-            if state.status != FlowStatus.COMPLETED:
-                error = build_error(state, self.exceptions.matching(state))
-                _log.warning(
-                    "Flow %s of workflow '%s' ended %s: %s", shorten(flow_id), state.workflow, state.status, error
-                )
-        elif deadline is not None and flow_id not in self._timers:
-            delay = max(0.0, deadline - time.time())
-            self._timers[flow_id] = asyncio.get_running_loop().call_later(delay, self._timer_fired, runtime, flow_id)
+        timer = self._timers.pop(flow_id, None)
+        if timer is not None:
+            timer.cancel()
+        if commit.done:
+            log_flow_end(state, self.exceptions.matching(state))
+            error = None if state.error is None else str(build_error(state))
+            telemetry.flow_finished(state, error)
+        elif state.wake_at is not None and engine.definition.name in self.runtimes and not self._stopping:
+            delay = max(0.0, state.wake_at - time.time())
+            self._timers[flow_id] = asyncio.get_running_loop().call_later(
+                delay, self._timer_fired, engine.definition.name, flow_id
+            )
+        if records:
+            self.hooks.publish(flow_id, state.workflow, records)
+
+    def _cancel_here(self, job_id: str, current: asyncio.Task[Any] | None) -> None:
+        task = self.leases.handler(job_id)
+        if task is not None and task is not current and job_id not in self._cancelled:
+            self._cancelled.add(job_id)
+            task.cancel()
 
     async def _fail_unreadable(
-        self, runtime: WorkflowRuntime, found: _UnreadableState, *, finished: str | None
+        self, workflow: str, engine: Engine, found: UnreadableState, *, finished: str | None
     ) -> None:
         """Fails a flow whose state cannot be read, once, through the engine's ``Unrunnable`` event."""
         flow_id = found.flow_id
-        engine = runtime.engine
-        state = engine.new_state(flow_id, None, now=time.time())
+        now = time.time()
+        state = engine.new_state(flow_id, None, now=now)
         record: ErrorRecord = {
             "type": _CORRUPT,
             "message": f"its stored state cannot be read ({found.reason}); the unreadable bytes are kept in the "
             "field 'unreadable' of its Redis hash",
             "traceback": "",
         }
-        engine.handle(state, Unrunnable(record))
-        state.finished_at = time.time()
+        engine.handle(state, Unrunnable(record), now)
         try:
             failed = await self._guarded(
                 self.store.fail_unreadable(
-                    flow_id, runtime.name, found.raw, dumps(state.to_dict()), state.status.value, finished=finished
+                    flow_id, workflow, found.raw, dumps(state.to_dict()), state.status.value, finished=finished
                 )
             )
         except _REDIS_ERRORS as error:
@@ -647,7 +759,7 @@ class Worker:
                 "Flow %s of workflow '%s' has unreadable state (%s): failed it; its bytes are kept in %s, field "
                 "'unreadable'",
                 shorten(flow_id),
-                runtime.name,
+                workflow,
                 found.reason,
                 shorten(self.keys.flow(flow_id)),
             )
@@ -655,50 +767,77 @@ class Worker:
             # It changed meanwhile (repaired, or failed by another worker): let the job run against what is there.
             await self._release(finished, hand_back=True)
 
-    # -- timeouts --
+    # -- timers --
 
-    def _timer_fired(self, runtime: WorkflowRuntime, flow_id: str) -> None:
+    def engine_of(self, workflow: str) -> Engine | None:
+        """The engine of ``workflow`` in this process (its consumer's, or one known without a consumer)."""
+        runtime = self.runtimes.get(workflow)
+        return runtime.engine if runtime is not None else self.engines.get(workflow)
+
+    def _timer_fired(self, workflow: str, flow_id: str) -> None:
         self._timers.pop(flow_id, None)
-        self._background_task(self._time_out(runtime, flow_id))
+        self._background_task(self.tick(workflow, flow_id))
 
     def _background_task(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _time_out(self, runtime: WorkflowRuntime, flow_id: str) -> None:
-        """Hands ``TimedOut`` to the engine for a flow whose deadline has passed."""
+    async def tick(self, workflow: str, flow_id: str) -> None:
+        """Fires whatever is due in flow ``flow_id`` (its deadline, a sleep's end, a signal's timeout)."""
+        engine = self.engine_of(workflow)
+        if engine is None:
+            return
         try:
             loaded = await self.store.load(flow_id)
             if loaded is None:
-                await self.store.forget_deadline(runtime.name, flow_id)
+                await self.store.set_timer(workflow, flow_id, None)
                 return
-            flow = _Flow.read(flow_id, *loaded)
-            state = flow.state
-            if state.deadline is not None and state.deadline > time.time() + 0.001 and not state.status.is_terminal:
-                # Not yet due (a deadline moved by the start): look again then.
-                self._timers[flow_id] = asyncio.get_running_loop().call_later(
-                    state.deadline - time.time(), self._timer_fired, runtime, flow_id
-                )
-                return
-            view = runtime.runner.view(state)
-            await self._advance(runtime, flow, view, TimedOut(), finished=None, timed_out=True)
-        except _UnreadableState as unreadable:
-            await self._fail_unreadable(runtime, unreadable, finished=None)
+            flow = StoredFlow.read(flow_id, *loaded)
+            await self.advance(engine, flow, Tick(), finished=None, tick=True)
+        except UnreadableState as unreadable:
+            await self._fail_unreadable(workflow, engine, unreadable, finished=None)
+        except _Gone:
+            await self.store.set_timer(workflow, flow_id, None)
         except _REDIS_ERRORS as error:
-            # The deadline stays in Redis: the reconciler tries again once Redis is back.
-            self._outage.failed(f"timing out flow {shorten(flow_id)}", error)
+            # The timer stays in Redis, a lease ahead: a worker tries again once Redis is back.
+            self._outage.failed(f"firing a timer of flow {shorten(flow_id)}", error)
         except Exception:
-            _log.exception("Internal error timing out flow %s", shorten(flow_id))
+            _log.exception("Internal error firing a timer of flow %s", shorten(flow_id))
+
+    async def _timer_loop(self) -> None:
+        """Takes the due timers of this process's workflows about once a second, whoever armed them."""
+        while True:
+            names = list(self.runtimes)
+            wait = _TIMER_POLL
+            try:
+                due, next_at = await self.store.due_timers(names)
+            except _REDIS_ERRORS as error:
+                self._outage.failed("looking for due timers", error)
+                await asyncio.sleep(_RETRY)
+                continue
+            except Exception:
+                _log.exception("Internal error looking for due timers")
+                await asyncio.sleep(_RETRY)
+                continue
+            for workflow, flow_ids in due.items():
+                for flow_id in flow_ids:
+                    self._background_task(self.tick(workflow, flow_id))
+            if next_at is not None:
+                wait = min(wait, max(0.01, next_at - time.time()))
+            await asyncio.sleep(wait)
 
     # -- leases --
 
     async def _reconciler(self) -> None:
+        last_trim = time.monotonic()
         while True:
             await asyncio.sleep(self.reconcile_interval)
-            names = list(self.runtimes)
             try:
-                handed_back, dropped, overdue = await self.store.reconcile(names, self.reconcile_interval)
+                handed_back, dropped = await self.store.reconcile(self.reconcile_interval)
+                if time.monotonic() - last_trim >= min(_TRIM_EVERY, self.retention):
+                    last_trim = time.monotonic()
+                    await self._trim_indexes()
             except _REDIS_ERRORS as error:
                 self._outage.failed("scanning for stalled jobs", error)
                 continue
@@ -710,12 +849,16 @@ class Worker:
                 _log.warning("Handed %d stalled job(s) back to their queues", handed_back)
             if dropped:
                 _log.warning("Dropped %d stalled lease(s) whose record could not be read", dropped)
-            for name, flow_ids in overdue.items():
-                runtime = self.runtimes.get(name)
-                if runtime is None:
-                    continue
-                for flow_id in flow_ids:
-                    self._background_task(self._time_out(runtime, flow_id))
+
+    async def _trim_indexes(self) -> None:
+        keys = self.keys
+        indexes = [keys.index]
+        for workflow in self.runtimes:
+            indexes.append(keys.index_workflow(workflow))
+            for status in FlowStatus:
+                indexes += keys.status_indexes(workflow, status.value)
+        indexes += [keys.index_status(status.value) for status in FlowStatus]
+        await self.store.trim_indexes(indexes, time.time() - self.retention)
 
     async def _drop(self, job_id: str) -> None:
         """Ends the lease of a job that is not needed any more, and deletes it."""
@@ -736,20 +879,26 @@ class Worker:
         if not data:
             return  # the notifier's "you may have missed messages": nothing to stop
         try:
-            job_ids = loads(data)
+            message = loads(data)
         except ValueError:
-            job_ids = None
-        if not isinstance(job_ids, list):
+            message = None
+        jobs = message.get("jobs") if isinstance(message, dict) else None
+        fan_outs = message.get("fan_outs") if isinstance(message, dict) else None
+        if not isinstance(jobs, list) or not isinstance(fan_outs, list):
             _log.warning(
-                "Ignored a message on %s that is not a JSON array of job ids: %s", self.keys.cancel, shorten(data)
+                "Ignored a message on %s that is not a JSON object of jobs and fan-outs: %s",
+                self.keys.cancel,
+                shorten(data),
             )
             return
-        for job_id in job_ids:
-            # Only a running handler is stopped: a job being committed is settled by its compare-and-set.
-            task = self.leases.handler(job_id) if isinstance(job_id, str) else None
-            if task is not None and job_id not in self._cancelled:
-                self._cancelled.add(job_id)
-                task.cancel()
+        # Only a running handler is stopped: a job being committed is settled by its compare-and-set.
+        for job_id in jobs:
+            if isinstance(job_id, str):
+                self._cancel_here(job_id, None)
+        for pair in fan_outs:
+            if isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair):
+                for job_id in self.leases.running_items(self.keys, pair[0], pair[1]):
+                    self._cancel_here(job_id, None)
 
     async def _guarded(self, coro: Coroutine[Any, Any, T]) -> T:
         """Runs ``coro`` to its end even if the caller is cancelled: a lease must never be half-known."""
@@ -757,13 +906,3 @@ class Worker:
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
         return await asyncio.shield(task)
-
-
-@dataclass(eq=False, slots=True)
-class _Plan:
-    """What one commit does besides writing the state."""
-
-    jobs: list[Enqueue] = field(default_factory=list)
-    cancelled: list[str] = field(default_factory=list)
-    local: Job | None = None
-    done: bool = False

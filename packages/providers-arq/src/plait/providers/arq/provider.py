@@ -26,9 +26,16 @@ Why it looks like this (arq 0.28):
   sequential flow costs one commit per step; parallel siblings go through the queue to any worker.
 * **Crashes.** Plait runs retries, backoff and timeouts itself (never raising into arq). A claimed job carries
   a lease of ``stall_interval`` seconds, renewed by a heartbeat; any worker's reconciler (one at a time, through
-  a short Redis lock) hands jobs whose lease ran out back to their queue, and fires flow timeouts from a
-  deadline index (the starting worker also arms a local timer, so timeouts are on time). A crash costs no
-  attempt; a handler may run again after a crash (at least once), a completion is recorded once.
+  a short Redis lock) hands jobs whose lease ran out back to their queue. A crash costs no attempt; a handler may
+  run again after a crash (at least once), a completion is recorded once.
+* **Waiting costs nothing.** A flow waiting for a signal or a timer holds no job and no worker: its next wake-up
+  (a sleep's end, a signal's timeout, its deadline) is a score in its workflow's timers, which every worker looks
+  at about once a second, so it fires even when every worker was down at its time. A signal, a cancellation or
+  an undo is a commit like any event, made by whichever process asks; a child flow's end reaches its parent as a
+  job created in the child's final commit.
+* **Seeing flows.** Each commit appends the flow's events to a capped stream (``subscribe()`` reads it from any
+  process) and moves the flow between the listing indexes of its old and new status, so ``list_flows()`` reads
+  sorted sets, never the keyspace.
 * **Callers wait on pub/sub.** ``result()`` subscribes to ``<prefix>:done:<flow>`` (one pub/sub connection per
   process), then reads the flow; the commit that ends a flow publishes there.
 * **Outages.** ``execute()`` and the reads raise ``ProviderUnavailableError`` at once while Redis cannot be
@@ -45,9 +52,10 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import replace
-from typing import Any, ClassVar, Generic, TypeVar
+from datetime import datetime
+from typing import Any, ClassVar, Generic, TypeVar, overload
 
 from arq.connections import ArqRedis
 from pydantic import BaseModel
@@ -62,10 +70,17 @@ from plait.core import (
     IWorkflowConsumer,
     ProviderNotStartedError,
     ProviderUnavailableError,
+    SignalError,
     WorkflowDefinition,
     WorkflowNotRegisteredError,
+    telemetry,
 )
-from plait.core.engine import Engine, FlowState, build_error
+from plait.core.engine import Cancel, Compensate, Engine, Event, FlowState, RetryCompensation, Signal, build_error
+from plait.core.events import FlowEvent, event_from_record, is_last
+from plait.core.hooks import Hooks
+from plait.core.info import FlowPage, FlowSummary
+from plait.core.listing import ListQuery, encode_cursor
+from plait.core.provider import EventHook
 from plait.core.runner import (
     check_flow_id,
     check_same_flow,
@@ -74,11 +89,12 @@ from plait.core.runner import (
     prepare_registration,
     validate_data,
 )
-from plait.core.validation import MAX_PAYLOAD_SIZE, check_max_payload_size
-from plait.providers.arq._keys import Job, Keys, decode_state, dumps, shorten
+from plait.core.validation import MAX_PAYLOAD_SIZE, check_max_payload_size, validate
+from plait.providers.arq._flows import Exceptions
+from plait.providers.arq._keys import Job, Keys, decode_state, dumps, loads, shorten
 from plait.providers.arq._notify import Notifier
 from plait.providers.arq._store import UNAVAILABLE, Store
-from plait.providers.arq._worker import Exceptions, Worker, WorkflowRuntime
+from plait.providers.arq._worker import Worker, WorkflowRuntime
 from plait.providers.arq.settings import ArqSettings
 
 __all__ = ["ArqFlowHandle", "ArqWorkflowProvider"]
@@ -87,6 +103,20 @@ D = TypeVar("D", bound=BaseModel)
 R = TypeVar("R", bound=BaseModel)
 
 _log = logging.getLogger("plait.providers.arq")
+
+
+def _event_record(flow_id: str, entry_id: str, raw: bytes | None) -> dict[str, Any] | None:
+    """The event record of one stream entry, or ``None`` (with a log line) for one Plait did not write."""
+    try:
+        record = loads(raw) if raw is not None else None
+        if isinstance(record, dict):
+            event_from_record(flow_id, "", record)  # checks it holds an event
+            return record
+    except (ValueError, TypeError, KeyError, RecursionError):
+        pass
+    _log.warning("Skipped entry %s of flow %s's event stream: not a Plait event", entry_id, shorten(flow_id))
+    return None
+
 
 T = TypeVar("T")
 
@@ -118,13 +148,18 @@ class ArqFlowHandle(FlowHandle[R], Generic[R]):
         raise build_error(state, self._provider._exceptions.matching(state))
 
 
+_STREAM_POLL = 1.0  # seconds a subscriber blocks on a flow's stream before it looks at the flow's status
+
+
 class _Registration:
     __slots__ = ("definition", "engine", "runtime")
 
-    def __init__(self, definition: WorkflowDefinition[Any, Any], runtime: WorkflowRuntime | None) -> None:
+    def __init__(
+        self, definition: WorkflowDefinition[Any, Any], runtime: WorkflowRuntime | None, engine: Engine | None = None
+    ) -> None:
         self.definition = definition
         self.runtime = runtime
-        self.engine = runtime.engine if runtime is not None else Engine(definition)
+        self.engine = runtime.engine if runtime is not None else engine or Engine(definition)
 
 
 class ArqWorkflowProvider:
@@ -212,6 +247,7 @@ class ArqWorkflowProvider:
         self.stop_grace = stop_grace
         self._registrations: dict[str, _Registration] = {}
         self._exceptions = Exceptions()
+        self._hooks = Hooks(self.provider_id)
         self._redis: ArqRedis | None = None
         self._store: Store | None = None
         self._notifier: Notifier | None = None
@@ -243,14 +279,25 @@ class ArqWorkflowProvider:
             registered=self._registrations,
             provider_id=self.provider_id,
             step_timeout=self.step_timeout,
+            default_timeout=self.default_timeout,
             max_payload_size=self.max_payload_size,
         )
         runtime = None
         if runner is not None:
             runtime = WorkflowRuntime(runner, runner.options.concurrency or self.concurrency)
-        self._registrations[definition.name] = _Registration(definition, runtime)
-        if runtime is not None and self._worker is not None:
-            self._worker.add(runtime)
+        self._registrations[definition.name] = registration = _Registration(definition, runtime)
+        if self._worker is not None:
+            if runtime is not None:
+                self._worker.add(runtime)
+            else:
+                self._worker.engines[definition.name] = registration.engine
+
+    def on_event(self, hook: EventHook) -> None:
+        """Calls ``hook`` with every event of every flow this process commits, in order, from a task of its own
+        (at least once across crashes); a hook that raises is logged and never fails a flow."""
+        self._hooks.add(hook)
+        if self._started:
+            self._hooks.start()
 
     async def start(self) -> None:
         """Connects to Redis and, if consumers are registered, starts running their jobs; idempotent.
@@ -274,12 +321,16 @@ class ArqWorkflowProvider:
                     store,
                     notifier,
                     self._exceptions,
-                    default_timeout=self.default_timeout,
+                    self._hooks,
                     stall_interval=self.stall_interval,
                     stop_grace=self.stop_grace,
+                    retention=self.retention,
                 )
                 for runtime in runtimes:
                     worker.add(runtime)
+                for registration in self._registrations.values():
+                    if registration.runtime is None:
+                        worker.engines[registration.definition.name] = registration.engine
                 self._redis, self._store, self._notifier, self._worker = redis, store, notifier, worker
                 await worker.start()
             except (*UNAVAILABLE, TimeoutError) as error:  # TimeoutError: the cancel channel's subscription
@@ -289,6 +340,7 @@ class ArqWorkflowProvider:
                 await self._close()
                 raise
             self._started = True
+            self._hooks.start()
 
     async def _connect(self) -> ArqRedis:
         settings = self.settings
@@ -332,6 +384,7 @@ class ArqWorkflowProvider:
                 for waiter in self._waiters:
                     waiter.set()
                 await asyncio.sleep(0)
+                await self._hooks.stop(self.stop_grace)
                 await self._close()
 
     async def _close(self) -> None:
@@ -372,18 +425,44 @@ class ArqWorkflowProvider:
         _, payload = validate_data(definition, data, max_size=self.max_payload_size)
         check_timeout(timeout, "execute(timeout=)")
         store = self._running_store()
+        engine = self._engine_for(definition)
+        flow_id = new_flow_id() if id is None else id
+        meta = telemetry.traced_meta(meta, definition.name, flow_id)
+        await self._create(store, engine, flow_id, payload, meta=meta, timeout=timeout)
+        return ArqFlowHandle(flow_id, self, definition)
+
+    async def _create(
+        self,
+        store: Store,
+        engine: Engine,
+        flow_id: str,
+        payload: Any,
+        *,
+        meta: Mapping[str, str] | None,
+        timeout: float | None = None,
+        retry_of: str | None = None,
+    ) -> None:
+        workflow = engine.definition.name
+        now = time.time()
+        state = engine.new_state(flow_id, payload, meta=meta, timeout=timeout, now=now, retry_of=retry_of)
+        start = Job("start", workflow, flow_id)
+        existing = await self._reach(
+            store.create(flow_id, workflow, dumps(state.to_dict()), start, wake_at=state.wake_at, created_at=now)
+        )
+        if existing is not None:
+            check_same_flow(decode_state(flow_id, existing), workflow, payload)
+
+    def _engine_for(self, definition: WorkflowDefinition[Any, Any]) -> Engine:
         registration = self._registrations.get(definition.name)
         if registration is None:
             raise WorkflowNotRegisteredError(definition.name, "register the definition (a consumer is optional)")
-        flow_id = new_flow_id() if id is None else id
-        state = registration.engine.new_state(flow_id, payload, meta=meta, timeout=timeout, now=time.time())
-        start = Job("start", definition.name, flow_id)
-        existing = await self._reach(
-            store.create(flow_id, definition.name, dumps(state.to_dict()), start, state.deadline)
-        )
-        if existing is not None:
-            check_same_flow(decode_state(flow_id, existing), definition.name, payload)
-        return ArqFlowHandle(flow_id, self, definition)
+        return registration.engine
+
+    def _engine_of(self, workflow: str, what: str) -> tuple[WorkflowDefinition[Any, Any], Engine]:
+        found = self._registrations.get(workflow)
+        if found is None:
+            raise WorkflowNotRegisteredError(workflow, f"register its definition to {what}")
+        return found.definition, found.engine
 
     async def get_status(self, flow_id: str) -> FlowStatus:
         """Returns the status of flow ``flow_id``.
@@ -395,8 +474,17 @@ class ArqWorkflowProvider:
         """
         return (await self._status(flow_id))[0]
 
-    async def get_handle(self, flow_id: str) -> ArqFlowHandle[BaseModel]:
-        """Returns a handle on flow ``flow_id`` (of any workflow registered here, with or without a consumer).
+    @overload
+    async def get_handle(self, flow_id: str) -> ArqFlowHandle[BaseModel]: ...
+
+    @overload
+    async def get_handle(self, flow_id: str, definition: WorkflowDefinition[Any, R]) -> ArqFlowHandle[R]: ...
+
+    async def get_handle(
+        self, flow_id: str, definition: WorkflowDefinition[Any, Any] | None = None
+    ) -> ArqFlowHandle[Any]:
+        """Returns a handle on flow ``flow_id``, its result typed by ``definition``, else by the definition
+        registered (or executed) here; without either, ``result()`` says what to register.
 
         Raises:
             FlowNotFoundError: unknown or expired.
@@ -404,8 +492,10 @@ class ArqWorkflowProvider:
             ProviderUnavailableError: Redis cannot be reached.
         """
         _, workflow = await self._status(flow_id)
-        registration = self._registrations.get(workflow)
-        return ArqFlowHandle(flow_id, self, registration.definition if registration is not None else None)
+        if definition is None:
+            found = self._registrations.get(workflow)
+            definition = found.definition if found is not None else None
+        return ArqFlowHandle(flow_id, self, definition)
 
     async def describe(self, flow_id: str) -> FlowInfo:
         """Returns flow ``flow_id``'s status with each step's fate, whichever process ran them.
@@ -416,8 +506,8 @@ class ArqWorkflowProvider:
             ProviderUnavailableError: Redis cannot be reached.
         """
         state = await self.get_state(flow_id)
-        registration = self._registrations.get(state.workflow)
-        return FlowInfo.from_state(state, registration.definition if registration is not None else None)
+        found = self._registrations.get(state.workflow)
+        return FlowInfo.from_state(state, found.definition if found is not None else None)
 
     async def get_state(self, flow_id: str) -> FlowState:
         """Returns the recorded state of a flow (step statuses, results, errors) for inspection.
@@ -431,6 +521,206 @@ class ArqWorkflowProvider:
         if loaded is None:
             raise FlowNotFoundError(flow_id)
         return decode_state(flow_id, loaded[0])
+
+    # -- steering --
+
+    async def signal(self, flow_id: str, name: str, payload: BaseModel | Mapping[str, Any]) -> None:
+        """Delivers signal ``name`` with ``payload`` to flow ``flow_id``, committed like any event (a signal sent
+        before the flow gets to its wait is kept there).
+
+        Raises:
+            FlowNotFoundError: unknown or expired.
+            SignalError: the workflow waits for no such signal, the flow has ended, or the signal already came
+                with another payload.
+            WorkflowValidationError: the payload does not validate; nothing was stored.
+            WorkflowNotRegisteredError: the workflow's definition is not known in this process.
+            ProviderUnavailableError: Redis cannot be reached.
+        """
+        _, workflow = await self._status(flow_id)
+        definition, engine = self._engine_of(workflow, "send its flows signals")
+        model = definition.signals.get(name)
+        if model is None:
+            declared = ", ".join(f"'{n}'" for n in definition.signals) or "none"
+            raise SignalError(f"Workflow '{workflow}' waits for no signal '{name}' (it waits for: {declared})")
+        _, value = validate(
+            model, payload, workflow=workflow, what=f"payload of signal '{name}'", max_size=self.max_payload_size
+        )
+        await self._apply(engine, flow_id, Signal(name, value))
+
+    async def cancel(self, flow_id: str, reason: str | None = None) -> FlowStatus:
+        """Cancels flow ``flow_id``: its running handlers stop wherever they run, its completed steps roll back,
+        ``on_error`` runs and it ends ``cancelled`` (its children too). An ended flow is left as it is.
+
+        Raises:
+            FlowNotFoundError: unknown or expired.
+            WorkflowNotRegisteredError: the workflow's definition is not known in this process.
+            ProviderUnavailableError: Redis cannot be reached.
+        """
+        status, workflow = await self._status(flow_id)
+        if status.is_terminal:
+            return status
+        _, engine = self._engine_of(workflow, "cancel its flows")
+        state = await self._apply(engine, flow_id, Cancel(reason or "cancelled"))
+        return state.status
+
+    async def compensate(self, flow_id: str, reason: str | None = None) -> FlowStatus:
+        """Undoes completed flow ``flow_id``: its completed steps roll back, and it ends ``compensated``.
+
+        Raises:
+            FlowStateError: the flow has not completed.
+            FlowNotFoundError: unknown or expired.
+            WorkflowNotRegisteredError: the workflow's definition is not known in this process.
+            ProviderUnavailableError: Redis cannot be reached.
+        """
+        _, workflow = await self._status(flow_id)
+        _, engine = self._engine_of(workflow, "compensate its flows")
+        state = await self._apply(engine, flow_id, Compensate(reason or "compensate() was called"))
+        return state.status
+
+    async def retry_compensation(self, flow_id: str) -> FlowStatus:
+        """Runs again the rollbacks of ended flow ``flow_id`` that failed for good.
+
+        Raises:
+            FlowStateError: none failed.
+            FlowNotFoundError: unknown or expired.
+            WorkflowNotRegisteredError: the workflow's definition is not known in this process.
+            ProviderUnavailableError: Redis cannot be reached.
+        """
+        _, workflow = await self._status(flow_id)
+        _, engine = self._engine_of(workflow, "compensate its flows")
+        state = await self._apply(engine, flow_id, RetryCompensation())
+        return state.status
+
+    async def retry(self, flow_id: str) -> ArqFlowHandle[BaseModel]:
+        """Starts a new flow with the data and metadata of failed, cancelled or compensated flow ``flow_id``.
+
+        Raises:
+            FlowStateError: the flow is running, or completed.
+            FlowNotFoundError: unknown or expired.
+            WorkflowNotRegisteredError: the workflow's definition is not known in this process.
+            ProviderUnavailableError: Redis cannot be reached.
+        """
+        state = await self.get_state(flow_id)
+        definition, engine = self._engine_of(state.workflow, "retry its flows")
+        engine.check_retry(state)
+        new_id = new_flow_id()
+        meta = telemetry.traced_meta(state.meta, state.workflow, new_id)
+        await self._create(self._running_store(), engine, new_id, state.data, meta=meta, retry_of=flow_id)
+        return ArqFlowHandle(new_id, self, definition)
+
+    async def _apply(self, engine: Engine, flow_id: str, event: Event) -> FlowState:
+        worker = self._worker
+        if not self._started or worker is None:
+            raise ProviderNotStartedError("ArqWorkflowProvider is not running: await provider.start() first")
+        return await self._reach(worker.apply(engine, flow_id, event))
+
+    # -- watching --
+
+    async def list_flows(
+        self,
+        *,
+        workflow: str | None = None,
+        status: FlowStatus | str | None = None,
+        parent_id: str | None = None,
+        created_after: float | datetime | None = None,
+        created_before: float | datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> FlowPage:
+        """Lists flows newest first, from indexes kept in the same commits as the flows (see
+        ``WorkflowExecutor.list_flows``).
+
+        Raises:
+            ValueError: a bad argument or cursor.
+            ProviderUnavailableError: Redis cannot be reached.
+        """
+        query = ListQuery.of(
+            workflow=workflow,
+            status=status,
+            parent_id=parent_id,
+            created_after=created_after,
+            created_before=created_before,
+            limit=limit,
+            cursor=cursor,
+        )
+        store = self._running_store()
+        keys = self.keys
+        if query.parent_id is not None:
+            index = keys.index_parent(query.parent_id)
+        elif query.workflow is not None and query.status is not None:
+            index = keys.index_workflow_status(query.workflow, query.status.value)
+        elif query.workflow is not None:
+            index = keys.index_workflow(query.workflow)
+        elif query.status is not None:
+            index = keys.index_status(query.status.value)
+        else:
+            index = keys.index
+        newest = query.after[0] if query.after is not None else None
+        if query.created_before is not None:
+            newest = query.created_before if newest is None else min(newest, query.created_before)
+        items: list[FlowSummary] = []
+        offset = 0
+        batch = query.limit + 1
+        while True:
+            page = await self._reach(store.index_page(index, newest, query.created_after, batch, offset))
+            offset += len(page)
+            # Index scores are the exact creation times; the states decide what the index cannot (the cursor's
+            # tie on a time, filters beyond the index's own).
+            flow_ids = [flow_id for flow_id, _ in page]
+            states = await self._reach(store.load_many(flow_ids))
+            for flow_id, raw in zip(flow_ids, states, strict=True):
+                if raw is None:
+                    continue  # expired: the index is swept later
+                try:
+                    state = decode_state(flow_id, raw)
+                except CorruptFlowError:
+                    continue
+                if not query.follows(state.created_at, flow_id):
+                    continue
+                parent = state.parent["flow_id"] if state.parent else None
+                if not query.admits(state.workflow, state.status.value, parent, state.created_at):
+                    continue
+                if query.created_before is not None and state.created_at >= query.created_before:
+                    continue
+                if len(items) == query.limit:
+                    last = items[-1]
+                    return FlowPage(tuple(items), encode_cursor(last.created_at, last.flow_id))
+                items.append(FlowSummary.from_state(state))
+            if len(page) < batch:
+                return FlowPage(tuple(items))
+
+    async def subscribe(self, flow_id: str) -> AsyncIterator[FlowEvent]:
+        """Yields flow ``flow_id``'s events from its first to its last, from any process: the stored ones, then
+        the new ones as they are committed.
+
+        Raises:
+            FlowNotFoundError: unknown or expired.
+            ProviderUnavailableError: Redis cannot be reached.
+        """
+        store = self._running_store()
+        status, workflow = await self._status(flow_id)
+        ended = status.is_terminal
+        after = "0"
+        block: float | None = None  # None: reading what is stored; else following the stream live
+        last = False
+        while True:
+            entries = await self._reach(store.events_after(flow_id, after, block=block))
+            for entry_id, raw in entries:
+                after = entry_id
+                record = _event_record(flow_id, entry_id, raw)
+                if record is not None:
+                    last = is_last(record)
+                    yield event_from_record(flow_id, workflow, record)
+            if block is None:
+                if entries:
+                    continue
+                if ended or last:
+                    return
+                block = _STREAM_POLL  # the flow runs (or was undone after it ended): follow it to its end
+            elif last:
+                return
+            elif not entries and (await self._status(flow_id))[0].is_terminal:
+                ended, block = True, None  # read what was committed meanwhile, then stop
 
     # -- internals --
 
@@ -463,10 +753,7 @@ class ArqWorkflowProvider:
         raise CorruptFlowError(flow_id, f"its status {shorten(status)} or workflow {shorten(workflow)} cannot be read")
 
     def _definition(self, workflow: str) -> WorkflowDefinition[Any, Any]:
-        registration = self._registrations.get(workflow)
-        if registration is None:
-            raise WorkflowNotRegisteredError(workflow, "register its definition to read its result")
-        return registration.definition
+        return self._engine_of(workflow, "read its result")[0]
 
     async def _wait(self, flow_id: str, timeout: float | None) -> FlowState:
         """Waits until the flow ends (woken through pub/sub) and returns its final state; rides through outages.

@@ -62,6 +62,7 @@ from plait.core.engine import (
     log_flow_end,
 )
 from plait.core.events import FlowEvent, event_from_record, is_last
+from plait.core.hooks import Hooks
 from plait.core.info import FlowPage, FlowSummary
 from plait.core.listing import ListQuery, encode_cursor
 from plait.core.provider import EventHook
@@ -175,9 +176,7 @@ class InProcessWorkflowProvider:
         self._active: dict[str, Flow] = {}
         self._finished: OrderedDict[str, float] = OrderedDict()
         self._working = 0  # handler or callable runs in progress (a virtual clock waits for none)
-        self._hooks: list[EventHook] = []
-        self._hook_queue: asyncio.Queue[tuple[str, str, list[EventRecord]] | None] | None = None
-        self._hook_task: asyncio.Task[None] | None = None
+        self._hooks = Hooks(self.provider_id)
         self._started = False
         self._stopping = False
 
@@ -210,21 +209,15 @@ class InProcessWorkflowProvider:
     def on_event(self, hook: EventHook) -> None:
         """Calls ``hook`` with every event of every flow, in order, from a task of its own; a hook that raises is
         logged and never fails a flow."""
-        if not callable(hook):
-            raise TypeError(f"on_event() takes an async function of a FlowEvent, got {hook!r}")
-        self._hooks.append(hook)
-        self._start_hooks()
+        self._hooks.add(hook)
+        if self._started:
+            self._hooks.start()
 
     async def start(self) -> None:
         """Starts taking work; idempotent."""
         self._started = True
         self._stopping = False
-        self._start_hooks()
-
-    def _start_hooks(self) -> None:
-        if self._hooks and self._hook_task is None and self._started:
-            self._hook_queue = asyncio.Queue()
-            self._hook_task = asyncio.create_task(self._run_hooks(self._hook_queue), name="plait-inprocess-hooks")
+        self._hooks.start()
 
     async def stop(self) -> None:
         """Stops taking work, lets running flows finish within ``stop_grace`` seconds, then cancels the rest.
@@ -255,7 +248,7 @@ class InProcessWorkflowProvider:
                     await asyncio.sleep(0)
         finally:
             self._started = False
-            await self._stop_hooks()
+            await self._hooks.stop(self.stop_grace)
 
     async def _wait_active(self, grace: float, *, running_only: bool) -> bool:
         loop = asyncio.get_running_loop()
@@ -600,8 +593,7 @@ class InProcessWorkflowProvider:
             if flow.listeners:
                 for queue in flow.listeners:
                     queue.put_nowait(events)
-            if self._hook_queue is not None:
-                self._hook_queue.put_nowait((state.flow_id, state.workflow, events))
+            self._hooks.publish(state.flow_id, state.workflow, events)
         wake_at = state.wake_at
         if wake_at == flow.armed:
             return
@@ -842,31 +834,3 @@ class InProcessWorkflowProvider:
                 break
             del finished[flow_id]
             self._flows.pop(flow_id, None)
-
-    # -- hooks --
-
-    async def _run_hooks(self, queue: asyncio.Queue[tuple[str, str, list[EventRecord]] | None]) -> None:
-        while True:
-            item = await queue.get()
-            if item is None:
-                return
-            flow_id, workflow, records = item
-            for record in records:
-                event = event_from_record(flow_id, workflow, record)
-                for hook in self._hooks:
-                    try:
-                        await hook(event)
-                    except Exception:
-                        _log.exception("Event hook %r failed on %s of flow %s", hook, record.get("type"), flow_id)
-
-    async def _stop_hooks(self) -> None:
-        task, queue = self._hook_task, self._hook_queue
-        self._hook_task = self._hook_queue = None
-        if task is None or queue is None:
-            return
-        queue.put_nowait(None)  # deliver what is queued, then end
-        try:
-            await asyncio.wait_for(asyncio.shield(task), self.stop_grace)
-        except TimeoutError:
-            task.cancel()
-            _log.error("Event hooks did not finish within the stop grace period")

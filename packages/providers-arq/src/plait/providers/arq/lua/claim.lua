@@ -5,8 +5,9 @@
 -- caller checks the rest of each job and drops, through release.lua, those it cannot run.
 --
 -- Returns {jobs, rejected, due}:
---   jobs: {job id, payload, state, version, workflow, queue number (1: steps queue, 2: flow queue)} per leased job;
---         state, version and workflow are false when the flow no longer exists
+--   jobs: {job id, payload, state, version, workflow, queue number (1: steps queue, 2: flow queue), item} per
+--         leased job; state, version and workflow are false when the flow no longer exists; item is the record of
+--         the for-each item a step or rollback job names (false for other jobs)
 --   rejected: {job id, reason} per job deleted here
 --   due: when no ready job is left, the score of the next job (ms), else false
 
@@ -24,16 +25,23 @@ local flow_key_prefix = ARGV[5]  -- a flow's key is prefix .. flow id .. suffix
 local flow_key_suffix = ARGV[6]
 local steps_record = ARGV[7]  -- the lease record of a job from the steps queue, and from the flow queue
 local flow_record = ARGV[8]
+local item_field_prefix = ARGV[9]  -- a for-each item's field in its flow's hash is prefix .. node .. ':' .. index
 
 -- Garbage does not use up `left`, so a flood of it is bounded separately.
 local rejects_left = 1000
 
+-- The flow a job names, and the field of the for-each item it names (nil for other jobs).
 local function flow_id_of(payload)
   local ok, job = pcall(cjson.decode, payload)
   if not ok then return nil, 'not JSON' end
   if type(job) ~= 'table' or type(job['a']) ~= 'table' then return nil, 'not an arq job (no argument list)' end
-  local flow_id = job['a'][1]
+  local args = job['a']
+  local flow_id = args[1]
   if type(flow_id) ~= 'string' then return nil, 'its first argument is not a flow id' end
+  local extra = args[5]
+  if type(extra) == 'table' and type(extra['i']) == 'number' and type(args[3]) == 'string' then
+    return flow_id, nil, item_field_prefix .. args[3] .. ':' .. string.format('%d', extra['i'])
+  end
   return flow_id
 end
 
@@ -52,12 +60,15 @@ for number = 1, 2 do
       local payload = redis.call('GET', job_key)
       -- No payload: the job was cancelled or has expired; there is nothing to run.
       if payload then
-        local flow_id, reason = flow_id_of(payload)
+        local flow_id, reason, item_field = flow_id_of(payload)
         if flow_id then
-          local flow = redis.call('HMGET', flow_key_prefix .. flow_id .. flow_key_suffix, 's', 'v', 'wf')
+          local flow_key = flow_key_prefix .. flow_id .. flow_key_suffix
+          local flow = redis.call('HMGET', flow_key, 's', 'v', 'wf')
+          local item = false
+          if item_field then item = redis.call('HGET', flow_key, item_field) end
           redis.call('ZADD', leases, lease_end_ms, job_id)
           redis.call('HSET', lease_info, job_id, records[number])
-          jobs[#jobs + 1] = {job_id, payload, flow[1], flow[2], flow[3], number}
+          jobs[#jobs + 1] = {job_id, payload, flow[1], flow[2], flow[3], number, item}
           left = left - 1
         else
           redis.call('DEL', job_key)

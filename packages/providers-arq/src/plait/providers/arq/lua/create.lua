@@ -1,11 +1,17 @@
--- Stores a new flow and queues its start job, unless the flow id is taken.
+-- Stores a new flow and queues its start job, unless the flow id is taken; indexes it for listings and arms its
+-- timer (its deadline), all at once.
 -- Returns false, or the existing flow's state when the id is taken (the caller compares it).
 
 local flow_key = KEYS[1]
 local queue = KEYS[2]
 local job_key = KEYS[3]
 local wake = KEYS[4]
-local deadlines = KEYS[5]
+local timers = KEYS[5]
+local index_all = KEYS[6]
+local index_workflow = KEYS[7]
+local index_status = KEYS[8]
+local index_workflow_status = KEYS[9]
+local index_parent = KEYS[10]  -- only for a child flow
 
 local state = ARGV[1]
 local workflow = ARGV[2]
@@ -13,16 +19,26 @@ local job_id = ARGV[3]
 local payload = ARGV[4]
 local due_ms = ARGV[5]
 local retention_ms = ARGV[6]
-local deadline_ms = ARGV[7]  -- '' when the flow has no deadline yet
+local wake_ms = ARGV[7]  -- '' when the flow has no timer
 local flow_id = ARGV[8]
+local status = ARGV[9]
+local created_at = ARGV[10]  -- the flow's score in the listing indexes (its creation time in seconds)
 
 local existing = redis.call('HGET', flow_key, 's')
 if existing then return existing end
-redis.call('HSET', flow_key, 's', state, 'v', '1', 'st', 'pending', 'wf', workflow)
+redis.call('HSET', flow_key, 's', state, 'v', '1', 'st', status, 'wf', workflow)
 redis.call('PEXPIRE', flow_key, retention_ms)
 redis.call('SET', job_key, payload, 'PX', retention_ms)
 redis.call('ZADD', queue, due_ms, job_id)
 redis.call('LPUSH', wake, '1')
 redis.call('LTRIM', wake, 0, 63)
-if deadline_ms ~= '' then redis.call('ZADD', deadlines, deadline_ms, flow_id) end
+if wake_ms ~= '' then redis.call('ZADD', timers, wake_ms, flow_id) end
+redis.call('ZADD', index_all, created_at, flow_id)
+redis.call('ZADD', index_workflow, created_at, flow_id)
+redis.call('ZADD', index_status, created_at, flow_id)
+redis.call('ZADD', index_workflow_status, created_at, flow_id)
+if index_parent then
+  redis.call('ZADD', index_parent, created_at, flow_id)
+  redis.call('PEXPIRE', index_parent, retention_ms)
+end
 return false

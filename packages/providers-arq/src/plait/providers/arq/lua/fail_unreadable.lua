@@ -1,6 +1,6 @@
 -- Fails, once, a flow whose stored state cannot be read: writes the terminal state the caller built in its place,
 -- keeps the unreadable bytes in field 'unreadable' for whoever investigates, finishes the job that found it,
--- stops watching the flow's deadline and announces its end.
+-- clears the flow's timer and announces its end.
 --
 -- A compare-and-set on the stored bytes themselves (the version may be unreadable too): returns 1 when done,
 -- 0 when the state changed meanwhile (another worker failed it first, say).
@@ -8,7 +8,7 @@
 local flow_key = KEYS[1]
 local leases = KEYS[2]
 local lease_info = KEYS[3]
-local deadlines = KEYS[4]
+local timers = KEYS[4]
 
 local unreadable = ARGV[1]  -- the state as the caller read it
 local state = ARGV[2]
@@ -28,6 +28,6 @@ if finished_job ~= '' then
   redis.call('ZREM', leases, finished_job)
   redis.call('HDEL', lease_info, finished_job)
 end
-redis.call('ZREM', deadlines, flow_id)
+redis.call('ZREM', timers, flow_id)
 redis.call('PUBLISH', done_channel, status)
 return 1

@@ -1,13 +1,11 @@
--- Hands the jobs whose lease ran out (their worker died, hung or lost Redis) back to their queues, and lists,
--- per workflow, the flows past their deadline. A part with something to do runs only for the caller that takes
--- its lock, so one worker handles it at a time; an idle scan takes no lock.
+-- Hands the jobs whose lease ran out (their worker died, hung or lost Redis) back to their queues. It runs only
+-- for the caller that takes the lock, so one worker does it at a time; an idle scan takes no lock.
 --
--- Returns {handed back, dropped, overdue}: overdue has one list of flow ids per workflow, in KEYS order.
+-- Returns {handed back, dropped}.
 
 local leases = KEYS[1]
 local lease_info = KEYS[2]
 local lock = KEYS[3]
-local FIRST_WORKFLOW = 4  -- then per workflow: its deadlines, its lock
 
 local now_ms = ARGV[1]
 local lock_ms = ARGV[2]
@@ -39,15 +37,4 @@ if #stalled > 0 and redis.call('SET', lock, owner, 'NX', 'PX', lock_ms) then
   end
 end
 
-local overdue = {}
-for i = FIRST_WORKFLOW, #KEYS, 2 do
-  local deadlines = KEYS[i]
-  local workflow_lock = KEYS[i + 1]
-  local due = redis.call('ZRANGEBYSCORE', deadlines, '-inf', now_ms, 'LIMIT', 0, limit)
-  if #due > 0 and redis.call('SET', workflow_lock, owner, 'NX', 'PX', lock_ms) then
-    overdue[#overdue + 1] = due
-  else
-    overdue[#overdue + 1] = {}
-  end
-end
-return {handed_back, dropped, overdue}
+return {handed_back, dropped}

@@ -24,6 +24,7 @@ from pydantic import BaseModel
 import plait.providers.arq
 from plait.core import (
     ConsumerOptions,
+    FlowEvent,
     FlowStatus,
     IWorkflowConsumer,
     StepContext,
@@ -219,10 +220,24 @@ async def test_a_consumer_registered_after_start_runs(redis_url: str) -> None:
         assert (await handle.result(timeout=5)).steps == ["a", "b"]
 
 
-async def test_execute_needs_the_definition_registered(redis_url: str) -> None:
-    async with started(ArqWorkflowProvider(redis_url)) as provider:
-        with pytest.raises(WorkflowNotRegisteredError):
-            await provider.execute(LINE, Data(key="k"))
+async def test_an_emitter_executes_a_definition_it_never_registered(redis_url: str) -> None:
+    consumer = Recorder(("a", "b"))
+    worker = ArqWorkflowProvider(redis_url)
+    worker.register(LINE, consumer)
+    async with started(ArqWorkflowProvider(redis_url)) as emitter, started(worker):
+        handle = await emitter.execute(LINE, Data(key="k"))
+        assert (await handle.result(timeout=5)).steps == ["a", "b"]
+        again = await emitter.get_handle(handle.id)  # typed by the definition it executed
+        assert (await again.result(timeout=5)).steps == ["a", "b"]
+        assert (await emitter.describe(handle.id)).steps[0].name == "a"
+
+
+async def test_an_emitter_refuses_another_definition_under_a_name_it_knows(redis_url: str) -> None:
+    other = Workflow.define(name=LINE.name, data=Data, result=Result).steps(lambda s: s.sequential(s.step("z", Out)))
+    async with started(ArqWorkflowProvider(redis_url)) as emitter:
+        await emitter.execute(LINE, Data(key="k"))
+        with pytest.raises(WorkflowNotRegisteredError, match="another definition of that name"):
+            await emitter.execute(other, Data(key="k"))
 
 
 async def test_jobs_are_arq_jobs_in_json(redis_url: str, redis_client: redis.Redis) -> None:
@@ -371,3 +386,59 @@ async def test_an_idle_worker_is_quiet(redis_url: str, redis_client: redis.Redis
         await asyncio.sleep(3.0)
         per_second = (calls() - before - 1) / 3.0
     assert per_second <= 20, per_second
+
+
+async def test_without_recorded_events_a_flow_has_no_stream_but_hooks_see_every_event(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    seen: list[str] = []
+
+    async def hook(event: FlowEvent) -> None:
+        seen.append(event.type)
+
+    worker = ArqWorkflowProvider(redis_url, record_events=False)
+    worker.register(LINE, Recorder(("a", "b")))
+    worker.on_event(hook)
+    async with started(worker):
+        handle = await worker.execute(LINE, Data(key="k"))
+        await handle.result(timeout=5)
+        assert [event async for event in worker.subscribe(handle.id)] == []
+    assert redis_client.exists(Keys("workflow").events(handle.id)) == 0
+    assert seen[0] == "flow_started" and seen[-1] == "flow_completed"
+    assert seen.count("step_completed") == 2
+
+
+async def test_subscribe_skips_a_stream_entry_plait_did_not_write(
+    redis_url: str, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    worker = ArqWorkflowProvider(redis_url)
+    worker.register(LINE, Recorder(("a", "b")))
+    async with started(worker):
+        handle = await worker.execute(LINE, Data(key="k"))
+        await handle.result(timeout=5)
+        stream = Keys("workflow").events(handle.id)
+        redis_client.xadd(stream, {"x": "not an event"})
+        redis_client.xadd(stream, {"e": "[1, 2]"})
+        events = [event async for event in worker.subscribe(handle.id)]
+    assert events[0].type == "flow_started" and events[-1].type == "flow_completed"
+    assert [event.seq for event in events] == list(range(1, len(events) + 1))
+    assert sum("not a Plait event" in r.getMessage() for r in caplog.records) == 2
+
+
+async def test_listing_indexes_forget_flows_once_their_retention_expired(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    keys = Keys("workflow")
+    worker = ArqWorkflowProvider(redis_url, retention=1.0, stall_interval=0.4)
+    worker.register(LINE, Recorder(("a", "b")))
+    async with started(worker):
+        handle = await worker.execute(LINE, Data(key="k"))
+        await handle.result(timeout=5)
+        assert [s.flow_id for s in (await worker.list_flows()).items] == [handle.id]
+        indexes = [keys.index, keys.index_workflow(LINE.name), *keys.status_indexes(LINE.name, "completed")]
+        deadline = time.monotonic() + 5
+        while any(redis_client.zcard(index) for index in indexes):
+            assert time.monotonic() < deadline, "the indexes were not trimmed"
+            await asyncio.sleep(0.1)
+        assert redis_client.exists(keys.flow(handle.id)) == 0
+        assert (await worker.list_flows()).items == ()

@@ -135,8 +135,10 @@ class Worker:
         stall_interval: float,
         stop_grace: float,
         retention: float,
+        record_events: bool = True,
     ) -> None:
         self.store = store
+        self.record_events = record_events
         self.keys: Keys = store.keys
         self.notifier = notifier
         self.exceptions = exceptions
@@ -585,7 +587,7 @@ class Worker:
             timer_changed = tick or state.wake_at != old_wake
             change = Change(
                 items=flow.changed_items(self.keys),
-                events=[dumps(record) for record in records],
+                events=[dumps(record) for record in records] if self.record_events else (),
                 timer=state.wake_at if timer_changed else None,
                 clear_timer=timer_changed and state.wake_at is None,
                 old_status=old_status,

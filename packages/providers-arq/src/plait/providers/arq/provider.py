@@ -190,6 +190,9 @@ class ArqWorkflowProvider:
             ``ConsumerOptions.concurrency`` says otherwise (arq's ``max_jobs``, per workflow).
         stop_grace: seconds ``stop()`` lets running jobs finish before handing them back to their queues.
         max_payload_size: the most bytes of JSON a flow's data, a step's output or a signal's payload may take.
+        record_events: write each flow's events to its Redis stream, for ``subscribe()`` in any process (the
+            default). ``False`` saves that write per event: flows this process runs then have no stream, so
+            ``subscribe()`` yields none of their events; hooks still receive them.
     """
 
     distributed: ClassVar[bool] = True
@@ -214,8 +217,10 @@ class ArqWorkflowProvider:
         concurrency: int = 10,
         stop_grace: float = 10.0,
         max_payload_size: int = MAX_PAYLOAD_SIZE,
+        record_events: bool = True,
     ) -> None:
         self.max_payload_size = check_max_payload_size(max_payload_size)
+        self.record_events = record_events
         settings = redis_url if isinstance(redis_url, ArqSettings) else ArqSettings.from_url(redis_url)
         if password is not None:
             settings = replace(settings, password=password)
@@ -246,6 +251,7 @@ class ArqWorkflowProvider:
         self.concurrency = concurrency
         self.stop_grace = stop_grace
         self._registrations: dict[str, _Registration] = {}
+        self._known: dict[str, _Registration] = {}  # definitions executed here without registering them
         self._exceptions = Exceptions()
         self._hooks = Hooks(self.provider_id)
         self._redis: ArqRedis | None = None
@@ -286,6 +292,7 @@ class ArqWorkflowProvider:
         if runner is not None:
             runtime = WorkflowRuntime(runner, runner.options.concurrency or self.concurrency)
         self._registrations[definition.name] = registration = _Registration(definition, runtime)
+        self._known.pop(definition.name, None)
         if self._worker is not None:
             if runtime is not None:
                 self._worker.add(runtime)
@@ -325,10 +332,11 @@ class ArqWorkflowProvider:
                     stall_interval=self.stall_interval,
                     stop_grace=self.stop_grace,
                     retention=self.retention,
+                    record_events=self.record_events,
                 )
                 for runtime in runtimes:
                     worker.add(runtime)
-                for registration in self._registrations.values():
+                for registration in (*self._registrations.values(), *self._known.values()):
                     if registration.runtime is None:
                         worker.engines[registration.definition.name] = registration.engine
                 self._redis, self._store, self._notifier, self._worker = redis, store, notifier, worker
@@ -453,13 +461,24 @@ class ArqWorkflowProvider:
             check_same_flow(decode_state(flow_id, existing), workflow, payload)
 
     def _engine_for(self, definition: WorkflowDefinition[Any, Any]) -> Engine:
-        registration = self._registrations.get(definition.name)
-        if registration is None:
-            raise WorkflowNotRegisteredError(definition.name, "register the definition (a consumer is optional)")
+        """The engine of ``definition``: its registration's, or one kept for a definition executed unregistered."""
+        name = definition.name
+        found = self._found(name)
+        if found is not None:
+            if found.definition is not definition and found.definition.step_names != definition.step_names:
+                raise WorkflowNotRegisteredError(name, "another definition of that name is registered here")
+            return found.engine
+        registration = self._known[name] = _Registration(definition, None)
+        if self._worker is not None:
+            self._worker.engines.setdefault(name, registration.engine)
         return registration.engine
 
+    def _found(self, workflow: str) -> _Registration | None:
+        """The registration of ``workflow``, or the one kept when its definition was executed unregistered."""
+        return self._registrations.get(workflow) or self._known.get(workflow)
+
     def _engine_of(self, workflow: str, what: str) -> tuple[WorkflowDefinition[Any, Any], Engine]:
-        found = self._registrations.get(workflow)
+        found = self._found(workflow)
         if found is None:
             raise WorkflowNotRegisteredError(workflow, f"register its definition to {what}")
         return found.definition, found.engine
@@ -493,7 +512,7 @@ class ArqWorkflowProvider:
         """
         _, workflow = await self._status(flow_id)
         if definition is None:
-            found = self._registrations.get(workflow)
+            found = self._found(workflow)
             definition = found.definition if found is not None else None
         return ArqFlowHandle(flow_id, self, definition)
 
@@ -506,7 +525,7 @@ class ArqWorkflowProvider:
             ProviderUnavailableError: Redis cannot be reached.
         """
         state = await self.get_state(flow_id)
-        found = self._registrations.get(state.workflow)
+        found = self._found(state.workflow)
         return FlowInfo.from_state(state, found.definition if found is not None else None)
 
     async def get_state(self, flow_id: str) -> FlowState:

@@ -55,9 +55,10 @@ def spawn(
     *,
     cwd: Path = ROOT,
     stdout: int | IO[Any] | None = subprocess.DEVNULL,
+    stderr: int | IO[Any] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Starts ``args`` in ``cwd`` with this process's environment plus ``env``."""
-    return subprocess.Popen(args, cwd=cwd, env={**os.environ, **env}, stdout=stdout)
+    return subprocess.Popen(args, cwd=cwd, env={**os.environ, **env}, stdout=stdout, stderr=stderr)
 
 
 def stop(processes: Iterable[subprocess.Popen[bytes]], timeout: float = 30.0) -> None:

@@ -1,0 +1,132 @@
+"""Where Plait's time goes: py-spy on its workers and driver during the measured rounds, and a summary.
+
+``python -m bench.peers --peers plait --workloads w1 --profile DIR`` samples each Plait process with py-spy
+(non-blocking, so the processes are not paused) while the rounds run, into ``DIR/<workload>-<role>.txt``
+(py-spy's "raw" collapsed stacks), and prints a summary. ``python -m bench.peers.profile FILE...`` summarises
+files again. Samples are of busy threads only: py-spy leaves out a thread that waits (in ``epoll_wait``, say).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import signal
+import subprocess
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+__all__ = ["Profiler", "Summary", "summarize"]
+
+RATE = 250  # samples per second and process
+
+# Where a sample's innermost Python frame is, by file: the first pattern that matches names the area.
+AREAS = (
+    ("json (stdlib)", r"^json/"),
+    ("pydantic", r"^pydantic"),
+    ("redis-py", r"^redis/"),
+    ("arq (job format, pool)", r"^arq/"),
+    ("Plait engine", r"plait/core/engine\.py"),
+    ("Plait core: runner, contexts, validation", r"plait/core/"),
+    ("Plait arq provider: worker", r"plait/providers/arq/_worker\.py"),
+    ("Plait arq provider: store", r"plait/providers/arq/_store\.py"),
+    ("Plait arq provider: other", r"plait/providers/arq/"),
+    ("asyncio", r"^asyncio/"),
+    ("sockets, selectors", r"^(selectors|socket|ssl)\.py"),
+    ("logging", r"^logging/"),
+    ("dataclasses, typing, enum, uuid", r"^(dataclasses|typing|enum|uuid|copy|abc)\.py"),
+)
+_FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^():]*)(?::\d+)?\)$")
+
+
+class Profiler:
+    """py-spy processes recording other processes until :meth:`stop`."""
+
+    def __init__(self, py_spy: Path, folder: Path) -> None:
+        self.py_spy = py_spy
+        self.folder = folder
+        self.running: list[subprocess.Popen[bytes]] = []
+
+    def start(self, label: str, pids: dict[str, int]) -> None:
+        """Starts recording each process of ``pids`` (role -> pid) into ``<folder>/<label>-<role>.txt``."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for role, pid in pids.items():
+            output = self.folder / f"{label}-{role}.txt"
+            command = [str(self.py_spy), "record", "--pid", str(pid), "--rate", str(RATE), "--nonblocking"]
+            command += ["--format", "raw", "--output", str(output)]
+            self.running.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    def stop(self) -> None:
+        """Stops every recording; py-spy writes its file on SIGINT."""
+        for process in self.running:
+            process.send_signal(signal.SIGINT)
+        for process in self.running:
+            process.wait(timeout=60)
+        self.running = []
+
+
+class Summary:
+    """Samples of some processes, by innermost frame (self), by frame anywhere on the stack (inclusive), by area."""
+
+    def __init__(self) -> None:
+        self.samples = 0
+        self.self_time: Counter[str] = Counter()
+        self.inclusive: Counter[str] = Counter()
+        self.areas: Counter[str] = Counter()
+
+    def add(self, stack: list[str], count: int) -> None:
+        names = [_name(frame) for frame in stack]
+        if not names:
+            return
+        self.samples += count
+        self.self_time[names[-1]] += count
+        for name in set(names):
+            self.inclusive[name] += count
+        self.areas[_area(stack[-1])] += count
+
+    def lines(self, top: int = 20) -> list[str]:
+        total = max(self.samples, 1)
+        out = [f"{self.samples} busy samples ({RATE}/s per process)", "  by area of the innermost frame:"]
+        out += [f"    {count / total:6.1%}  {name}" for name, count in self.areas.most_common()]
+        out.append("  innermost frames (self):")
+        out += [f"    {count / total:6.1%}  {name}" for name, count in self.self_time.most_common(top)]
+        out.append("  frames anywhere on the stack (inclusive):")
+        out += [f"    {count / total:6.1%}  {name}" for name, count in self.inclusive.most_common(top)]
+        return out
+
+
+def _name(frame: str) -> str:
+    match = _FRAME.match(frame)
+    return f"{match['function']} ({match['file']})" if match else frame
+
+
+def _area(frame: str) -> str:
+    match = _FRAME.match(frame)
+    file = match["file"] if match else frame
+    for area, pattern in AREAS:
+        if re.search(pattern, file):
+            return area
+    return f"other: {file}"
+
+
+def summarize(paths: Iterable[Path]) -> Summary:
+    """Adds up py-spy raw files (``frame;frame;...;frame count`` per line, outermost frame first)."""
+    summary = Summary()
+    for path in paths:
+        for line in path.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            if stack and count.isdigit():
+                summary.add(stack.split(";"), int(count))
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.peers.profile", description="Summarises py-spy raw files.")
+    parser.add_argument("files", nargs="+", type=Path)
+    parser.add_argument("--top", type=int, default=25)
+    args = parser.parse_args()
+    print("\n".join(summarize(args.files).lines(args.top)))
+
+
+if __name__ == "__main__":
+    main()

@@ -14,8 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from redis.asyncio import Redis
+
 from bench.common import ROOT, redis_server, spawn, stop
 from bench.peers import effects, install, report
+from bench.peers.costs import Cost, snapshot
 from bench.peers.profile import Profiler
 
 PEERS = ("plait", "bullmq", "celery")
@@ -130,6 +133,7 @@ class Results:
     rates: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     latencies: dict[str, list[float]] = field(default_factory=dict)
     errors: dict[tuple[str, str], str] = field(default_factory=dict)
+    costs: dict[tuple[str, str], list[Cost]] = field(default_factory=dict)
     saga_keys: dict[str, list[str]] = field(default_factory=dict)
     saga_ends: dict[str, int] = field(default_factory=dict)
     verdicts: dict[str, effects.Verdict] = field(default_factory=dict)
@@ -139,14 +143,19 @@ def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-async def measure(peer: Peer, workload: str, n: int, tag: str, results: Results) -> str:
+async def measure(redis: Redis, peer: Peer, workload: str, n: int, tag: str, results: Results) -> str:
     """One round of ``workload`` on ``peer``; records it and returns a short description."""
+    assert peer.driver is not None
+    pids = [worker.pid for worker in peer.workers]
+    before = await snapshot(redis, pids, peer.driver.pid)
     reply = await peer.ask(workload, n, tag)
+    cost = Cost.between(before, await snapshot(redis, pids, peer.driver.pid), n)
     if workload == "w3":
         results.saga_keys.setdefault(peer.name, []).extend(f"{tag}-{i}" for i in range(n))
     if "error" in reply:
         results.errors.setdefault((workload, peer.name), str(reply["error"]))
         return f"{peer.name} error"
+    results.costs.setdefault((workload, peer.name), []).append(cost)
     if workload == "w2":
         results.latencies.setdefault(peer.name, []).extend(reply["latencies"])
         return f"{peer.name} p50 {sorted(reply['latencies'])[len(reply['latencies']) // 2] * 1000:.2f} ms"
@@ -161,6 +170,7 @@ async def run(args: argparse.Namespace, port: int, logs: Path, effects_dir: Path
     peers = [Peer(spec, logs) for spec in specs(args.peers, port)]
     profiler = Profiler(install.py_spy(), args.profile) if args.profile else None
     results = Results()
+    redis = Redis(port=port)
     try:
         for peer in peers:
             await peer.start(effects_dir)
@@ -168,7 +178,7 @@ async def run(args: argparse.Namespace, port: int, logs: Path, effects_dir: Path
             n = args.samples if workload == "w2" else args.flows
             warm = min(n, 20 if workload == "w2" else 200)
             for peer in peers:  # also waits for each peer's workers to be up: the flows wait in Redis until then
-                await measure(peer, workload, warm, f"{workload}-warm", Results())
+                await measure(redis, peer, workload, warm, f"{workload}-warm", Results())
                 if workload == "w3":
                     results.saga_keys.setdefault(peer.name, []).extend(f"{workload}-warm-{i}" for i in range(warm))
             plait = next((p for p in peers if p.name == "plait"), None)
@@ -180,7 +190,7 @@ async def run(args: argparse.Namespace, port: int, logs: Path, effects_dir: Path
             for round_ in range(args.rounds):
                 shift = round_ % len(peers)
                 seen = [
-                    await measure(p, workload, n, f"{workload}-r{round_}", results)
+                    await measure(redis, p, workload, n, f"{workload}-r{round_}", results)
                     for p in peers[shift:] + peers[:shift]
                 ]
                 progress(f"{workload} round {round_ + 1}/{args.rounds}: " + ", ".join(seen))
@@ -191,6 +201,7 @@ async def run(args: argparse.Namespace, port: int, logs: Path, effects_dir: Path
             await peer.close()
         if profiler is not None:
             profiler.stop()
+        await redis.aclose()
     for peer in peers:
         if peer.name in results.saga_keys:
             results.verdicts[peer.name] = effects.verify(

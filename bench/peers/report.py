@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from bench.common import percentile
 from bench.peers import install
+from bench.peers.costs import Cost
 from bench.peers.profile import summarize
 
 if TYPE_CHECKING:
@@ -133,6 +134,24 @@ def _latency(args: argparse.Namespace, results: Results) -> list[str]:
     return lines
 
 
+def _median(costs: list[Cost], name: str) -> float:
+    return statistics.median(float(getattr(cost, name)) for cost in costs)
+
+
+def _costs(workload: str, args: argparse.Namespace, results: Results) -> list[str]:
+    columns = ("workers_ms", "driver_ms", "redis_ms", "total_ms", "commands", "scripts")
+    lines = [
+        f"  {'per flow, median of rounds':<28}{'CPU ms: workers':>16}{'driver':>8}{'Redis':>8}{'total':>8}"
+        f"{'Redis commands':>16}{'scripts':>9}"
+    ]
+    for peer in args.peers:
+        costs = results.costs.get((workload, peer))
+        if costs:
+            w, d, r, t, c, sc = (_median(costs, name) for name in columns)
+            lines.append(f"  {peer:<28}{w:>16.3f}{d:>8.3f}{r:>8.3f}{t:>8.3f}{c:>16.1f}{sc:>9.1f}")
+    return lines
+
+
 def print_report(args: argparse.Namespace, results: Results, runtimes: str, seconds: float) -> None:
     print()
     print(
@@ -145,10 +164,11 @@ def print_report(args: argparse.Namespace, results: Results, runtimes: str, seco
         print()
         if workload == "w2":
             print(f"{TITLES[workload]} ({args.samples} samples x {args.rounds} rounds)")
-            print("\n".join(line.rstrip() for line in _latency(args, results)))
+            print("\n".join(line.rstrip() for line in _latency(args, results) + _costs(workload, args, results)))
         else:
             print(f"{TITLES[workload]} ({args.flows} flows per round, 200 started at a time)")
-            print("\n".join(line.rstrip() for line in _throughput(workload, args, results)))
+            lines = _throughput(workload, args, results) + _costs(workload, args, results)
+            print("\n".join(line.rstrip() for line in lines))
     if "w3" in args.workloads:
         print()
         for peer in args.peers:

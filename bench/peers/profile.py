@@ -20,23 +20,35 @@ __all__ = ["Profiler", "Summary", "summarize"]
 
 RATE = 250  # samples per second and process
 
-# Where a sample's innermost Python frame is, by file: the first pattern that matches names the area.
+# Where a sample's innermost Python frame is, by file (shortened, see _short): the first match names the area.
 AREAS = (
     ("json (stdlib)", r"^json/"),
     ("pydantic", r"^pydantic"),
     ("redis-py", r"^redis/"),
     ("arq (job format, pool)", r"^arq/"),
-    ("Plait engine", r"plait/core/engine\.py"),
-    ("Plait core: runner, contexts, validation", r"plait/core/"),
-    ("Plait arq provider: worker", r"plait/providers/arq/_worker\.py"),
-    ("Plait arq provider: store", r"plait/providers/arq/_store\.py"),
-    ("Plait arq provider: other", r"plait/providers/arq/"),
+    ("Plait engine", r"^plait/core/engine\.py"),
+    ("Plait core: runner, contexts, validation", r"^plait/core/"),
+    ("Plait arq provider: worker", r"^plait/providers/arq/_worker\.py"),
+    ("Plait arq provider: store", r"^plait/providers/arq/_store\.py"),
+    ("Plait arq provider: other", r"^plait/providers/arq/"),
     ("asyncio", r"^asyncio/"),
     ("sockets, selectors", r"^(selectors|socket|ssl)\.py"),
     ("logging", r"^logging/"),
     ("dataclasses, typing, enum, uuid", r"^(dataclasses|typing|enum|uuid|copy|abc)\.py"),
+    ("the benchmark's handlers", r"^bench/"),
 )
 _FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^():]*)(?::\d+)?\)$")
+# Frames of the event loop and of the program's start, on nearly every stack: left out of the inclusive list.
+_LOOP = re.compile(
+    r"\((asyncio/|<frozen )[^)]*\)$"
+    r"|^(<module>|main|drive|_run) \((plait/providers/arq/(_cli|__main__)\.py|bench/peers/plait_peer\.py)\)$"
+)
+# Prefixes to drop from a file name, the first that matches: site-packages, a workspace member's src/, the
+# stdlib, the repository.
+_PREFIXES = [
+    re.compile(p)
+    for p in (r"^.*/site-packages/", r"^.*/packages/[^/]+/src/", r"^.*/lib/python3\.\d+/", r"^.*/(?=bench/)")
+]
 
 
 class Profiler:
@@ -53,7 +65,7 @@ class Profiler:
         for role, pid in pids.items():
             output = self.folder / f"{label}-{role}.txt"
             command = [str(self.py_spy), "record", "--pid", str(pid), "--rate", str(RATE), "--nonblocking"]
-            command += ["--format", "raw", "--output", str(output)]
+            command += ["--full-filenames", "--format", "raw", "--output", str(output)]
             self.running.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
     def stop(self) -> None:
@@ -90,19 +102,28 @@ class Summary:
         out += [f"    {count / total:6.1%}  {name}" for name, count in self.areas.most_common()]
         out.append("  innermost frames (self):")
         out += [f"    {count / total:6.1%}  {name}" for name, count in self.self_time.most_common(top)]
-        out.append("  frames anywhere on the stack (inclusive):")
-        out += [f"    {count / total:6.1%}  {name}" for name, count in self.inclusive.most_common(top)]
+        out.append("  frames anywhere on the stack (inclusive; not the event loop's own):")
+        inclusive = [(name, count) for name, count in self.inclusive.most_common() if not _LOOP.search(name)]
+        out += [f"    {count / total:6.1%}  {name}" for name, count in inclusive[:top]]
         return out
+
+
+def _short(file: str) -> str:
+    for prefix in _PREFIXES:
+        short, found = prefix.subn("", file, count=1)
+        if found:
+            return short
+    return file
 
 
 def _name(frame: str) -> str:
     match = _FRAME.match(frame)
-    return f"{match['function']} ({match['file']})" if match else frame
+    return f"{match['function']} ({_short(match['file'])})" if match else frame
 
 
 def _area(frame: str) -> str:
     match = _FRAME.match(frame)
-    file = match["file"] if match else frame
+    file = _short(match["file"]) if match else frame
     for area, pattern in AREAS:
         if re.search(pattern, file):
             return area

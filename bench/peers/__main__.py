@@ -211,7 +211,10 @@ async def run(args: argparse.Namespace, port: int, logs: Path, effects_dir: Path
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.peers", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.peers",
+        description="Plait on the arq provider against Celery and BullMQ, side by side on one Redis.",
+    )
     parser.add_argument("--flows", type=int, default=1000, help="flows per round of W1 and W3 (default 1000)")
     parser.add_argument("--samples", type=int, default=100, help="W2 latency samples per round (default 100)")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per workload (default 5)")

@@ -3,7 +3,7 @@
 ``python -m bench.peers --peers plait --workloads w1 --profile DIR`` samples each Plait process with py-spy
 (non-blocking, so the processes are not paused) while the rounds run, into ``DIR/<workload>-<role>.txt``
 (py-spy's "raw" collapsed stacks), and prints a summary. ``python -m bench.peers.profile FILE...`` summarises
-files again. Samples are of busy threads only: py-spy leaves out a thread that waits (in ``epoll_wait``, say).
+files again; with ``--under Store.commit`` it shows only what runs below that frame. Samples are of busy threads only: py-spy leaves out a thread that waits (in ``epoll_wait``, say).
 """
 
 from __future__ import annotations
@@ -78,7 +78,10 @@ class Profiler:
 
 
 class Summary:
-    """Samples of some processes, by innermost frame (self), by frame anywhere on the stack (inclusive), by area."""
+    """Samples of some processes, by innermost frame (self), by frame anywhere on the stack (inclusive), by area.
+
+    ``samples`` counts every busy sample read; the shares are of it.
+    """
 
     def __init__(self) -> None:
         self.samples = 0
@@ -87,10 +90,10 @@ class Summary:
         self.areas: Counter[str] = Counter()
 
     def add(self, stack: list[str], count: int) -> None:
+        """Counts ``count`` samples of ``stack`` (outermost frame first) by frame and area."""
         names = [_name(frame) for frame in stack]
         if not names:
             return
-        self.samples += count
         self.self_time[names[-1]] += count
         for name in set(names):
             self.inclusive[name] += count
@@ -130,14 +133,27 @@ def _area(frame: str) -> str:
     return f"other: {file}"
 
 
-def summarize(paths: Iterable[Path]) -> Summary:
-    """Adds up py-spy raw files (``frame;frame;...;frame count`` per line, outermost frame first)."""
+def summarize(paths: Iterable[Path], under: str | None = None) -> Summary:
+    """Adds up py-spy raw files (``frame;frame;...;frame count`` per line, outermost frame first).
+
+    Args:
+        under: keep only the part of each stack below the outermost frame whose name contains this (say,
+            ``Store.commit``), and only the stacks that have one; shares stay relative to every busy sample.
+    """
     summary = Summary()
     for path in paths:
         for line in path.read_text().splitlines():
             stack, _, count = line.rpartition(" ")
-            if stack and count.isdigit():
-                summary.add(stack.split(";"), int(count))
+            if not (stack and count.isdigit()):
+                continue
+            frames = stack.split(";")
+            summary.samples += int(count)
+            if under is not None:
+                found = next((i for i, frame in enumerate(frames) if under in _name(frame)), None)
+                if found is None:
+                    continue
+                frames = frames[found:]
+            summary.add(frames, int(count))
     return summary
 
 
@@ -145,8 +161,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.peers.profile", description="Summarises py-spy raw files.")
     parser.add_argument("files", nargs="+", type=Path)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--under", help="only what runs below a frame whose name contains this, e.g. Store.commit")
     args = parser.parse_args()
-    print("\n".join(summarize(args.files).lines(args.top)))
+    print("\n".join(summarize(args.files, args.under).lines(args.top)))
 
 
 if __name__ == "__main__":

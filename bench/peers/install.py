@@ -44,13 +44,13 @@ def _apt_install(*packages: str) -> None:
     )
 
 
-def _venv(folder: Path, requirements: list[str], stamp: str) -> Path:
+def _venv(what: str, folder: Path, requirements: list[str], stamp: str) -> Path:
     """A virtual environment at ``folder`` with ``requirements`` (pip arguments) installed; returns its Python."""
     python = folder / "bin" / "python"
     marker = folder / ".installed-from"
     if python.exists() and marker.exists() and marker.read_text() == stamp:
         return python
-    _say(f"installing {' '.join(requirements)} into {folder.relative_to(ROOT)}")
+    _say(f"installing {what} into {folder.relative_to(ROOT)}")
     uv = shutil.which("uv")
     if uv is not None:
         version = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -66,12 +66,12 @@ def _venv(folder: Path, requirements: list[str], stamp: str) -> Path:
 def celery_python() -> Path:
     """The Python of the Celery environment, installed or updated first if needed."""
     requirements = HERE / "celery_peer" / "requirements.txt"
-    return _venv(BENCH / "celery", ["-r", str(requirements)], requirements.read_text())
+    return _venv("Celery", BENCH / "celery", ["-r", str(requirements)], requirements.read_text())
 
 
 def py_spy() -> Path:
     """The py-spy executable, installed first if needed."""
-    return _venv(BENCH / "tools", [PY_SPY], PY_SPY).parent / "py-spy"
+    return _venv(PY_SPY, BENCH / "tools", [PY_SPY], PY_SPY).parent / "py-spy"
 
 
 def node_modules() -> Path:

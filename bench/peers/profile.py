@@ -3,7 +3,8 @@
 ``python -m bench.peers --peers plait --workloads w1 --profile DIR`` samples each Plait process with py-spy
 (non-blocking, so the processes are not paused) while the rounds run, into ``DIR/<workload>-<role>.txt``
 (py-spy's "raw" collapsed stacks), and prints a summary. ``python -m bench.peers.profile FILE...`` summarises
-files again; with ``--under Store.commit`` it shows only what runs below that frame. Samples are of busy threads only: py-spy leaves out a thread that waits (in ``epoll_wait``, say).
+files again; with ``--under Store.commit`` it shows only what runs below that frame. Samples are of busy
+threads only: py-spy leaves out a thread that waits (in ``epoll_wait``, say).
 """
 
 from __future__ import annotations

@@ -20,52 +20,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.worker import Worker
-from pydantic import BaseModel
 
-from bench.workload import Order, OrderWorkflow, ProcessOrder
-from plait.core import IWorkflowConsumer, StepContext, StepHandler, Workflow, WorkflowContext
+from bench.common import ROOT, percentile, redis_server, spawn, stop, wait_for_clients
+from bench.workload import Line, LineWorkflow, Order, OrderWorkflow, Out, ProcessOrder
 from plait.providers.arq import ArqWorkflowProvider
 from plait.providers.arq._keys import dumps, loads
 
-ROOT = Path(__file__).resolve().parents[1]
 CONCURRENCY = 100  # Plait's per-workflow concurrency and arq's max_jobs
 
-
-class Out(BaseModel):
-    n: int
-
-
 ORDER_STEPS = len(ProcessOrder.step_names)
-
-Line = Workflow.define(name="bench-line", data=Out, result=Out).steps(
-    lambda s: s.sequential(s.step("a", Out), s.step("b", Out), s.step("c", Out), s.step("d", Out))
-)
-
-
-class LineWorkflow(IWorkflowConsumer[Out, Out]):
-    """Four no-op steps in a row."""
-
-    def __init__(self) -> None:
-        self.steps = {name: StepHandler(execute=self.step) for name in "abcd"}
-
-    async def step(self, ctx: StepContext[Out]) -> Out:
-        return Out(n=ctx.data.n + len(ctx.results))
-
-    async def on_complete(self, ctx: WorkflowContext[Out]) -> Out:
-        return Out(n=ctx.data.n)
 
 
 def create_app() -> ArqWorkflowProvider:
@@ -164,39 +136,7 @@ async def commands_per_second(pool: ArqRedis, seconds: float) -> float:
     return (await total() - before - 1) / seconds
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 # --- orchestration ----------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(args, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL)
-
-
-async def wait_until(check: Callable[[], Awaitable[bool]], what: str, within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-async def wait_for_workers(pool: ArqRedis, count: int) -> None:
-    async def up() -> bool:
-        clients: list[dict[str, Any]] = await pool.client_list()
-        return len(clients) > count  # each worker holds at least one connection; the pool is one more
-
-    await wait_until(up, "the workers")
 
 
 async def measure(args: argparse.Namespace, url: str, arq_workers: list[subprocess.Popen[bytes]]) -> dict[str, float]:
@@ -207,7 +147,7 @@ async def measure(args: argparse.Namespace, url: str, arq_workers: list[subproce
     emitter.register(Line)
     await emitter.start()
     try:
-        await wait_for_workers(pool, 4)
+        await wait_for_clients(pool, 4)
         # Warm up both sides (imports, script caches, connections).
         await plait_latency(emitter, 20)
         await arq_latency(pool, 20, args.poll_delay)
@@ -263,39 +203,20 @@ def report(args: argparse.Namespace, m: dict[str, float]) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    port = free_port()
-    url = f"redis://127.0.0.1:{port}/0"
-    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
     workers: list[subprocess.Popen[bytes]] = []
-    try:
-        for _ in range(200):
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                time.sleep(0.05)
-        env = {"PLAIT_BENCH_REDIS_URL": url}
-        plait_cmd = [sys.executable, "-m", "plait.providers.arq", "worker", "bench.arq_provider:create_app"]
-        plait_cmd += ["--app-dir", str(ROOT), "--log-level", "WARNING"]
-        arq_cmd = [sys.executable, "-m", "bench.arq_provider", "arq-worker", url, str(args.poll_delay)]
-        workers += [spawn(plait_cmd, env) for _ in range(2)]
-        arq_workers = [spawn(arq_cmd, env) for _ in range(2)]
-        workers += arq_workers
-        report(args, asyncio.run(measure(args, url, arq_workers)))
-    finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.send_signal(signal.SIGTERM)
-        for worker in workers:
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
-        server.terminate()
-        server.wait()
+    with redis_server() as port:
+        try:
+            url = f"redis://127.0.0.1:{port}/0"
+            env = {"PLAIT_BENCH_REDIS_URL": url}
+            plait_cmd = [sys.executable, "-m", "plait.providers.arq", "worker", "bench.arq_provider:create_app"]
+            plait_cmd += ["--app-dir", str(ROOT), "--log-level", "WARNING"]
+            arq_cmd = [sys.executable, "-m", "bench.arq_provider", "arq-worker", url, str(args.poll_delay)]
+            workers += [spawn(plait_cmd, env) for _ in range(2)]
+            arq_workers = [spawn(arq_cmd, env) for _ in range(2)]
+            workers += arq_workers
+            report(args, asyncio.run(measure(args, url, arq_workers)))
+        finally:
+            stop(workers)
 
 
 def main() -> None:

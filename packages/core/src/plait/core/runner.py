@@ -425,8 +425,10 @@ class Runner(Generic[D, R]):
             model = out if type(out) is output_model else output_model.model_validate(_plain(out))  # type: ignore[union-attr]
             output = model.model_dump(mode="json")
             self._check_size(output, f"output of step '{step}'")
-        except Exception as error:
+        except _FAILURES as error:
             # A handler that returns the wrong shape, or a value JSON cannot hold, will do so again: no retry.
+            # The model's own validators and serializers run here, and may raise any BaseException.
+            _reraise_cancellation(error)
             view.exceptions["step", step, index] = error
             record = error_record(error)
             record["message"] = f"invalid output for {output_model.__name__}: {error}"  # type: ignore[union-attr]
@@ -473,7 +475,8 @@ class Runner(Generic[D, R]):
             model = out if type(out) is result_model else result_model.model_validate(_plain(out))
             result = model.model_dump(mode="json")
             self._check_size(result, "result")
-        except Exception as error:
+        except _FAILURES as error:
+            _reraise_cancellation(error)
             view.exceptions["complete", None, None] = error
             record = error_record(error)
             record["message"] = f"invalid result for {result_model.__name__}: {error}"

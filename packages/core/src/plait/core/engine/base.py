@@ -41,10 +41,8 @@ class EngineBase:
 
     @staticmethod
     def _emit(state: FlowState, now: float, kind: str, **fields: Any) -> None:
-        state.seq += 1
-        record: EventRecord = {"type": kind, "seq": state.seq, "at": now}
-        record.update(fields)  # type: ignore[typeddict-item]
-        state.emitted.append(record)
+        seq = state.seq = state.seq + 1
+        state.emitted.append({"type": kind, "seq": seq, "at": now, **fields})  # type: ignore[typeddict-item]
 
     # The transitions the for-each and rollback parts call; the engine writes them.
 

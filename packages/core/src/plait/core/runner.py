@@ -107,6 +107,21 @@ def check_timeout(value: object, what: str = "timeout") -> None:
         raise ValueError(f"{what} must be a number of seconds greater than 0, or None; got {value!r}")
 
 
+def check_seconds(value: object, what: str, *, allow_zero: bool = False) -> float:
+    """Returns ``value`` if it is a number of seconds greater than 0 (or equal, with ``allow_zero``), else raises
+    ``ValueError`` naming ``what``."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or value != value  # NaN
+        or value < 0
+        or (value == 0 and not allow_zero)
+    ):
+        bound = "0 or more" if allow_zero else "greater than 0"
+        raise ValueError(f"{what} must be a number of seconds {bound}; got {value!r}")
+    return float(value)
+
+
 def resolve_timeout(*candidates: float | None) -> float | None:
     """The first of ``candidates`` that is not ``None`` (``execute()``'s, the consumer's, the provider's)."""
     for value in candidates:

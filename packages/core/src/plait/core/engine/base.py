@@ -9,7 +9,7 @@ from typing import Any
 
 from plait.core.engine.graph import Graph
 from plait.core.engine.messages import Action
-from plait.core.engine.records import JSON, ErrorRecord, EventRecord, FlowError, FlowState, ItemRecord, Policy
+from plait.core.engine.records import JSON, ErrorRecord, FlowError, FlowState, ItemRecord, Policy
 from plait.core.handle import FlowStatus
 from plait.core.options import Backoff
 from plait.core.workflow import WorkflowDefinition

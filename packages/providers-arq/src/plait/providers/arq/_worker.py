@@ -592,6 +592,7 @@ class Worker:
                 clear_timer=timer_changed and state.wake_at is None,
                 old_status=old_status,
                 created_at=state.created_at,
+                parent_id=state.parent["flow_id"] if state.parent else None,
             )
             conflict = await self._commit(workflow, flow.version, state, raw, commit, change, finished)
             if conflict is None:
@@ -853,14 +854,11 @@ class Worker:
                 _log.warning("Dropped %d stalled lease(s) whose record could not be read", dropped)
 
     async def _trim_indexes(self) -> None:
-        keys = self.keys
-        indexes = [keys.index]
-        for workflow in self.runtimes:
-            indexes.append(keys.index_workflow(workflow))
-            for status in FlowStatus:
-                indexes += keys.status_indexes(workflow, status.value)
-        indexes += [keys.index_status(status.value) for status in FlowStatus]
-        await self.store.trim_indexes(indexes, time.time() - self.retention)
+        # An ended flow is indexed under the status it ended with: the sweep looks in those indexes only.
+        ended = [status.value for status in FlowStatus if status.is_terminal]
+        more = True
+        while more:
+            _, more = await self.store.sweep_expired(ended)
 
     async def _drop(self, job_id: str) -> None:
         """Ends the lease of a job that is not needed any more, and deletes it."""

@@ -71,6 +71,7 @@ from plait.core.runner import (
     Runner,
     check_flow_id,
     check_same_flow,
+    check_seconds,
     check_timeout,
     new_flow_id,
     prepare_registration,
@@ -167,6 +168,8 @@ class InProcessWorkflowProvider:
         self.max_payload_size = check_max_payload_size(max_payload_size)
         check_timeout(default_timeout, "default_timeout")
         check_timeout(step_timeout, "step_timeout")
+        check_seconds(retention, "retention", allow_zero=True)  # 0: forget a flow as soon as it ends
+        check_seconds(stop_grace, "stop_grace", allow_zero=True)
         self.default_timeout = default_timeout
         self.step_timeout = step_timeout
         self.provider_id = provider_id or f"inprocess-{os.getpid()}"

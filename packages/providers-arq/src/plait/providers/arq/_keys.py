@@ -35,6 +35,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import orjson
 from arq.constants import job_key_prefix
 from arq.jobs import serialize_job
 
@@ -51,8 +52,15 @@ _OPS = frozenset({"cancel", "compensate", "retry_compensation", "child"})
 
 
 def dumps(value: Any) -> bytes:
-    """Compact JSON; arq's ``job_serializer`` and Plait's state encoding."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    """Compact JSON; arq's ``job_serializer`` and Plait's state encoding.
+
+    orjson writes it several times faster than :mod:`json`; what orjson refuses (an int beyond 64 bits, nesting
+    deeper than 255) the standard library writes. Reading stays with :mod:`json`, which keeps such ints exact.
+    """
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def loads(raw: bytes | str) -> Any:

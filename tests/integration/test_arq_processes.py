@@ -33,6 +33,7 @@ from plait.core import (
     ProgressReported,
     RemoteError,
     WorkflowCancelledError,
+    WorkflowDefinition,
     WorkflowStepError,
     telemetry,
 )
@@ -42,10 +43,12 @@ from tests.integration.apps.control import (
     APPROVAL_QUICK,
     CANCEL,
     DEFINITIONS,
+    FANOUT,
     NAP,
     PARENT,
     TRACED,
     Approval,
+    Done,
     Ticket,
     gate_key,
     record_key,
@@ -75,10 +78,11 @@ def recorded(client: redis.Redis, flow_id: str) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in raw.items()}
 
 
-async def until_recorded(client: redis.Redis, flow_id: str, what: str) -> dict[str, str]:
+async def until_recorded(client: redis.Redis, flow_id: str, what: str, times: int = 1) -> dict[str, str]:
+    """Waits until the handlers of flow ``flow_id`` recorded ``what`` (``times`` times)."""
     deadline = time.monotonic() + WITHIN
-    while what not in (found := recorded(client, flow_id)):
-        assert time.monotonic() < deadline, f"flow {flow_id} never recorded {what!r}: {found}"
+    while int((found := recorded(client, flow_id)).get(what, 0)) < times:
+        assert time.monotonic() < deadline, f"flow {flow_id} never recorded {what!r} {times} time(s): {found}"
         await asyncio.sleep(0.02)
     return found
 
@@ -149,6 +153,35 @@ async def test_cancel_reaches_a_step_running_in_a_worker_process_and_rolls_the_f
         ("hold", "cancelled"),
         ("release", "pending"),
     ]
+    await until_no_leases(redis_client)
+    await stopped(worker)
+
+
+@pytest.mark.parametrize(("definition", "step", "handlers"), [(CANCEL, "hold", 1), (FANOUT, "pack", 3)])
+async def test_a_cancel_published_while_the_workers_pubsub_reconnects_still_stops_its_handlers(
+    redis_client: redis.Redis,
+    workers: Workers,
+    emitter: ArqWorkflowProvider,
+    definition: WorkflowDefinition[Ticket, Done],
+    step: str,
+    handlers: int,
+) -> None:
+    # Pub/sub delivers at most once: a worker whose connection dropped misses what is published meanwhile, and
+    # must look for itself, once back, whether the jobs it runs were cancelled (a step's, or a for-each item's).
+    worker = workers.start(APP, stall=STALL)
+    await workers.ready(worker)
+    handle = await emitter.execute(definition, Ticket(ticket="t-1", block_in=step))
+    await until_recorded(redis_client, handle.id, f"{step}.started", times=handlers)
+
+    redis_client.client_kill_filter(_type="pubsub")  # the worker reconnects half a second later
+    await emitter.cancel(handle.id, reason="missed")
+    subscribers = cast(list[tuple[bytes, int]], redis_client.pubsub_numsub("workflow:cancel"))
+    assert subscribers == [(b"workflow:cancel", 0)], "the worker was back before the cancellation: nothing missed"
+    with pytest.raises(WorkflowCancelledError):
+        await handle.result(timeout=WITHIN)
+    done = await until_recorded(redis_client, handle.id, f"{step}.cancelled", times=handlers)
+    assert int(done[f"{step}.cancelled.pid"]) == worker.pid
+    assert step not in done
     await until_no_leases(redis_client)
     await stopped(worker)
 

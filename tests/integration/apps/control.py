@@ -3,8 +3,8 @@ test process steers them (``tests/integration/test_arq_processes.py``).
 
 Four things ``plait worker`` can run, configured by ``PLAIT_TEST_REDIS_URL`` and ``PLAIT_TEST_STALL``:
 
-* ``create_app()``: the consumers of ``xp-cancel``, ``xp-approval``, ``xp-approval-quick``, ``xp-nap`` and
-  ``xp-progress``;
+* ``create_app()``: the consumers of ``xp-cancel``, ``xp-fanout``, ``xp-approval``, ``xp-approval-quick``,
+  ``xp-nap`` and ``xp-progress``;
 * ``create_parent_app()`` and ``create_child_app()``: the consumers of ``xp-parent`` and of its sub-workflow
   ``xp-child``, one each, so that a parent and its child run in different processes;
 * ``create_traced_app()``: the consumer of ``xp-traced``, with an OpenTelemetry SDK tracer provider whose exporter
@@ -129,6 +129,10 @@ NAP = Workflow.define(name="xp-nap", data=Ticket, result=Napped).steps(
     )
 )
 
+FANOUT = Workflow.define(name="xp-fanout", data=Ticket, result=Done).steps(
+    lambda s: s.sequential(s.step("reserve", Done)).sequential(s.for_each("pack", Done, items=lambda ctx: [0, 1, 2]))
+)
+
 PROGRESS = Workflow.define(name="xp-progress", data=Ticket, result=Done).steps(
     lambda s: s.sequential(s.step("label", Done)).sequential(s.step("ship", Done))
 )
@@ -156,6 +160,7 @@ TRACED = Workflow.define(name="xp-traced", data=Ticket, result=Done).steps(
 
 DEFINITIONS: tuple[WorkflowDefinition[Any, Any], ...] = (
     CANCEL,
+    FANOUT,
     APPROVAL,
     APPROVAL_QUICK,
     NAP,
@@ -250,6 +255,14 @@ class CancelWorkflow(_Consumer[Done]):
 
     async def on_complete(self, ctx: WorkflowContext[Ticket]) -> Done:
         return ctx.result("release", Done)
+
+
+class FanOutWorkflow(_Consumer[Done]):
+    def __init__(self, recorder: Recorder) -> None:
+        super().__init__(recorder, FANOUT)
+
+    async def on_complete(self, ctx: WorkflowContext[Ticket]) -> Done:
+        return ctx.result("reserve", Done)
 
 
 class ApprovalWorkflow(_Consumer[Applied]):
@@ -407,6 +420,7 @@ def create_app() -> ControlApp:
     """Runs the flows of cancellation, signals, durable sleeps and progress."""
     app = ControlApp()
     app.provider.register(CANCEL, CancelWorkflow(app.recorder))
+    app.provider.register(FANOUT, FanOutWorkflow(app.recorder))
     app.provider.register(APPROVAL, ApprovalWorkflow(app.recorder, APPROVAL))
     app.provider.register(APPROVAL_QUICK, ApprovalWorkflow(app.recorder, APPROVAL_QUICK))
     app.provider.register(NAP, NapWorkflow(app.recorder))

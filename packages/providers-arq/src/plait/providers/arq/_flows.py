@@ -31,6 +31,7 @@ from plait.core.engine import (
     matching_exceptions,
 )
 from plait.core.errors import CorruptFlowError
+from plait.core.runner import FlowView
 from plait.providers.arq._keys import Job, Keys, decode_state, dumps, loads, shorten
 from plait.providers.arq._store import Enqueue
 
@@ -57,6 +58,7 @@ class StoredFlow:
         raw: the stored JSON of the state.
         items: the stored records of the for-each items at hand, by ``(node, index)``.
         complete: the for-each nodes all of whose items are at hand.
+        view: the view handlers of this flow read, kept on the current state whenever it is replaced.
     """
 
     state: FlowState
@@ -64,6 +66,7 @@ class StoredFlow:
     raw: bytes
     items: dict[tuple[str, int], bytes] = field(default_factory=dict)
     complete: set[str] = field(default_factory=set)
+    view: FlowView[Any] | None = None
 
     @classmethod
     def read(
@@ -92,11 +95,20 @@ class StoredFlow:
         state.items = by_node
         state.items_loaded = set(self.complete)
         state.items_changed = set()
+        if self.view is not None:
+            self.view.state = state
 
     def reread(self) -> None:
         """Starts over from the stored JSON: the state an event half-changed is dropped."""
         self.state = _decode(self.state.flow_id, self.raw)
         self.attach_items()
+
+    def replace(self, fresh: StoredFlow) -> None:
+        """Takes on ``fresh``, what another writer stored (its items at hand reloaded)."""
+        self.state, self.raw, self.version = fresh.state, fresh.raw, fresh.version
+        self.items, self.complete = fresh.items, fresh.complete
+        if self.view is not None:
+            self.view.state = fresh.state
 
     def changed_items(self, keys: Keys) -> list[tuple[str, bytes]]:
         """The item records the last event changed, as the hash fields and values to write (and keeps them)."""

@@ -315,7 +315,7 @@ class Worker:
             if claimed.item is not None and job.index is not None:
                 items[job.step, job.index] = claimed.item
             flow = StoredFlow.read(job.flow_id, claimed.state, claimed.version, items)
-            view = runtime.runner.view(flow.state)
+            view = flow.view = runtime.runner.view(flow.state)
             view.report = functools.partial(self._progress, runtime.engine, flow, view)
             while True:
                 if self.leases.lost(job_id):
@@ -384,7 +384,7 @@ class Worker:
             await self._drop(job_id)
             return None
         if kind == "start":
-            return await self.advance(engine, flow, None, finished=job_id, view=view, runner=runtime.runner)
+            return await self.advance(engine, flow, None, finished=job_id, runner=runtime.runner)
         task = asyncio.current_task()
         assert task is not None
         self.leases.performing(job_id, task)
@@ -392,7 +392,7 @@ class Worker:
             event = await self._perform(runtime, view, job)
         finally:
             self.leases.performed(job_id)
-        return await self.advance(engine, flow, event, finished=job_id, view=view)
+        return await self.advance(engine, flow, event, finished=job_id)
 
     async def _perform(self, runtime: WorkflowRuntime, view: FlowView[Any], job: Job) -> Event:
         runner = runtime.runner
@@ -448,7 +448,7 @@ class Worker:
                 bool(extra.get("rollback_failed")),
             )
         try:
-            return await self.advance(runtime.engine, flow, event, finished=job_id, view=view)
+            return await self.advance(runtime.engine, flow, event, finished=job_id)
         except FlowStateError as refused:
             _log.warning("%s: dropped the %s asked of it", refused, op)
             await self._drop(job_id)
@@ -504,7 +504,7 @@ class Worker:
         self, engine: Engine, flow: StoredFlow, view: FlowView[Any], step: str | None, index: int | None,
         fraction: float, message: str | None,
     ) -> None:  # fmt: skip
-        await self.advance(engine, flow, Progress(step, fraction, message, index), finished=None, view=view)
+        await self.advance(engine, flow, Progress(step, fraction, message, index), finished=None)
 
     # -- committing --
 
@@ -539,7 +539,6 @@ class Worker:
         event: Event | None,
         *,
         finished: str | None,
-        view: FlowView[Any] | None = None,
         runner: Runner[Any, Any] | None = None,
         tick: bool = False,
     ) -> Job | None:
@@ -547,7 +546,6 @@ class Worker:
 
         Args:
             finished: the id of the job whose outcome this is (its lease ends with the commit).
-            view: the running job's view of the flow, kept up to date.
             tick: the event is a timer's: set the flow's timer anew even if nothing changed.
 
         Returns:
@@ -598,8 +596,6 @@ class Worker:
             if conflict is None:
                 flow.raw, flow.version = raw, str(int(flow.version) + 1)
                 state.items_changed.clear()
-                if view is not None:
-                    view.state = state
                 self._after_commit(engine, state, commit, records)
                 return commit.local
             if conflict.state is None:
@@ -607,10 +603,7 @@ class Worker:
             fresh = StoredFlow.read(state.flow_id, conflict.state, conflict.version)
             if flow.items:
                 await self._reload_items(fresh, flow)
-            flow.state, flow.raw, flow.version = fresh.state, fresh.raw, fresh.version
-            flow.items, flow.complete = fresh.items, fresh.complete
-            if view is not None:
-                view.state = fresh.state
+            flow.replace(fresh)
 
     async def _with_items(self, flow: StoredFlow, ask: Any) -> Any:
         """Asks the engine something, loading the items it needs first if it says so."""

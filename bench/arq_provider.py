@@ -20,27 +20,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.worker import Worker
 from pydantic import BaseModel
 
+from bench.harness import percentile, plait_worker_command, redis_server, spawn, stop_all, wait_for_workers
 from bench.workload import Order, OrderWorkflow, ProcessOrder
 from plait.core import IWorkflowConsumer, StepContext, StepHandler, Workflow, WorkflowContext
 from plait.providers.arq import ArqWorkflowProvider
 from plait.providers.arq._keys import dumps, loads
 
-ROOT = Path(__file__).resolve().parents[1]
 CONCURRENCY = 100  # Plait's per-workflow concurrency and arq's max_jobs
 
 
@@ -86,10 +82,20 @@ async def noop(ctx: dict[str, Any]) -> None:
     return None
 
 
+async def stamp(ctx: dict[str, Any]) -> float:
+    """A raw arq job that returns when it started (``time.time()``), for the enqueue-to-start latency."""
+    return time.time()
+
+
+def arq_worker_command(url: str, poll_delay: float) -> list[str]:
+    """A process running :func:`run_arq_worker`."""
+    return [sys.executable, "-m", "bench.arq_provider", "arq-worker", url, str(poll_delay)]
+
+
 def run_arq_worker(url: str, poll_delay: float) -> None:
     """A raw arq worker, configured for speed, until SIGTERM."""
     worker = Worker(
-        functions=[noop],
+        functions=[noop, stamp],
         queue_name=ARQ_QUEUE,
         redis_settings=RedisSettings.from_dsn(url),
         poll_delay=poll_delay,
@@ -141,6 +147,17 @@ async def arq_latency(pool: ArqRedis, samples: int, poll_delay: float) -> list[f
     return times
 
 
+async def arq_start_latency(pool: ArqRedis, samples: int, poll_delay: float) -> list[float]:
+    """Seconds from ``enqueue_job`` to the job starting, one job at a time (the job returns when it started)."""
+    times = []
+    for _ in range(samples):
+        started = time.time()
+        job = await pool.enqueue_job("stamp", _queue_name=ARQ_QUEUE)
+        assert job is not None
+        times.append(await job.result(timeout=10, poll_delay=poll_delay) - started)
+    return times
+
+
 async def plait_latency(provider: ArqWorkflowProvider, samples: int) -> list[float]:
     """Seconds from ``execute()`` to ``result()`` of one 4-step sequential flow at a time."""
     times = []
@@ -164,39 +181,7 @@ async def commands_per_second(pool: ArqRedis, seconds: float) -> float:
     return (await total() - before - 1) / seconds
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 # --- orchestration ----------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(args, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL)
-
-
-async def wait_until(check: Callable[[], Awaitable[bool]], what: str, within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-async def wait_for_workers(pool: ArqRedis, count: int) -> None:
-    async def up() -> bool:
-        clients: list[dict[str, Any]] = await pool.client_list()
-        return len(clients) > count  # each worker holds at least one connection; the pool is one more
-
-    await wait_until(up, "the workers")
 
 
 async def measure(args: argparse.Namespace, url: str, arq_workers: list[subprocess.Popen[bytes]]) -> dict[str, float]:
@@ -263,39 +248,16 @@ def report(args: argparse.Namespace, m: dict[str, float]) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    port = free_port()
-    url = f"redis://127.0.0.1:{port}/0"
-    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
     workers: list[subprocess.Popen[bytes]] = []
-    try:
-        for _ in range(200):
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                time.sleep(0.05)
-        env = {"PLAIT_BENCH_REDIS_URL": url}
-        plait_cmd = [sys.executable, "-m", "plait.providers.arq", "worker", "bench.arq_provider:create_app"]
-        plait_cmd += ["--app-dir", str(ROOT), "--log-level", "WARNING"]
-        arq_cmd = [sys.executable, "-m", "bench.arq_provider", "arq-worker", url, str(args.poll_delay)]
-        workers += [spawn(plait_cmd, env) for _ in range(2)]
-        arq_workers = [spawn(arq_cmd, env) for _ in range(2)]
-        workers += arq_workers
-        report(args, asyncio.run(measure(args, url, arq_workers)))
-    finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.send_signal(signal.SIGTERM)
-        for worker in workers:
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
-        server.terminate()
-        server.wait()
+    with redis_server() as url:
+        try:
+            env = {"PLAIT_BENCH_REDIS_URL": url}
+            workers += [spawn(plait_worker_command("bench.arq_provider:create_app"), env) for _ in range(2)]
+            arq_workers = [spawn(arq_worker_command(url, args.poll_delay), env) for _ in range(2)]
+            workers += arq_workers
+            report(args, asyncio.run(measure(args, url, arq_workers)))
+        finally:
+            stop_all(workers)
 
 
 def main() -> None:

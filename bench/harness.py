@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from redis.asyncio import Redis
 
@@ -58,8 +58,24 @@ def plait_worker_command(target: str) -> list[str]:
     return [*command, "--app-dir", str(ROOT), "--log-level", "WARNING"]
 
 
-def spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(args, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL)
+def spawn(args: list[str], env: dict[str, str], stderr: IO[bytes] | None = None) -> subprocess.Popen[bytes]:
+    """Starts a process in the repository's root with ``env`` added; its stderr goes to ``stderr`` (default: ours)."""
+    return subprocess.Popen(args, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=stderr)
+
+
+def internal_errors(log: IO[bytes]) -> tuple[int, str]:
+    """How many jobs the workers logging to ``log`` handed back after an internal error, and the last line of the
+    first such error's traceback."""
+    log.seek(0)
+    lines = log.read().decode(errors="replace").splitlines()
+    count, first = 0, ""
+    for i, line in enumerate(lines):
+        if "Internal error" in line:
+            count += 1
+            if not first:
+                rest = [x for x in lines[i + 1 :] if x and not x.startswith((" ", "Traceback"))]
+                first = rest[0] if rest else ""
+    return count, first
 
 
 def stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
@@ -106,3 +122,21 @@ async def wait_for_plait_workers(redis: Redis, cancel_channel: str, count: int) 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def cpu_seconds(processes: list[subprocess.Popen[bytes]]) -> float:
+    """User plus system CPU seconds the processes have used so far (Linux ``/proc``), a steadier measure than
+    wall time on a shared machine."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for process in processes:
+        with open(f"/proc/{process.pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+        total += int(fields[11]) + int(fields[12])  # utime and stime, the 14th and 15th fields
+    return total / ticks
+
+
+async def redis_cpu_seconds(redis: Redis) -> float:
+    """User plus system CPU seconds the redis-server has used so far."""
+    info: dict[str, Any] = await redis.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])

@@ -45,6 +45,7 @@ from bench.harness import (
     internal_errors,
     percentile,
     plait_worker_command,
+    redis_calls,
     redis_cpu_seconds,
     redis_server,
     spawn,
@@ -159,8 +160,10 @@ class Scaling:
     wall: dict[int, list[float]] = field(default_factory=dict)
     cpu: dict[int, list[float]] = field(default_factory=dict)
     redis_cpu: dict[int, list[float]] = field(default_factory=dict)
+    redis_calls: dict[int, list[int]] = field(default_factory=dict)
 
-    def add(self, size: int, wall: float, cpu: float, redis_cpu: float = 0.0) -> None:
+    def add(self, size: int, wall: float, cpu: float, redis_cpu: float = 0.0, redis_calls: int = 0) -> None:
+        self.redis_calls.setdefault(size, []).append(redis_calls)
         self.wall.setdefault(size, []).append(wall)
         self.cpu.setdefault(size, []).append(cpu)
         self.redis_cpu.setdefault(size, []).append(redis_cpu)
@@ -221,9 +224,10 @@ async def measure_arq(
     await arq_fan_out(emitter, definition, min(sizes), 1)  # warm-up
     for _ in range(rounds):
         for size in sizes:
-            cpu, redis_cpu = cpu_seconds(workers), await redis_cpu_seconds(redis)
+            cpu, redis_cpu, calls = cpu_seconds(workers), await redis_cpu_seconds(redis), await redis_calls(redis)
             wall = await arq_fan_out(emitter, definition, size, flows_per_round(size, sizes))
-            scaling.add(size, wall, cpu_seconds(workers) - cpu, await redis_cpu_seconds(redis) - redis_cpu)
+            cpu, redis_cpu = cpu_seconds(workers) - cpu, await redis_cpu_seconds(redis) - redis_cpu
+            scaling.add(size, wall, cpu, redis_cpu, await redis_calls(redis) - calls - 3)  # not the 3 INFO calls
     return scaling
 
 
@@ -333,7 +337,10 @@ def report_scaling(title: str, scaling: Scaling, sizes: list[int], cpu_what: str
         line = f"  {size:>7,} items/flow, {items // size:>3} flow(s)/round: {items / wall:8,.0f} items/s (wall)"
         line += f"   {cpu / items * 1e6:7.1f} us CPU/item ({cpu_what})"
         if redis_cpu:
-            line += f"   {redis_cpu / items * 1e6:6.1f} us Redis CPU/item"
+            calls = statistics.median(scaling.redis_calls[size]) / items
+            line += f"   {redis_cpu / items * 1e6:6.1f} us Redis CPU/item, {calls:5.1f} Redis commands/item"
+            rounds = ", ".join(f"{items / wall:,.0f}" for wall in scaling.wall[size])
+            line += f"\n{'':>43}rounds: {rounds} items/s"
         print(line)
     ratios = [per_item[large][k] / per_item[small][k] for k in range(3) if per_item[small][k]]
     labels = ["wall", cpu_what, "Redis CPU"][: len(ratios)]

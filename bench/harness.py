@@ -140,3 +140,9 @@ async def redis_cpu_seconds(redis: Redis) -> float:
     """User plus system CPU seconds the redis-server has used so far."""
     info: dict[str, Any] = await redis.info("cpu")
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+async def redis_calls(redis: Redis) -> int:
+    """Commands the redis-server has run so far (``INFO commandstats``: each command a Lua script runs counts)."""
+    stats: dict[str, dict[str, Any]] = await redis.info("commandstats")
+    return sum(int(v["calls"]) for v in stats.values())

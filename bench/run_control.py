@@ -326,12 +326,12 @@ def report(args: argparse.Namespace, results: Results) -> None:
     for name, side in sides.items():
         unit = "jobs/s " if name == "arq" else "steps/s"
         cpu, redis_cpu = statistics.median(side.cpu) * us, statistics.median(side.redis_cpu) * us
-        print(
-            f"  {labels[name]:<20} {rate[name]:8,.0f} {unit}   workers {cpu:6.0f} us CPU, Redis {redis_cpu:4.0f} us CPU"
-        )
+        rounds = ", ".join(f"{r:,.0f}" for r in side.rates)
+        print(f"  {labels[name]:<20} {rate[name]:8,.0f} {unit}   workers {cpu:4.0f} us CPU, Redis {redis_cpu:3.0f} us")
+        print(f"  {'':<20} rounds: {rounds}")
     print(f"  events on / off:       {rate['on'] / rate['off']:6.2f}x steps/s   (target >= 0.85)")
     cpu_on, cpu_off = (statistics.median(sides[n].cpu) + statistics.median(sides[n].redis_cpu) for n in ("on", "off"))
-    print(f"                         {cpu_off / cpu_on:6.2f}x by CPU per step (workers + Redis)")
+    print(f"                         {cpu_off / cpu_on:6.2f}x by CPU per step (workers + Redis), off / on")
     print(f"  Plait (events on) / raw arq: {rate['on'] / rate['arq']:6.2f}x   (target >= 2.5)")
     print(f"  Plait (events off) / raw arq: {rate['off'] / rate['arq']:5.2f}x")
     seen, call = results.cancels.seen, results.cancels.call

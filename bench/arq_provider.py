@@ -135,27 +135,27 @@ async def plait_throughput(provider: ArqWorkflowProvider, flows: int) -> float:
     return flows * ORDER_STEPS / (time.perf_counter() - started)
 
 
-async def arq_latency(pool: ArqRedis, samples: int, poll_delay: float) -> list[float]:
-    """Seconds from ``enqueue_job`` to ``job.result()`` of one no-op job at a time."""
+async def arq_round_trips(pool: ArqRedis, samples: int, poll_delay: float) -> list[tuple[float, float]]:
+    """Seconds from ``enqueue_job`` to the job starting and to ``job.result()``, one job at a time (the job
+    returns when it started)."""
     times = []
     for _ in range(samples):
-        started = time.perf_counter()
-        job = await pool.enqueue_job("noop", _queue_name=ARQ_QUEUE)
+        enqueued = time.time()
+        job = await pool.enqueue_job("stamp", _queue_name=ARQ_QUEUE)
         assert job is not None
-        await job.result(timeout=10, poll_delay=poll_delay)
-        times.append(time.perf_counter() - started)
+        started = await job.result(timeout=10, poll_delay=poll_delay)
+        times.append((started - enqueued, time.time() - enqueued))
     return times
+
+
+async def arq_latency(pool: ArqRedis, samples: int, poll_delay: float) -> list[float]:
+    """Seconds from ``enqueue_job`` to ``job.result()`` of one job at a time."""
+    return [done for _, done in await arq_round_trips(pool, samples, poll_delay)]
 
 
 async def arq_start_latency(pool: ArqRedis, samples: int, poll_delay: float) -> list[float]:
-    """Seconds from ``enqueue_job`` to the job starting, one job at a time (the job returns when it started)."""
-    times = []
-    for _ in range(samples):
-        started = time.time()
-        job = await pool.enqueue_job("stamp", _queue_name=ARQ_QUEUE)
-        assert job is not None
-        times.append(await job.result(timeout=10, poll_delay=poll_delay) - started)
-    return times
+    """Seconds from ``enqueue_job`` to the job starting, one job at a time."""
+    return [started for started, _ in await arq_round_trips(pool, samples, poll_delay)]
 
 
 async def plait_latency(provider: ArqWorkflowProvider, samples: int) -> list[float]:

@@ -69,7 +69,7 @@ from plait.providers.arq._keys import dumps, loads
 from plait.providers.inprocess import InProcessWorkflowProvider
 
 # Not the engine's default of 100: at 100, every item's commit on arq races the others' compare-and-set on the
-# one flow (about 150 tries per item, 25 items/s: a 10,000-item flow takes 7 minutes; see BENCHMARKS.md).
+# one flow (about 50 tries per item, 25-36 items/s: a 10,000-item flow takes 6 minutes; see BENCHMARKS.md).
 # --item-concurrency 100 measures that.
 ITEM_CONCURRENCY = 10
 

@@ -29,39 +29,24 @@ from typing import Any
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.worker import Worker
-from pydantic import BaseModel
 
-from bench.harness import percentile, plait_worker_command, redis_server, spawn, stop_all, wait_for_workers
-from bench.workload import Order, OrderWorkflow, ProcessOrder
-from plait.core import IWorkflowConsumer, StepContext, StepHandler, Workflow, WorkflowContext
+from bench.common import (
+    percentile,
+    plait_worker_command,
+    redis_calls,
+    redis_server,
+    redis_url,
+    spawn,
+    stop,
+    wait_for_clients,
+)
+from bench.workload import Line, LineWorkflow, Order, OrderWorkflow, Out, ProcessOrder
 from plait.providers.arq import ArqWorkflowProvider
 from plait.providers.arq._keys import dumps, loads
 
 CONCURRENCY = 100  # Plait's per-workflow concurrency and arq's max_jobs
 
-
-class Out(BaseModel):
-    n: int
-
-
 ORDER_STEPS = len(ProcessOrder.step_names)
-
-Line = Workflow.define(name="bench-line", data=Out, result=Out).steps(
-    lambda s: s.sequential(s.step("a", Out), s.step("b", Out), s.step("c", Out), s.step("d", Out))
-)
-
-
-class LineWorkflow(IWorkflowConsumer[Out, Out]):
-    """Four no-op steps in a row."""
-
-    def __init__(self) -> None:
-        self.steps = {name: StepHandler(execute=self.step) for name in "abcd"}
-
-    async def step(self, ctx: StepContext[Out]) -> Out:
-        return Out(n=ctx.data.n + len(ctx.results))
-
-    async def on_complete(self, ctx: WorkflowContext[Out]) -> Out:
-        return Out(n=ctx.data.n)
 
 
 def create_app() -> ArqWorkflowProvider:
@@ -172,13 +157,9 @@ async def plait_latency(provider: ArqWorkflowProvider, samples: int) -> list[flo
 async def commands_per_second(pool: ArqRedis, seconds: float) -> float:
     """Redis commands per second over ``seconds``, not counting the two INFO calls that measure it."""
 
-    async def total() -> int:
-        stats: dict[str, dict[str, Any]] = await pool.info("commandstats")
-        return sum(int(v["calls"]) for v in stats.values())
-
-    before = await total()
+    before = await redis_calls(pool)
     await asyncio.sleep(seconds)
-    return (await total() - before - 1) / seconds
+    return (await redis_calls(pool) - before - 1) / seconds
 
 
 # --- orchestration ----------------------------------------------------------------------------------------
@@ -192,7 +173,7 @@ async def measure(args: argparse.Namespace, url: str, arq_workers: list[subproce
     emitter.register(Line)
     await emitter.start()
     try:
-        await wait_for_workers(pool, 4)
+        await wait_for_clients(pool, 4)
         # Warm up both sides (imports, script caches, connections).
         await plait_latency(emitter, 20)
         await arq_latency(pool, 20, args.poll_delay)
@@ -249,15 +230,16 @@ def report(args: argparse.Namespace, m: dict[str, float]) -> None:
 
 def run(args: argparse.Namespace) -> None:
     workers: list[subprocess.Popen[bytes]] = []
-    with redis_server() as url:
+    with redis_server() as port:
         try:
+            url = redis_url(port)
             env = {"PLAIT_BENCH_REDIS_URL": url}
             workers += [spawn(plait_worker_command("bench.arq_provider:create_app"), env) for _ in range(2)]
             arq_workers = [spawn(arq_worker_command(url, args.poll_delay), env) for _ in range(2)]
             workers += arq_workers
             report(args, asyncio.run(measure(args, url, arq_workers)))
         finally:
-            stop_all(workers)
+            stop(workers)
 
 
 def main() -> None:

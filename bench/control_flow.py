@@ -40,7 +40,7 @@ from arq.connections import ArqRedis, RedisSettings, create_pool
 from pydantic import BaseModel
 
 from bench.arq_provider import CONCURRENCY, arq_start_latency, arq_worker_command
-from bench.harness import (
+from bench.common import (
     cpu_seconds,
     internal_errors,
     percentile,
@@ -48,10 +48,11 @@ from bench.harness import (
     redis_calls,
     redis_cpu_seconds,
     redis_server,
+    redis_url,
     spawn,
-    stop_all,
+    stop,
+    wait_for_clients,
     wait_for_plait_workers,
-    wait_for_workers,
     wait_until,
 )
 from bench.inprocess import Timing, clock, since
@@ -221,12 +222,13 @@ async def measure_arq(
     rounds: int,
 ) -> Scaling:
     scaling = Scaling()
+    pids = [worker.pid for worker in workers]
     await arq_fan_out(emitter, definition, min(sizes), 1)  # warm-up
     for _ in range(rounds):
         for size in sizes:
-            cpu, redis_cpu, calls = cpu_seconds(workers), await redis_cpu_seconds(redis), await redis_calls(redis)
+            cpu, redis_cpu, calls = cpu_seconds(pids), await redis_cpu_seconds(redis), await redis_calls(redis)
             wall = await arq_fan_out(emitter, definition, size, flows_per_round(size, sizes))
-            cpu, redis_cpu = cpu_seconds(workers) - cpu, await redis_cpu_seconds(redis) - redis_cpu
+            cpu, redis_cpu = cpu_seconds(pids) - cpu, await redis_cpu_seconds(redis) - redis_cpu
             scaling.add(size, wall, cpu, redis_cpu, await redis_calls(redis) - calls - 3)  # not the 3 INFO calls
     return scaling
 
@@ -309,20 +311,20 @@ async def measure_on_arq(
     emitter.register(Napping)
     emitter.register(Stepping)
     await emitter.start()
-    workers = [spawn(plait_worker_command("bench.control_flow:create_app"), env, log) for _ in range(2)]
+    workers = [spawn(plait_worker_command("bench.control_flow:create_app"), env, stderr=log) for _ in range(2)]
     arq_workers: list[subprocess.Popen[bytes]] = []
     try:
         await wait_for_plait_workers(pool, emitter.keys.cancel, 2)
         results.arq = await measure_arq(emitter, definition, pool, workers, args.sizes, args.rounds)
         # Raw arq workers poll all the time: they run for the latency part only.
         arq_workers = [spawn(arq_worker_command(url, args.poll_delay), env) for _ in range(2)]
-        await wait_for_workers(pool, 4)
+        await wait_for_clients(pool, 4)
         await measure_latency(emitter, pool, 5, args.poll_delay)  # warm-up
         results.latency = await measure_latency(emitter, pool, args.samples, args.poll_delay)
     finally:
         await emitter.stop()
         await pool.aclose()
-        await asyncio.to_thread(stop_all, workers + arq_workers)
+        await asyncio.to_thread(stop, workers + arq_workers)
 
 
 def report_scaling(title: str, scaling: Scaling, sizes: list[int], cpu_what: str) -> None:
@@ -375,7 +377,8 @@ def main() -> None:
     parser.add_argument("--inprocess-only", action="store_true", help="skip the arq part")
     args = parser.parse_args()
     args.sizes = sorted(set(args.sizes))
-    with redis_server() as url:
+    with redis_server() as port:
+        url = redis_url(port)
         env = {"PLAIT_BENCH_REDIS_URL": url, "PLAIT_BENCH_ITEM_CONCURRENCY": str(args.item_concurrency)}
         results = asyncio.run(measure(args, url, env))
     print(

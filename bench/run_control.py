@@ -41,25 +41,24 @@ from redis.asyncio import Redis
 from bench.arq_provider import (
     CONCURRENCY,
     ORDER_STEPS,
-    Line,
-    Out,
     arq_throughput,
     arq_worker_command,
     plait_throughput,
 )
-from bench.harness import (
+from bench.common import (
     cpu_seconds,
     internal_errors,
     percentile,
     plait_worker_command,
     redis_cpu_seconds,
     redis_server,
+    redis_url,
     spawn,
-    stop_all,
+    stop,
+    wait_for_clients,
     wait_for_plait_workers,
-    wait_for_workers,
 )
-from bench.workload import Order, OrderWorkflow, ProcessOrder
+from bench.workload import Line, Order, OrderWorkflow, Out, ProcessOrder
 from plait.core import IWorkflowConsumer, StepContext, StepHandler, Workflow, WorkflowCancelledError, WorkflowContext
 from plait.core.info import FlowPage
 from plait.core.listing import encode_cursor
@@ -147,10 +146,11 @@ async def throughput(
     for round_ in range(args.rounds):
         for name in names[round_ % 3 :] + names[: round_ % 3]:
             side = sides[name]
-            cpu, redis_cpu = cpu_seconds(workers[name]), await redis_cpu_seconds(pool)
+            pids = [worker.pid for worker in workers[name]]
+            cpu, redis_cpu = cpu_seconds(pids), await redis_cpu_seconds(pool)
             side.rates.append(await runs[name](args.flows))
             units = args.flows * ORDER_STEPS
-            side.cpu.append((cpu_seconds(workers[name]) - cpu) / units)
+            side.cpu.append((cpu_seconds(pids) - cpu) / units)
             side.redis_cpu.append((await redis_cpu_seconds(pool) - redis_cpu) / units)
     return sides
 
@@ -288,8 +288,8 @@ async def measure(args: argparse.Namespace, url: str, log: IO[bytes]) -> Results
         store.register(Line)
     everyone = [*emitters.values(), *stores.values()]
     workers = {
-        "on": [spawn(plait_worker_command("bench.run_control:events_on_app"), env, log) for _ in range(2)],
-        "off": [spawn(plait_worker_command("bench.run_control:events_off_app"), env, log) for _ in range(2)],
+        "on": [spawn(plait_worker_command("bench.run_control:events_on_app"), env, stderr=log) for _ in range(2)],
+        "off": [spawn(plait_worker_command("bench.run_control:events_off_app"), env, stderr=log) for _ in range(2)],
         "arq": [spawn(arq_worker_command(url, 0.01), env) for _ in range(2)],
     }
     try:
@@ -297,10 +297,10 @@ async def measure(args: argparse.Namespace, url: str, log: IO[bytes]) -> Results
             await provider.start()
         await wait_for_plait_workers(pool, emitters["on"].keys.cancel, 2)
         await wait_for_plait_workers(pool, emitters["off"].keys.cancel, 2)
-        await wait_for_workers(pool, 6)
+        await wait_for_clients(pool, 6)
         sides = await throughput(args, pool, emitters, workers)
         # The rest needs only the workers with events on: the others would only add noise.
-        await asyncio.to_thread(stop_all, workers["arq"] + workers["off"])
+        await asyncio.to_thread(stop, workers["arq"] + workers["off"])
         await cancel_latency(emitters["on"], pool, 3)  # warm-up
         cancels = await cancel_latency(emitters["on"], pool, args.cancels)
         populated = {size: await populate(store, size) for size, store in stores.items()}
@@ -309,7 +309,7 @@ async def measure(args: argparse.Namespace, url: str, log: IO[bytes]) -> Results
         for provider in everyone:
             await provider.stop()
         await pool.aclose()
-        await asyncio.to_thread(stop_all, [w for side in workers.values() for w in side])
+        await asyncio.to_thread(stop, [w for side in workers.values() for w in side])
     return Results(sides, cancels, times, populated)
 
 
@@ -362,8 +362,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs=2, default=[10_000, 100_000], help="stored flows (10000 100000)")
     parser.add_argument("--list-samples", type=int, default=60, help="list_flows calls per query and size (60)")
     args = parser.parse_args()
-    with redis_server() as url, tempfile.TemporaryFile() as log:
-        results = asyncio.run(measure(args, url, log))
+    with redis_server() as port, tempfile.TemporaryFile() as log:
+        results = asyncio.run(measure(args, redis_url(port), log))
         results.errors = internal_errors(log)
     report(args, results)
 

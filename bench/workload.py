@@ -1,5 +1,5 @@
-"""The benchmarks' workload: the 5-step order shape (validate -> charge -> [email || sms] -> finalize) with no-op
-handlers, so that a benchmark measures Plait and its transport, not the work."""
+"""The benchmarks' workloads, with no-op handlers so that a benchmark measures Plait and its transport, not the
+work: the 5-step order shape (validate -> charge -> [email || sms] -> finalize), and a line of four steps."""
 
 from __future__ import annotations
 
@@ -7,7 +7,19 @@ from pydantic import BaseModel
 
 from plait.core import IWorkflowConsumer, StepContext, StepHandler, Workflow, WorkflowContext
 
-__all__ = ["Charged", "Finalized", "Order", "OrderResult", "OrderWorkflow", "ProcessOrder", "Sent", "Validated"]
+__all__ = [
+    "Charged",
+    "Finalized",
+    "Line",
+    "LineWorkflow",
+    "Order",
+    "OrderResult",
+    "OrderWorkflow",
+    "Out",
+    "ProcessOrder",
+    "Sent",
+    "Validated",
+]
 
 
 class Order(BaseModel):
@@ -74,3 +86,25 @@ class OrderWorkflow(IWorkflowConsumer[Order, OrderResult]):
 
     async def on_complete(self, ctx: WorkflowContext[Order]) -> OrderResult:
         return OrderResult(charge_id="ch-1")
+
+
+class Out(BaseModel):
+    n: int
+
+
+Line = Workflow.define(name="bench-line", data=Out, result=Out).steps(
+    lambda s: s.sequential(s.step("a", Out), s.step("b", Out), s.step("c", Out), s.step("d", Out))
+)
+
+
+class LineWorkflow(IWorkflowConsumer[Out, Out]):
+    """Four no-op steps in a row."""
+
+    def __init__(self) -> None:
+        self.steps = {name: StepHandler(execute=self.step) for name in "abcd"}
+
+    async def step(self, ctx: StepContext[Out]) -> Out:
+        return Out(n=ctx.data.n + len(ctx.results))
+
+    async def on_complete(self, ctx: WorkflowContext[Out]) -> Out:
+        return Out(n=ctx.data.n)

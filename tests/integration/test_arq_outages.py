@@ -99,7 +99,7 @@ async def test_result_rides_through_an_outage_and_a_commit_waits_for_redis(
     assert not [r for r in records if r.levelno >= logging.ERROR or r.exc_info]
     warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING]
     # One line per outage and place that saw it, never one per retry.
-    assert len([w for w in warnings if w.startswith("Redis cannot be reached while")]) == 1, warnings
+    assert len([w for w in warnings if w.startswith("Redis cannot be used while")]) == 1, warnings
     assert len([w for w in warnings if "result() of flow" in w]) == 1, warnings
     assert len(warnings) <= 5, warnings
 
@@ -210,3 +210,26 @@ async def test_a_soak_with_a_sigkilled_worker_and_a_redis_restart_loses_nothing(
         assert worker.poll() is None
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=15) == 0
+
+
+async def test_a_full_redis_is_an_outage_callers_hear_of_and_workers_ride_through(
+    private_redis: MakeRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = private_redis()
+    client = server.client()
+    consumer = Recorder(("a", "b"))
+    provider = ArqWorkflowProvider(server.url, stall_interval=1.0)
+    provider.register(LINE, consumer)
+    async with started(provider):
+        handle = await provider.execute(LINE, Data(key="k", sleep=0.5))
+        await eventually(lambda: bool(consumer.calls))
+        used = int(cast(dict[str, Any], client.info("memory"))["used_memory"])
+        client.config_set("maxmemory", str(used // 2))  # full: every write is refused from now on
+        with pytest.raises(ProviderUnavailableError, match="is full \\(maxmemory\\)"):
+            await provider.execute(LINE, Data(key="refused"))
+        await asyncio.sleep(1.0)  # step a ends meanwhile: its commit waits for Redis
+        client.config_set("maxmemory", "0")
+        assert (await handle.result(timeout=15)).steps == ["a", "b"]
+    warnings = [r.getMessage() for r in outage_records(caplog) if r.levelno == logging.WARNING]
+    assert any("Redis cannot be used while" in w and "OutOfMemoryError" in w for w in warnings), warnings
+    assert not [r for r in outage_records(caplog) if r.levelno >= logging.ERROR]

@@ -186,8 +186,25 @@ def test_password_and_tls_options_override_the_url() -> None:
         True,
         "/ca.pem",
     )
-    with pytest.raises(ValueError, match="stall_interval"):
-        ArqWorkflowProvider("redis://h:1/0", stall_interval=0)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("stall_interval", 0, "stall_interval must be a number of seconds greater than 0; got 0"),
+        ("stall_interval", None, "stall_interval must be a number of seconds greater than 0; got None"),
+        ("retention", 0, "retention must be a number of seconds greater than 0; got 0"),
+        ("retention", -1.0, "retention must be a number of seconds greater than 0; got -1.0"),
+        ("retention", float("nan"), "retention must be a number of seconds greater than 0; got nan"),
+        ("stop_grace", -0.5, "stop_grace must be a number of seconds 0 or more; got -0.5"),
+        ("stop_grace", "10", "stop_grace must be a number of seconds 0 or more; got '10'"),
+    ],
+)
+def test_durations_that_make_no_sense_are_refused(option: str, value: object, message: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        ArqWorkflowProvider("redis://h:1/0", **{option: value})  # type: ignore[arg-type]
+    assert str(caught.value) == message
+    ArqWorkflowProvider("redis://h:1/0", stop_grace=0)  # no grace at all is a choice
 
 
 # -- distribution --
@@ -429,17 +446,55 @@ async def test_subscribe_skips_a_stream_entry_plait_did_not_write(
 async def test_listing_indexes_forget_flows_once_their_retention_expired(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
+    class Parent(IWorkflowConsumer[Data, Result]):
+        steps: dict[str, StepHandler[Data]] = {}
+
+        async def on_complete(self, ctx: WorkflowContext[Data]) -> Result:
+            return Result(key=ctx.data.key, steps=ctx.results["kid"].steps)
+
+    parent = Workflow.define(name="it-parent", data=Data, result=Result).steps(
+        lambda s: s.sequential(s.sub_workflow("kid", LINE, data=lambda ctx: ctx.data))
+    )
     keys = Keys("workflow")
     worker = ArqWorkflowProvider(redis_url, retention=1.0, stall_interval=0.4)
     worker.register(LINE, Recorder(("a", "b")))
+    worker.register(parent, Parent())
     async with started(worker):
-        handle = await worker.execute(LINE, Data(key="k"))
+        handle = await worker.execute(parent, Data(key="k"))
         await handle.result(timeout=5)
-        assert [s.flow_id for s in (await worker.list_flows()).items] == [handle.id]
-        indexes = [keys.index, keys.index_workflow(LINE.name), *keys.status_indexes(LINE.name, "completed")]
+        child = f"{handle.id}.kid"
+        assert [s.flow_id for s in (await worker.list_flows()).items] == [child, handle.id]
+        assert [s.flow_id for s in (await worker.list_flows(parent_id=handle.id)).items] == [child]
+        indexes = [
+            keys.index,
+            keys.index_workflow(LINE.name),
+            *keys.status_indexes(LINE.name, "completed"),
+            keys.index_workflow(parent.name),
+            *keys.status_indexes(parent.name, "completed"),
+            keys.index_parent(handle.id),
+            keys.expiring,
+        ]
         deadline = time.monotonic() + 5
         while any(redis_client.zcard(index) for index in indexes):
             assert time.monotonic() < deadline, "the indexes were not trimmed"
             await asyncio.sleep(0.1)
         assert redis_client.exists(keys.flow(handle.id)) == 0
         assert (await worker.list_flows()).items == ()
+
+
+async def test_a_flow_that_waits_longer_than_the_retention_is_kept_until_it_ends(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    napping = Workflow.define(name="it-napping", data=Data, result=Result).steps(
+        lambda s: s.sequential(s.step("a", Out), s.sleep("nap", seconds=2.5), s.step("b", Out))
+    )
+    keys = Keys("workflow")
+    worker = ArqWorkflowProvider(redis_url, retention=1.0, stall_interval=0.4)
+    worker.register(napping, Recorder(("a", "b")))
+    async with started(worker):
+        handle = await worker.execute(napping, Data(key="k"))
+        await asyncio.sleep(0.5)
+        assert redis_client.pttl(keys.flow(handle.id)) == -1  # no expiry while it has not ended
+        assert (await handle.result(timeout=10)).steps == ["a", "b"]
+        assert 0 < cast(int, redis_client.pttl(keys.flow(handle.id))) <= 1000  # its retention starts at its end
+        assert 0 < cast(int, redis_client.pttl(keys.events(handle.id))) <= 1000

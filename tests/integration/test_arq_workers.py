@@ -173,8 +173,8 @@ async def test_a_step_raising_a_base_exception_fails_its_attempt_and_the_worker_
 async def test_a_base_exception_from_code_the_runner_does_not_guard_does_not_end_the_worker(
     redis_client: redis.Redis, workers: Workers, emitter: ArqWorkflowProvider
 ) -> None:
-    # The step's output validator raises SystemExit, outside the handler: it reaches the worker's own code,
-    # which logs it, hands the job back and goes on; the step's second start returns a valid output.
+    # The runner raises SystemExit after the step returned (a bug in Plait, outside any handler): it reaches the
+    # worker's own code, which logs it, hands the job back and goes on; the step's second start completes.
     worker = workers.start()
     await workers.ready(worker)
     handle = await emitter.execute(ORDER, Order(order_id="o-1", boom_in="charge"))
@@ -184,7 +184,7 @@ async def test_a_base_exception_from_code_the_runner_does_not_guard_does_not_end
     assert worker.poll() is None
     log = workers.log(worker)
     assert "Internal error running job" in log
-    assert "SystemExit: a validator asked the process to exit" in log
+    assert "SystemExit: a bug in Plait asked the process to exit" in log
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=15) == 0
 

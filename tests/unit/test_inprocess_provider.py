@@ -225,6 +225,21 @@ async def test_get_state_shows_the_recorded_state(provider: InProcessWorkflowPro
         provider.get_state("flow-nope")
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("retention", -1, "retention must be a number of seconds 0 or more; got -1"),
+        ("retention", None, "retention must be a number of seconds 0 or more; got None"),
+        ("stop_grace", float("nan"), "stop_grace must be a number of seconds 0 or more; got nan"),
+        ("stop_grace", True, "stop_grace must be a number of seconds 0 or more; got True"),
+    ],
+)
+def test_durations_that_make_no_sense_are_refused(option: str, value: object, message: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        InProcessWorkflowProvider(**{option: value})  # type: ignore[arg-type]
+    assert str(caught.value) == message
+
+
 async def test_finished_flows_are_forgotten_after_the_retention() -> None:
     provider = InProcessWorkflowProvider(retention=0.0)
     provider.register(TWO, Two())

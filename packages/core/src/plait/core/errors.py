@@ -111,7 +111,8 @@ class FlowStateError(PlaitError):
 class CorruptFlowError(PlaitError):
     """A flow's stored state cannot be read (it was damaged, or written by an incompatible version).
 
-    Such a flow is failed once by the worker that finds it; reads of it raise this error, naming the flow.
+    Such a flow is failed once by the worker that finds it (its reads then show it failed, with this error as its
+    cause); reads before that raise this error, naming the flow.
     """
 
     def __init__(self, flow_id: str, reason: str) -> None:

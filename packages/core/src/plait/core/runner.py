@@ -107,6 +107,21 @@ def check_timeout(value: object, what: str = "timeout") -> None:
         raise ValueError(f"{what} must be a number of seconds greater than 0, or None; got {value!r}")
 
 
+def check_seconds(value: object, what: str, *, allow_zero: bool = False) -> float:
+    """Returns ``value`` if it is a number of seconds greater than 0 (or equal, with ``allow_zero``), else raises
+    ``ValueError`` naming ``what``."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or value != value  # NaN
+        or value < 0
+        or (value == 0 and not allow_zero)
+    ):
+        bound = "0 or more" if allow_zero else "greater than 0"
+        raise ValueError(f"{what} must be a number of seconds {bound}; got {value!r}")
+    return float(value)
+
+
 def resolve_timeout(*candidates: float | None) -> float | None:
     """The first of ``candidates`` that is not ``None`` (``execute()``'s, the consumer's, the provider's)."""
     for value in candidates:
@@ -425,8 +440,10 @@ class Runner(Generic[D, R]):
             model = out if type(out) is output_model else output_model.model_validate(_plain(out))  # type: ignore[union-attr]
             output = model.model_dump(mode="json")
             self._check_size(output, f"output of step '{step}'")
-        except Exception as error:
+        except _FAILURES as error:
             # A handler that returns the wrong shape, or a value JSON cannot hold, will do so again: no retry.
+            # The model's own validators and serializers run here, and may raise any BaseException.
+            _reraise_cancellation(error)
             view.exceptions["step", step, index] = error
             record = error_record(error)
             record["message"] = f"invalid output for {output_model.__name__}: {error}"  # type: ignore[union-attr]
@@ -473,7 +490,8 @@ class Runner(Generic[D, R]):
             model = out if type(out) is result_model else result_model.model_validate(_plain(out))
             result = model.model_dump(mode="json")
             self._check_size(result, "result")
-        except Exception as error:
+        except _FAILURES as error:
+            _reraise_cancellation(error)
             view.exceptions["complete", None, None] = error
             record = error_record(error)
             record["message"] = f"invalid result for {result_model.__name__}: {error}"

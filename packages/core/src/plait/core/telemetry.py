@@ -30,6 +30,7 @@ try:
     from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider, SpanKind, Status, StatusCode
 
     _INSTALLED = True
+    _UNCONFIGURED: tuple[type, ...] = (ProxyTracerProvider, NoOpTracerProvider)
 except ImportError:  # the optional extra is not installed
     _INSTALLED = False
 
@@ -63,7 +64,7 @@ def enabled() -> bool:
     # trace.get_tracer_provider() reads the environment on every call until a provider is set, which costs more
     # than a whole step; the global it sets once is a cheap look.
     configured = getattr(trace, "_TRACER_PROVIDER", None)
-    return configured is not None and not isinstance(configured, ProxyTracerProvider | NoOpTracerProvider)
+    return configured is not None and not isinstance(configured, _UNCONFIGURED)
 
 
 def _tracer() -> Any:

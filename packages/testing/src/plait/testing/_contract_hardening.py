@@ -17,7 +17,7 @@ from plait.core import (
     WorkflowValidationError,
 )
 from plait.testing._contract_base import ContractBase, cause_message, cause_name
-from plait.testing._scripted import BAG, FOREVER, LINE, SOLO, Bag, Do, FlowOut, Order, Scripted
+from plait.testing._scripted import BAG, FOREVER, LINE, OPAQUE, SOLO, Bag, Do, FlowOut, Order, Scripted
 
 __all__ = ["HardeningRules"]
 
@@ -148,6 +148,21 @@ class HardeningRules(ContractBase):
         assert [c.attempt for c in failing.of("step", "b")] == [1, 2]
         assert failing.names("rollback") == ["a"]
         assert len(failing.of("on_error")) == 1
+
+    @pytest.mark.parametrize("raises", [SystemExit, KeyboardInterrupt, _Interrupt])
+    async def test_an_output_whose_validator_raises_a_base_exception_fails_the_step_without_retry(
+        self, provider: WorkflowProvider, raises: type[BaseException]
+    ) -> None:
+        consumer = Scripted(OPAQUE, {"b": Do(opaque=True, opaque_raises=raises)})
+        async with self.running(provider, (OPAQUE, consumer, self.options(attempts=3)), (SOLO, Scripted(SOLO), None)):
+            error = await self.failure(await provider.execute(OPAQUE, Order(key="k")))
+            # The provider goes on running flows.
+            assert (await self.result(await provider.execute(SOLO, Order(key="after")))).key == "after"
+        assert isinstance(error, WorkflowStepError)
+        assert error.step_name == "b"
+        assert cause_name(error) == raises.__name__
+        assert [c.attempt for c in consumer.of("step", "b")] == [1]
+        assert consumer.names("rollback") == ["a"]
 
     async def test_a_rollback_raising_a_base_exception_is_retried_then_recorded(
         self, provider: WorkflowProvider

@@ -13,7 +13,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 
 from plait.core import (
     Backoff,
@@ -114,11 +114,25 @@ class Rich(BaseModel):
     note: str | None
 
 
+class Explodes:
+    """A value whose validation raises ``raises`` (a model's validators are user code too)."""
+
+    def __init__(self, raises: type[BaseException]) -> None:
+        self.raises = raises
+
+
 class Opaque(BaseModel):
-    """A step output that may hold a value JSON cannot represent."""
+    """A step output that may hold a value JSON cannot represent, or one whose validation raises."""
 
     step: str
     value: Any = None
+
+    @field_validator("value")
+    @classmethod
+    def _check_value(cls, value: Any) -> Any:
+        if isinstance(value, Explodes):
+            raise value.raises("the output's validator raised")
+        return value
 
 
 class Note(BaseModel):
@@ -196,6 +210,7 @@ class Do:
         sleep_attempts: attempts that sleep (all of them when empty).
         invalid: return an output that does not validate.
         opaque: return an :class:`Opaque` output holding a value that cannot be turned into JSON.
+        opaque_raises: with ``opaque``, return the output as a dict whose validation raises this instead.
         plain: return a dict rather than the output model.
         rollback: whether the step has a rollback.
         rollback_fail: the first ``rollback_fail`` rollback attempts raise.
@@ -215,6 +230,7 @@ class Do:
     sleep_attempts: frozenset[int] = frozenset()
     invalid: bool = False
     opaque: bool = False
+    opaque_raises: type[BaseException] | None = None
     plain: bool = False
     rollback: bool = True
     rollback_fail: int = 0
@@ -316,6 +332,8 @@ class Scripted(IWorkflowConsumer[Order, FlowOut]):
                         raise NoEffectError(f"nothing done by {name} {ctx.attempt}")
                     raise do.raises(f"boom {name} {ctx.attempt}")
                 if do.opaque:
+                    if do.opaque_raises is not None:
+                        return self._end(call, "ok", {"step": name, "value": Explodes(do.opaque_raises)})
                     return self._end(call, "ok", Opaque(step=name, value=object()))
                 if do.invalid:
                     invalid: dict[str, object] = {"step": name, "attempt": "not a number", "seen": None}

@@ -9,7 +9,7 @@ from typing import Any
 
 from plait.core.engine.graph import Graph
 from plait.core.engine.messages import Action
-from plait.core.engine.records import JSON, ErrorRecord, EventRecord, FlowError, FlowState, ItemRecord, Policy
+from plait.core.engine.records import JSON, ErrorRecord, FlowError, FlowState, ItemRecord, Policy
 from plait.core.handle import FlowStatus
 from plait.core.options import Backoff
 from plait.core.workflow import WorkflowDefinition
@@ -41,10 +41,8 @@ class EngineBase:
 
     @staticmethod
     def _emit(state: FlowState, now: float, kind: str, **fields: Any) -> None:
-        state.seq += 1
-        record: EventRecord = {"type": kind, "seq": state.seq, "at": now}
-        record.update(fields)  # type: ignore[typeddict-item]
-        state.emitted.append(record)
+        seq = state.seq = state.seq + 1
+        state.emitted.append({"type": kind, "seq": seq, "at": now, **fields})  # type: ignore[typeddict-item]
 
     # The transitions the for-each and rollback parts call; the engine writes them.
 

@@ -8,7 +8,8 @@ provider runs a flow only in the process that starts it, so a worker would have 
 The worker starts it, waiting for Redis if it cannot be reached (one WARNING per try, backoff up to 30 s, until
 ``--connect-timeout``), waits for SIGTERM or SIGINT, then stops it, which lets running steps finish within the
 provider's grace period and hands the rest back to their queues. A second signal stops at once. Whatever the
-worker refuses, or gives up on, is one line on stderr and a non-zero exit status, never a traceback.
+worker refuses, or gives up on, is one line on stderr and a non-zero exit status; only an unexpected exception
+from the application's own code (its factory, say) shows a traceback.
 """
 
 from __future__ import annotations

@@ -26,10 +26,11 @@ from typing import Any, cast
 from arq.connections import ArqRedis
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from plait.providers.arq._keys import Job, Keys, MalformedJobError, shorten
+from plait.core.handle import FlowStatus
+from plait.providers.arq._keys import Job, Keys, MalformedJobError, loads, shorten
 
 __all__ = [
     "EVENTS_MAXLEN",
@@ -48,9 +49,10 @@ __all__ = [
 EVENTS_MAXLEN = 10_000
 """About how many events a flow's stream keeps (the oldest go first); a flow has a few per step."""
 
-UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
-"""What Redis raises when it cannot be reached (down, restarting, loading its data, failed over): an outage,
-not a bug. ``RedisConnectionError`` covers redis-py's ``BusyLoadingError`` and ``AuthenticationError``."""
+UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OutOfMemoryError, OSError)
+"""What Redis raises when it cannot be reached (down, restarting, loading its data, failed over) or cannot take
+writes (full: ``maxmemory`` reached under ``noeviction``): an outage, not a bug. ``RedisConnectionError`` covers
+redis-py's ``BusyLoadingError`` and ``AuthenticationError``."""
 
 
 class Outage:
@@ -64,11 +66,11 @@ class Outage:
     def failed(self, doing: str, error: BaseException) -> None:
         if self.since is None:
             self.since = time.monotonic()
-            _log.warning("Redis cannot be reached while %s (%s); retrying until it is back", doing, _describe(error))
+            _log.warning("Redis cannot be used while %s (%s); retrying until it is back", doing, _describe(error))
 
     def over(self) -> None:
         if self.since is not None:
-            _log.info("Redis is reachable again, after %.1fs", time.monotonic() - self.since)
+            _log.info("Redis is usable again, after %.1fs", time.monotonic() - self.since)
             self.since = None
 
 
@@ -142,6 +144,7 @@ class Change:
     clear_timer: bool = False
     old_status: str | None = None
     created_at: float = 0.0
+    parent_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +161,7 @@ class Store:
     Args:
         redis: the connection pool (arq's client, configured with JSON job serialisation).
         keys: key names.
-        retention: seconds a flow and its jobs stay after their last change.
+        retention: seconds an ended flow, and a job's payload, stay.
         lease: seconds a claimed job stays leased without a heartbeat (the stall interval).
         owner: who holds the leases this store takes (the worker's id); only the holder renews or releases one.
     """
@@ -273,7 +276,14 @@ class Store:
         keys = self.keys
         done = await _run(
             self._fail_unreadable,
-            [keys.flow(flow_id), keys.leases, keys.lease_info, keys.timers(workflow)],
+            [
+                keys.flow(flow_id),
+                keys.leases,
+                keys.lease_info,
+                keys.timers(workflow),
+                keys.events(flow_id),
+                keys.expiring,
+            ],
             [
                 unreadable,
                 state,
@@ -283,6 +293,8 @@ class Store:
                 flow_id,
                 keys.done(flow_id),
                 keys.job_key(""),
+                now_ms() + self.retention_ms,
+                keys.expiring_member(workflow, flow_id, None),  # its parent, if any, cannot be read
             ],
         )
         return bool(done)
@@ -380,6 +392,8 @@ class Store:
             keys.job_key(""),
             repr(change.created_at),
             EVENTS_MAXLEN,
+            now + self.retention_ms if FlowStatus(status).is_terminal else "",
+            keys.expiring_member(workflow, flow_id, change.parent_id),
             len(change.items),
             len(change.events),
             len(jobs),
@@ -398,7 +412,14 @@ class Store:
                 keys.wake(job.workflow),
                 self._record(queue, job.workflow) if each.local else "",
             ]
-        commit_keys = [keys.flow(flow_id), keys.leases, keys.lease_info, keys.timers(workflow), keys.events(flow_id)]
+        commit_keys = [
+            keys.flow(flow_id),
+            keys.leases,
+            keys.lease_info,
+            keys.timers(workflow),
+            keys.events(flow_id),
+            keys.expiring,
+        ]
         if change.old_status is not None and change.old_status != status:
             commit_keys += keys.status_indexes(workflow, change.old_status) + keys.status_indexes(workflow, status)
         reply = await _run(self._commit, commit_keys, args)
@@ -434,10 +455,33 @@ class Store:
         found = {wf: [_text(f) for f in ids] for wf, ids in zip(workflows, due, strict=True) if ids}
         return found, (None if next_ms is None else int(next_ms) / 1000)
 
-    async def trim_indexes(self, index_keys: Sequence[str], cutoff: float, limit: int = 100) -> int:
-        """Removes from ``index_keys`` the flows created before ``cutoff`` whose hash has expired."""
+    async def sweep_expired(self, statuses: Sequence[str], limit: int = 200) -> tuple[int, bool]:
+        """Removes from the listing indexes up to ``limit`` ended flows whose retention expired; returns how many,
+        and whether more may be due."""
         keys = self.keys
-        return int(await _run(self._trim, list(index_keys), [repr(cutoff), limit, keys.flow_prefix, keys.flow_suffix]))
+        now = now_ms()
+        due = await self.command("ZRANGE", keys.expiring, "-inf", now, "BYSCORE", "LIMIT", 0, limit)
+        if not due:
+            return 0, False
+        script_keys: list[str] = [keys.expiring]
+        args: list[str | bytes | int] = [now]
+        for member in due:
+            try:
+                workflow, flow_id, parent_id = loads(member)
+                if not isinstance(workflow, str) or not isinstance(flow_id, str):
+                    raise ValueError(member)
+            except (ValueError, TypeError):
+                await self.command("ZREM", keys.expiring, member)  # not Plait's: nothing to sweep
+                continue
+            indexes = [keys.index, keys.index_workflow(workflow)]
+            if isinstance(parent_id, str):
+                indexes.append(keys.index_parent(parent_id))
+            for status in statuses:
+                indexes += keys.status_indexes(workflow, status)
+            script_keys += [keys.flow(flow_id), *indexes]
+            args += [member, flow_id, 1 + len(indexes)]
+        removed = int(await _run(self._trim, script_keys, args)) if len(args) > 1 else 0
+        return removed, len(due) == limit
 
     async def index_page(
         self, index: str, newest: float | None, oldest: float | None, count: int, offset: int = 0

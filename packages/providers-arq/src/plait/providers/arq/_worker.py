@@ -592,6 +592,7 @@ class Worker:
                 clear_timer=timer_changed and state.wake_at is None,
                 old_status=old_status,
                 created_at=state.created_at,
+                parent_id=state.parent["flow_id"] if state.parent else None,
             )
             conflict = await self._commit(workflow, flow.version, state, raw, commit, change, finished)
             if conflict is None:
@@ -853,14 +854,11 @@ class Worker:
                 _log.warning("Dropped %d stalled lease(s) whose record could not be read", dropped)
 
     async def _trim_indexes(self) -> None:
-        keys = self.keys
-        indexes = [keys.index]
-        for workflow in self.runtimes:
-            indexes.append(keys.index_workflow(workflow))
-            for status in FlowStatus:
-                indexes += keys.status_indexes(workflow, status.value)
-        indexes += [keys.index_status(status.value) for status in FlowStatus]
-        await self.store.trim_indexes(indexes, time.time() - self.retention)
+        # An ended flow is indexed under the status it ended with: the sweep looks in those indexes only.
+        ended = [status.value for status in FlowStatus if status.is_terminal]
+        more = True
+        while more:
+            _, more = await self.store.sweep_expired(ended)
 
     async def _drop(self, job_id: str) -> None:
         """Ends the lease of a job that is not needed any more, and deletes it."""
@@ -879,7 +877,11 @@ class Worker:
 
     def _on_cancel(self, data: bytes) -> None:
         if not data:
-            return  # the notifier's "you may have missed messages": nothing to stop
+            # The notifier's "you may have missed messages": its connection was down, and a cancellation published
+            # meanwhile is lost. Look at the flows of the handlers running here instead.
+            if any(self.leases.handler(job_id) is not None for job_id in self.leases.owned):
+                self._background_task(self._recheck_running())
+            return
         try:
             message = loads(data)
         except ValueError:
@@ -901,6 +903,34 @@ class Worker:
             if isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair):
                 for job_id in self.leases.running_items(self.keys, pair[0], pair[1]):
                     self._cancel_here(job_id, None)
+
+    async def _recheck_running(self) -> None:
+        """Cancels the running handlers whose job their flow no longer expects (cancelled while this process's
+        pub/sub connection was down)."""
+        for job_id, job in list(self.leases.owned.items()):
+            engine = self.engine_of(job.workflow)
+            if engine is None or self.leases.handler(job_id) is None:
+                continue
+            try:
+                loaded = await self.store.load(job.flow_id)
+                if loaded is None:
+                    continue  # gone: its job is dropped when the handler returns
+                expected = await self._expects(engine, StoredFlow.read(job.flow_id, *loaded), job)
+            except UnreadableState:
+                continue  # failed once its handler returns
+            except _REDIS_ERRORS as error:
+                # Down again: the notifier says so once it is back, and this runs again.
+                self._outage.failed("looking for cancelled jobs", error)
+                return
+            except Exception:
+                _log.exception("Internal error looking for cancelled jobs of flow %s", shorten(job.flow_id))
+                continue
+            if not expected:
+                self._cancel_here(job_id, None)
+
+    async def _expects(self, engine: Engine, flow: StoredFlow, job: Job) -> bool:
+        # flow.state, not a state bound once: loading a for-each's items reads the state anew.
+        return bool(await self._with_items(flow, lambda: engine.expects(flow.state, job.action())))
 
     async def _guarded(self, coro: Coroutine[Any, Any, T]) -> T:
         """Runs ``coro`` to its end even if the caller is cancelled: a lease must never be half-known."""

@@ -59,6 +59,7 @@ from typing import Any, ClassVar, Generic, TypeVar, overload
 
 from arq.connections import ArqRedis
 from pydantic import BaseModel
+from redis.exceptions import OutOfMemoryError
 
 from plait.core import (
     ConsumerOptions,
@@ -84,6 +85,7 @@ from plait.core.provider import EventHook
 from plait.core.runner import (
     check_flow_id,
     check_same_flow,
+    check_seconds,
     check_timeout,
     new_flow_id,
     prepare_registration,
@@ -165,9 +167,9 @@ class _Registration:
 class ArqWorkflowProvider:
     """Runs flows across processes: state in Redis, steps as arq-format jobs, any worker runs any step.
 
-    A process that only starts flows registers definitions without consumers; a process that registered a
-    consumer runs that workflow's jobs once started (see ``plait worker``). ``result()`` and ``get_handle()``
-    work from any process.
+    A process that only starts flows needs no registration (``execute()`` takes the definition); a process that
+    registered a consumer runs that workflow's jobs once started (see ``plait worker``). ``result()`` and
+    ``get_handle()`` work from any process.
 
     Args:
         redis_url: a ``redis://``, ``rediss://`` (TLS) or ``unix://`` URL, or :class:`ArqSettings`.
@@ -185,7 +187,8 @@ class ArqWorkflowProvider:
             a worker that could not renew a lease for that long stops the job's handler.
         step_timeout: seconds one step attempt may take when its registration does not say; ``None`` for none.
         provider_id: shown in contexts and logs; defaults to ``arq-<host>-<pid>``.
-        retention: seconds a flow stays queryable after its last change (7 days by default).
+        retention: seconds a flow stays queryable after it ends (7 days by default); one that runs or waits is
+            kept however long it takes.
         concurrency: jobs of one workflow this process runs at once, unless its registration's
             ``ConsumerOptions.concurrency`` says otherwise (arq's ``max_jobs``, per workflow).
         stop_grace: seconds ``stop()`` lets running jobs finish before handing them back to their queues.
@@ -237,9 +240,9 @@ class ArqWorkflowProvider:
         self.settings = settings
         check_timeout(default_timeout, "default_timeout")
         check_timeout(step_timeout, "step_timeout")
-        if stall_interval is None:
-            raise ValueError("stall_interval must be a number of seconds greater than 0")
-        check_timeout(stall_interval, "stall_interval")
+        check_seconds(stall_interval, "stall_interval")
+        check_seconds(retention, "retention")
+        check_seconds(stop_grace, "stop_grace", allow_zero=True)
         if not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
         self.keys = Keys(queue_prefix)
@@ -421,7 +424,7 @@ class ArqWorkflowProvider:
             PayloadTooLargeError: ``data`` is larger, as JSON, than ``max_payload_size``; nothing was stored.
             TypeError, ValueError: ``id`` is not a str of 1-200 printable characters, or ``timeout`` is not a
                 number of seconds greater than 0 (or ``None``).
-            WorkflowNotRegisteredError: the definition is not registered here (a consumer is not needed).
+            WorkflowNotRegisteredError: another definition of that name is registered (or was executed) here.
             FlowConflictError: ``id`` names an existing flow of another workflow or with other data.
             CorruptFlowError: ``id`` names an existing flow whose state cannot be read.
             ProviderUnavailableError: Redis cannot be reached; nothing was stored (or the flow was, if Redis went
@@ -750,6 +753,8 @@ class ArqWorkflowProvider:
 
     def _unavailable(self, error: BaseException) -> ProviderUnavailableError:
         reason = str(error) or type(error).__name__
+        if isinstance(error, OutOfMemoryError):
+            return ProviderUnavailableError(f"Redis at {self.settings.address} is full (maxmemory): {reason}")
         return ProviderUnavailableError(f"Redis at {self.settings.address} cannot be reached: {reason}")
 
     async def _reach(self, request: Awaitable[T]) -> T:

@@ -126,7 +126,7 @@ def state_of(found: Flow | Ended) -> FlowState:
 
 
 def task_key(action: Action) -> TaskKey:
-    if isinstance(action, RunStep | RunRollback):
+    if type(action) is RunStep or type(action) is RunRollback:
         return action.step if action.index is None else (action.step, action.index)
     if isinstance(action, RunComplete):
         return COMPLETE

@@ -12,8 +12,9 @@ import asyncio
 import functools
 import logging
 import os
+import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime
 from typing import Any, Generic, TypeVar, overload
 
@@ -70,6 +71,7 @@ from plait.core.runner import (
     Runner,
     check_flow_id,
     check_same_flow,
+    check_seconds,
     check_timeout,
     new_flow_id,
     prepare_registration,
@@ -96,6 +98,9 @@ R = TypeVar("R", bound=BaseModel)
 _log = logging.getLogger("plait.providers.inprocess")
 
 _DAY = 86400.0
+# The actions that run a handler or a user callable: a task that finishes one goes on with the next of them.
+# A tuple, not a union: isinstance with a union builds it anew on every call.
+_HANDLER_ACTIONS = (RunStep, RunRollback, RunComplete, RunOnError, Evaluate)
 
 
 class InProcessFlowHandle(FlowHandle[R], Generic[R]):
@@ -163,6 +168,8 @@ class InProcessWorkflowProvider:
         self.max_payload_size = check_max_payload_size(max_payload_size)
         check_timeout(default_timeout, "default_timeout")
         check_timeout(step_timeout, "step_timeout")
+        check_seconds(retention, "retention", allow_zero=True)  # 0: forget a flow as soon as it ends
+        check_seconds(stop_grace, "stop_grace", allow_zero=True)
         self.default_timeout = default_timeout
         self.step_timeout = step_timeout
         self.provider_id = provider_id or f"inprocess-{os.getpid()}"
@@ -170,6 +177,8 @@ class InProcessWorkflowProvider:
         self.max_finished = max_finished
         self.stop_grace = stop_grace
         self.clock: Clock = clock or SystemClock()
+        # Read several times per step: the clock's bound method, or time.time itself for the real clock.
+        self._now: Callable[[], float] = time.time if type(self.clock) is SystemClock else self.clock.time
         self.clock.attach(self._is_idle)
         self._registrations: dict[str, Registration] = {}
         self._flows: dict[str, Flow | Ended] = {}
@@ -539,9 +548,6 @@ class InProcessWorkflowProvider:
             raise WorkflowNotRegisteredError(workflow, "no consumer is registered here")
         return registration.runner
 
-    def _now(self) -> float:
-        return self.clock.time()
-
     def _is_idle(self) -> bool:
         return self._working == 0
 
@@ -664,7 +670,7 @@ class InProcessWorkflowProvider:
         target = self._flows.get(flow_id)
         if isinstance(target, Flow):
             asyncio.get_running_loop().call_soon(self._deliver, target, event)
-        elif isinstance(target, Ended) and isinstance(event, Compensate | RetryCompensation):
+        elif isinstance(target, Ended) and isinstance(event, (Compensate, RetryCompensation)):
             asyncio.get_running_loop().call_soon(self._operate_quietly, flow_id, event)
 
     def _operate_quietly(self, flow_id: str, event: Event) -> None:
@@ -730,7 +736,7 @@ class InProcessWorkflowProvider:
                     self._after_dispatch(flow)
                     return
                 follow = actions[0]
-                if not isinstance(follow, RunStep | RunRollback | RunComplete | RunOnError | Evaluate):
+                if not isinstance(follow, _HANDLER_ACTIONS):
                     self._dispatch(flow, actions)
                     return
                 if len(actions) > 1:

@@ -2,7 +2,8 @@
 -- also writes the for-each items the event changed, appends its events to the flow's stream, moves the flow
 -- between the listing indexes of its old and new status, sets or clears its timer, finishes the job that
 -- produced the event, creates the jobs the engine asked for (queued, or leased to the caller), deletes the jobs
--- it cancelled and tells their workers, and announces the flow's end.
+-- it cancelled and tells their workers, and announces the flow's end. A flow that ended expires after the
+-- retention (and is queued for the sweep of the listing indexes); one that has not ended never expires.
 --
 -- Returns {1} on success, else {0, current state, current version} (false, false when the flow is gone).
 
@@ -11,16 +12,17 @@ local leases = KEYS[2]
 local lease_info = KEYS[3]
 local timers = KEYS[4]
 local events = KEYS[5]
+local expiring = KEYS[6]       -- ended flows by expiry time, for the sweep of the listing indexes
 -- When the status changes: the listing indexes (all flows, the flow's workflow) of the old status and the new one.
-local old_all_index = KEYS[6]
-local old_workflow_index = KEYS[7]
-local new_all_index = KEYS[8]
-local new_workflow_index = KEYS[9]
+local old_all_index = KEYS[7]
+local old_workflow_index = KEYS[8]
+local new_all_index = KEYS[9]
+local new_workflow_index = KEYS[10]
 
 local expected_version = ARGV[1]
 local state = ARGV[2]
 local status = ARGV[3]
-local retention_ms = ARGV[4]
+local retention_ms = ARGV[4]    -- how long an ended flow, its events and job payloads are kept
 local finished_job = ARGV[5]    -- '' when no job finishes with this event
 local timer = ARGV[6]           -- '' keep it, '-' clear it, else the flow's next wake-up in ms
 local flow_id = ARGV[7]
@@ -31,10 +33,12 @@ local lease_end_ms = ARGV[11]
 local job_key_prefix = ARGV[12]
 local created_at = ARGV[13]     -- the flow's score in the listing indexes (its creation time in seconds)
 local events_maxlen = ARGV[14]
-local item_count = tonumber(ARGV[15])
-local event_count = tonumber(ARGV[16])
-local job_count = tonumber(ARGV[17])
-local FIRST_ITEM = 18           -- then per item: field, record; then per event: its JSON; then per job:
+local expire_at_ms = ARGV[15]   -- when an ended flow expires; '' while it has not ended
+local expiring_member = ARGV[16]  -- the flow in the expiring set
+local item_count = tonumber(ARGV[17])
+local event_count = tonumber(ARGV[18])
+local job_count = tonumber(ARGV[19])
+local FIRST_ITEM = 20           -- then per item: field, record; then per event: its JSON; then per job:
 local JOB_FIELDS = 6            -- queue, job id, payload, due ms ('' = leased to the caller), wake-up list,
                                 -- lease record (for a job leased to the caller)
 
@@ -50,7 +54,6 @@ for i = 0, item_count - 1 do
   local record = ARGV[at + 1]
   redis.call('HSET', flow_key, field, record)
 end
-redis.call('PEXPIRE', flow_key, retention_ms)
 
 local first_event = FIRST_ITEM + item_count * 2
 if event_count > 0 then
@@ -58,7 +61,16 @@ if event_count > 0 then
     local event = ARGV[first_event + i]
     redis.call('XADD', events, 'MAXLEN', '~', events_maxlen, '*', 'e', event)
   end
+end
+if expire_at_ms ~= '' then
+  redis.call('PEXPIRE', flow_key, retention_ms)
   redis.call('PEXPIRE', events, retention_ms)
+  redis.call('ZADD', expiring, expire_at_ms, expiring_member)
+else
+  -- Running again (a completed flow being undone, say): kept until it ends again.
+  redis.call('PERSIST', flow_key)
+  redis.call('PERSIST', events)
+  redis.call('ZREM', expiring, expiring_member)
 end
 
 if new_workflow_index then

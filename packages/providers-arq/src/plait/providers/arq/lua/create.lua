@@ -18,7 +18,7 @@ local workflow = ARGV[2]
 local job_id = ARGV[3]
 local payload = ARGV[4]
 local due_ms = ARGV[5]
-local retention_ms = ARGV[6]
+local retention_ms = ARGV[6]  -- how long the start job's payload is kept
 local wake_ms = ARGV[7]  -- '' when the flow has no timer
 local flow_id = ARGV[8]
 local status = ARGV[9]
@@ -27,7 +27,7 @@ local created_at = ARGV[10]  -- the flow's score in the listing indexes (its cre
 local existing = redis.call('HGET', flow_key, 's')
 if existing then return existing end
 redis.call('HSET', flow_key, 's', state, 'v', '1', 'st', status, 'wf', workflow)
-redis.call('PEXPIRE', flow_key, retention_ms)
+-- No expiry: a flow is kept while it has not ended, however long it waits; its retention starts when it ends.
 redis.call('SET', job_key, payload, 'PX', retention_ms)
 redis.call('ZADD', queue, due_ms, job_id)
 redis.call('LPUSH', wake, '1')
@@ -37,8 +37,5 @@ redis.call('ZADD', index_all, created_at, flow_id)
 redis.call('ZADD', index_workflow, created_at, flow_id)
 redis.call('ZADD', index_status, created_at, flow_id)
 redis.call('ZADD', index_workflow_status, created_at, flow_id)
-if index_parent then
-  redis.call('ZADD', index_parent, created_at, flow_id)
-  redis.call('PEXPIRE', index_parent, retention_ms)
-end
+if index_parent then redis.call('ZADD', index_parent, created_at, flow_id) end
 return false

@@ -1,8 +1,8 @@
-"""What the Redis benchmarks share: a redis-server of their own, worker processes, waiting, percentiles.
+"""Pieces the Redis benchmarks share: a private ``redis-server``, worker processes, waiting, percentiles, CPU.
 
 A benchmark starts its own ``redis-server`` (no persistence) on a free loopback port with :func:`redis_server`,
 its workers as real processes with :func:`spawn` (``plait worker`` through :func:`plait_worker_command`), and
-stops every process it started with :func:`stop_all`.
+stops every process it started with :func:`stop`.
 """
 
 from __future__ import annotations
@@ -15,17 +15,37 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
 from redis.asyncio import Redis
 
+__all__ = [
+    "ROOT",
+    "cpu_seconds",
+    "free_port",
+    "internal_errors",
+    "percentile",
+    "plait_worker_command",
+    "redis_calls",
+    "redis_cpu_seconds",
+    "redis_server",
+    "redis_url",
+    "spawn",
+    "stop",
+    "wait_for_clients",
+    "wait_for_plait_workers",
+    "wait_until",
+]
+
 ROOT = Path(__file__).resolve().parents[1]
+_TICK = os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
+    """A loopback TCP port that was free a moment ago."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -33,8 +53,8 @@ def free_port() -> int:
 
 
 @contextmanager
-def redis_server() -> Iterator[str]:
-    """Runs a ``redis-server`` without persistence on a free loopback port; yields its URL, stops it at the end."""
+def redis_server() -> Iterator[int]:
+    """Runs a ``redis-server`` without persistence on a free loopback port; yields the port."""
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
     port = free_port()
     command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
@@ -46,10 +66,15 @@ def redis_server() -> Iterator[str]:
                     break
             except OSError:
                 time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield port
     finally:
         server.terminate()
         server.wait()
+
+
+def redis_url(port: int, db: int = 0) -> str:
+    """The URL of database ``db`` of the loopback ``redis-server`` on ``port``."""
+    return f"redis://127.0.0.1:{port}/{db}"
 
 
 def plait_worker_command(target: str) -> list[str]:
@@ -58,9 +83,16 @@ def plait_worker_command(target: str) -> list[str]:
     return [*command, "--app-dir", str(ROOT), "--log-level", "WARNING"]
 
 
-def spawn(args: list[str], env: dict[str, str], stderr: IO[bytes] | None = None) -> subprocess.Popen[bytes]:
-    """Starts a process in the repository's root with ``env`` added; its stderr goes to ``stderr`` (default: ours)."""
-    return subprocess.Popen(args, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=stderr)
+def spawn(
+    args: list[str],
+    env: Mapping[str, str],
+    *,
+    cwd: Path = ROOT,
+    stdout: int | IO[Any] | None = subprocess.DEVNULL,
+    stderr: int | IO[Any] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Starts ``args`` in ``cwd`` with this process's environment plus ``env``."""
+    return subprocess.Popen(args, cwd=cwd, env={**os.environ, **env}, stdout=stdout, stderr=stderr)
 
 
 def internal_errors(log: IO[bytes]) -> tuple[int, str]:
@@ -78,20 +110,22 @@ def internal_errors(log: IO[bytes]) -> tuple[int, str]:
     return count, first
 
 
-def stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
-    """SIGTERM to each process still running, then waits for each (killing one that takes over 30 s)."""
+def stop(processes: Iterable[subprocess.Popen[bytes]], timeout: float = 30.0) -> None:
+    """SIGTERM to every process still running, then waits for each (killing one that outlives ``timeout``)."""
+    processes = list(processes)
     for process in processes:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
     for process in processes:
         try:
-            process.wait(timeout=30)
+            process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
 
 
 async def wait_until(check: Callable[[], Awaitable[bool]], what: str, within: float = 30.0) -> None:
+    """Polls ``check`` every 50 ms until it is true; raises ``RuntimeError`` naming ``what`` after ``within`` s."""
     deadline = time.monotonic() + within
     while not await check():
         if time.monotonic() > deadline:
@@ -99,14 +133,15 @@ async def wait_until(check: Callable[[], Awaitable[bool]], what: str, within: fl
         await asyncio.sleep(0.05)
 
 
-async def wait_for_workers(redis: Redis, count: int) -> None:
-    """Waits until ``count`` processes besides this one's pool are connected."""
+async def wait_for_clients(redis: Redis, count: int, what: str = "the workers") -> None:
+    """Waits until more than ``count`` clients are connected: each worker holds at least one connection, and
+    ``redis`` itself is one more."""
 
     async def up() -> bool:
         clients: list[dict[str, Any]] = await redis.client_list()
-        return len(clients) > count  # each worker holds at least one connection; the pool is one more
+        return len(clients) > count
 
-    await wait_until(up, "the workers")
+    await wait_until(up, what)
 
 
 async def wait_for_plait_workers(redis: Redis, cancel_channel: str, count: int) -> None:
@@ -120,24 +155,28 @@ async def wait_for_plait_workers(redis: Redis, cancel_channel: str, count: int) 
 
 
 def percentile(values: list[float], q: float) -> float:
+    """The value below which a fraction ``q`` of ``values`` falls (nearest rank)."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def cpu_seconds(processes: list[subprocess.Popen[bytes]]) -> float:
-    """User plus system CPU seconds the processes have used so far (Linux ``/proc``), a steadier measure than
-    wall time on a shared machine."""
-    ticks = os.sysconf("SC_CLK_TCK")
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """User plus system CPU seconds the processes ``pids`` have used so far, from Linux ``/proc`` (a process that
+    is gone counts 0.0): a steadier measure than wall time on a shared machine."""
     total = 0
-    for process in processes:
-        with open(f"/proc/{process.pid}/stat") as stat:
-            fields = stat.read().rpartition(")")[2].split()
-        total += int(fields[11]) + int(fields[12])  # utime and stime, the 14th and 15th fields
-    return total / ticks
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as file:
+                fields = file.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        # After the command name: state is field 3, utime field 14, stime field 15 (1-based, as in proc(5)).
+        total += int(fields[11]) + int(fields[12])
+    return total / _TICK
 
 
 async def redis_cpu_seconds(redis: Redis) -> float:
-    """User plus system CPU seconds the redis-server has used so far."""
+    """User plus system CPU seconds the redis-server has used so far (``INFO cpu``)."""
     info: dict[str, Any] = await redis.info("cpu")
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 

@@ -30,7 +30,16 @@ from typing import Any
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.worker import Worker
 
-from bench.common import ROOT, percentile, redis_server, spawn, stop, wait_for_clients
+from bench.common import (
+    percentile,
+    plait_worker_command,
+    redis_calls,
+    redis_server,
+    redis_url,
+    spawn,
+    stop,
+    wait_for_clients,
+)
 from bench.workload import Line, LineWorkflow, Order, OrderWorkflow, Out, ProcessOrder
 from plait.providers.arq import ArqWorkflowProvider
 from plait.providers.arq._keys import dumps, loads
@@ -58,10 +67,20 @@ async def noop(ctx: dict[str, Any]) -> None:
     return None
 
 
+async def stamp(ctx: dict[str, Any]) -> float:
+    """A raw arq job that returns when it started (``time.time()``), for the enqueue-to-start latency."""
+    return time.time()
+
+
+def arq_worker_command(url: str, poll_delay: float) -> list[str]:
+    """A process running :func:`run_arq_worker`."""
+    return [sys.executable, "-m", "bench.arq_provider", "arq-worker", url, str(poll_delay)]
+
+
 def run_arq_worker(url: str, poll_delay: float) -> None:
     """A raw arq worker, configured for speed, until SIGTERM."""
     worker = Worker(
-        functions=[noop],
+        functions=[noop, stamp],
         queue_name=ARQ_QUEUE,
         redis_settings=RedisSettings.from_dsn(url),
         poll_delay=poll_delay,
@@ -101,16 +120,27 @@ async def plait_throughput(provider: ArqWorkflowProvider, flows: int) -> float:
     return flows * ORDER_STEPS / (time.perf_counter() - started)
 
 
-async def arq_latency(pool: ArqRedis, samples: int, poll_delay: float) -> list[float]:
-    """Seconds from ``enqueue_job`` to ``job.result()`` of one no-op job at a time."""
+async def arq_round_trips(pool: ArqRedis, samples: int, poll_delay: float) -> list[tuple[float, float]]:
+    """Seconds from ``enqueue_job`` to the job starting and to ``job.result()``, one job at a time (the job
+    returns when it started)."""
     times = []
     for _ in range(samples):
-        started = time.perf_counter()
-        job = await pool.enqueue_job("noop", _queue_name=ARQ_QUEUE)
+        enqueued = time.time()
+        job = await pool.enqueue_job("stamp", _queue_name=ARQ_QUEUE)
         assert job is not None
-        await job.result(timeout=10, poll_delay=poll_delay)
-        times.append(time.perf_counter() - started)
+        started = await job.result(timeout=10, poll_delay=poll_delay)
+        times.append((started - enqueued, time.time() - enqueued))
     return times
+
+
+async def arq_latency(pool: ArqRedis, samples: int, poll_delay: float) -> list[float]:
+    """Seconds from ``enqueue_job`` to ``job.result()`` of one job at a time."""
+    return [done for _, done in await arq_round_trips(pool, samples, poll_delay)]
+
+
+async def arq_start_latency(pool: ArqRedis, samples: int, poll_delay: float) -> list[float]:
+    """Seconds from ``enqueue_job`` to the job starting, one job at a time."""
+    return [started for started, _ in await arq_round_trips(pool, samples, poll_delay)]
 
 
 async def plait_latency(provider: ArqWorkflowProvider, samples: int) -> list[float]:
@@ -127,13 +157,9 @@ async def plait_latency(provider: ArqWorkflowProvider, samples: int) -> list[flo
 async def commands_per_second(pool: ArqRedis, seconds: float) -> float:
     """Redis commands per second over ``seconds``, not counting the two INFO calls that measure it."""
 
-    async def total() -> int:
-        stats: dict[str, dict[str, Any]] = await pool.info("commandstats")
-        return sum(int(v["calls"]) for v in stats.values())
-
-    before = await total()
+    before = await redis_calls(pool)
     await asyncio.sleep(seconds)
-    return (await total() - before - 1) / seconds
+    return (await redis_calls(pool) - before - 1) / seconds
 
 
 # --- orchestration ----------------------------------------------------------------------------------------
@@ -206,13 +232,10 @@ def run(args: argparse.Namespace) -> None:
     workers: list[subprocess.Popen[bytes]] = []
     with redis_server() as port:
         try:
-            url = f"redis://127.0.0.1:{port}/0"
+            url = redis_url(port)
             env = {"PLAIT_BENCH_REDIS_URL": url}
-            plait_cmd = [sys.executable, "-m", "plait.providers.arq", "worker", "bench.arq_provider:create_app"]
-            plait_cmd += ["--app-dir", str(ROOT), "--log-level", "WARNING"]
-            arq_cmd = [sys.executable, "-m", "bench.arq_provider", "arq-worker", url, str(args.poll_delay)]
-            workers += [spawn(plait_cmd, env) for _ in range(2)]
-            arq_workers = [spawn(arq_cmd, env) for _ in range(2)]
+            workers += [spawn(plait_worker_command("bench.arq_provider:create_app"), env) for _ in range(2)]
+            arq_workers = [spawn(arq_worker_command(url, args.poll_delay), env) for _ in range(2)]
             workers += arq_workers
             report(args, asyncio.run(measure(args, url, arq_workers)))
         finally:

@@ -16,7 +16,7 @@ from typing import IO, Any
 
 from redis.asyncio import Redis
 
-from bench.common import ROOT, redis_server, spawn, stop
+from bench.common import ROOT, plait_worker_command, redis_server, redis_url, spawn, stop
 from bench.peers import effects, install, report
 from bench.peers.costs import Cost, snapshot
 from bench.peers.profile import Profiler
@@ -42,10 +42,9 @@ def specs(names: list[str], port: int) -> list[Spec]:
     """The commands of each peer in ``names``, installing the peer first when needed."""
     found = []
     for name in names:
-        env = {"BENCH_REDIS_URL": f"redis://127.0.0.1:{port}/{DATABASES[name]}"}
+        env = {"BENCH_REDIS_URL": redis_url(port, DATABASES[name])}
         if name == "plait":
-            worker = [sys.executable, "-m", "plait.providers.arq", "worker", "bench.peers.plait_peer:create_app"]
-            worker += ["--app-dir", str(ROOT), "--log-level", "WARNING"]
+            worker = plait_worker_command("bench.peers.plait_peer:create_app")
             found.append(Spec(name, ROOT, env, [worker, worker], [sys.executable, "-m", "bench.peers.plait_peer"]))
         elif name == "celery":
             python = str(install.celery_python())

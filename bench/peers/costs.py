@@ -10,26 +10,14 @@ so its figures include the few commands of the other peers' idle workers during 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
 
-__all__ = ["Cost", "Snapshot", "cpu_seconds", "snapshot"]
+from bench.common import cpu_seconds, redis_cpu_seconds
 
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU seconds process ``pid`` has used (0.0 once it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as file:
-            fields = file.read().rpartition(")")[2].split()
-    except OSError:
-        return 0.0
-    # After the command name: state is field 3, utime field 14, stime field 15 (1-based, as in proc(5)).
-    return (int(fields[11]) + int(fields[12])) / _TICK
+__all__ = ["Cost", "Snapshot", "snapshot"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,11 +32,10 @@ class Snapshot:
 async def snapshot(redis: Redis, workers: list[int], driver: int) -> Snapshot:
     """The counters of one peer's processes and of Redis, now."""
     stats: dict[str, dict[str, Any]] = await redis.info("commandstats")
-    cpu: dict[str, Any] = await redis.info("cpu")
     return Snapshot(
-        workers=sum(cpu_seconds(pid) for pid in workers),
-        driver=cpu_seconds(driver),
-        redis=float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]),
+        workers=cpu_seconds(workers),
+        driver=cpu_seconds([driver]),
+        redis=await redis_cpu_seconds(redis),
         commands=sum(int(v["calls"]) for v in stats.values()),
         scripts=sum(int(v["calls"]) for k, v in stats.items() if k.startswith(("cmdstat_eval", "cmdstat_fcall"))),
     )

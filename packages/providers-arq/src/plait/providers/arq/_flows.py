@@ -104,7 +104,7 @@ class StoredFlow:
         self.attach_items()
 
     def replace(self, fresh: StoredFlow) -> None:
-        """Takes on ``fresh``, what another writer stored (its items at hand reloaded)."""
+        """Takes on ``fresh``, a newer stored state (with only the items it was read with at hand)."""
         self.state, self.raw, self.version = fresh.state, fresh.raw, fresh.version
         self.items, self.complete = fresh.items, fresh.complete
         if self.view is not None:

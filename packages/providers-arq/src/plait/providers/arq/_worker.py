@@ -27,10 +27,11 @@ handed back; a Redis outage is one WARNING, and every loop retries until Redis i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -80,6 +81,17 @@ _RETRY = 1.0  # seconds a loop waits before it tries Redis again
 _TRIM_EVERY = 60.0  # seconds between sweeps of the listing indexes
 _REDIS_ERRORS = (RedisError, OSError)
 _CORRUPT = f"{CorruptFlowError.__module__}.{CorruptFlowError.__qualname__}"
+
+
+@dataclass(eq=False, slots=True)
+class _FlowLock:
+    """One flow's commits in this process: their lock, how many tasks hold or wait for it, and the last state
+    this process committed or saw of it (``raw`` and ``version``; ``None`` until then)."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+    raw: bytes | None = None
+    version: str = "0"
 
 
 @dataclass(eq=False, slots=True)
@@ -153,6 +165,9 @@ class Worker:
         self._outage = Outage()
         self.leases = Leases(store, self._outage, stall_interval)
         self._cancelled: set[str] = set()  # job ids the engine cancelled while they ran here
+        # Commits of one flow from this process go one at a time, each from the last state this process saw of
+        # it: the items of a for-each, finishing together, would otherwise race each other's compare-and-set.
+        self._flows: dict[str, _FlowLock] = {}
         self._chains: set[asyncio.Task[None]] = set()
         self._inflight: set[asyncio.Task[Any]] = set()
         self._background: set[asyncio.Task[None]] = set()
@@ -556,8 +571,39 @@ class Worker:
             _LeaseRanOut: Redis stayed unreachable until the finished job's lease ran out.
             _Gone: the flow no longer exists.
         """
+        async with self._serialized(flow.state.flow_id) as latest:
+            return await self._advance(engine, flow, event, latest, finished=finished, runner=runner, tick=tick)
+
+    @contextlib.asynccontextmanager
+    async def _serialized(self, flow_id: str) -> AsyncIterator[_FlowLock]:
+        entry = self._flows.get(flow_id)
+        if entry is None:
+            entry = self._flows[flow_id] = _FlowLock()
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield entry
+        finally:
+            entry.users -= 1
+            if not entry.users:
+                del self._flows[flow_id]
+
+    async def _advance(
+        self,
+        engine: Engine,
+        flow: StoredFlow,
+        event: Event | None,
+        latest: _FlowLock,
+        *,
+        finished: str | None,
+        runner: Runner[Any, Any] | None,
+        tick: bool,
+    ) -> Job | None:
         workflow = engine.definition.name
         while True:
+            if latest.raw is not None and int(latest.version) > int(flow.version):
+                # Another task of this process committed since this one read the flow: go on from there.
+                flow.replace(StoredFlow.read(flow.state.flow_id, latest.raw, latest.version.encode()))
             state = flow.state
             old_status = state.status.value
             old_wake = state.wake_at
@@ -595,14 +641,16 @@ class Worker:
             conflict = await self._commit(workflow, flow.version, state, raw, commit, change, finished)
             if conflict is None:
                 flow.raw, flow.version = raw, str(int(flow.version) + 1)
+                latest.raw, latest.version = raw, flow.version
                 state.items_changed.clear()
                 self._after_commit(engine, state, commit, records)
                 return commit.local
             if conflict.state is None:
                 raise _Gone()
+            # Another process got there first. The items at hand may have changed too: drop them, and let the
+            # engine ask for those it needs (reloading every item at hand made each lost race cost O(items)).
             fresh = StoredFlow.read(state.flow_id, conflict.state, conflict.version)
-            if flow.items:
-                await self._reload_items(fresh, flow)
+            latest.raw, latest.version = fresh.raw, fresh.version
             flow.replace(fresh)
 
     async def _with_items(self, flow: StoredFlow, ask: Any) -> Any:
@@ -629,14 +677,6 @@ class Worker:
             flow.items[node, index] = record
         if needed.indices is None:
             flow.complete.add(node)
-
-    async def _reload_items(self, fresh: StoredFlow, stale: StoredFlow) -> None:
-        # Another writer got there first: the items at hand may have changed too.
-        keys = list(stale.items)
-        records = await self.store.load_items(fresh.state.flow_id, [self.keys.item_field(n, i) for n, i in keys])
-        fresh.items = {key: record for key, record in zip(keys, records, strict=True) if record is not None}
-        fresh.complete = {node for node in stale.complete}
-        fresh.attach_items()
 
     async def _commit(
         self,

@@ -24,12 +24,12 @@ from importlib import resources
 from typing import Any, cast
 
 from arq.connections import ArqRedis
-from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from plait.core.handle import FlowStatus
+from plait.providers.arq._batch import ScriptBatcher
 from plait.providers.arq._keys import Job, Keys, MalformedJobError, loads, shorten
 
 __all__ = [
@@ -175,6 +175,7 @@ class Store:
         "_reconcile",
         "_records",
         "_release",
+        "_scripts",
         "_timers",
         "_trim",
         "keys",
@@ -191,6 +192,7 @@ class Store:
         self.lease = lease
         self.owner = owner
         self._records: dict[str, bytes] = {}  # queue -> the lease record of its jobs leased here
+        self._scripts = ScriptBatcher(redis)
         self._create = redis.register_script(script("create"))
         self._claim = redis.register_script(script("claim"))
         self._commit = redis.register_script(script("commit"))
@@ -226,7 +228,7 @@ class Store:
         ]
         if parent_id is not None:
             index_keys.append(keys.index_parent(parent_id))
-        existing = await _run(
+        existing = await self._scripts.run(
             self._create,
             [
                 keys.flow(flow_id),
@@ -274,7 +276,7 @@ class Store:
             finished: the id of the job that found it (its lease and payload are deleted).
         """
         keys = self.keys
-        done = await _run(
+        done = await self._scripts.run(
             self._fail_unreadable,
             [
                 keys.flow(flow_id),
@@ -312,7 +314,7 @@ class Store:
         keys = self.keys
         now = now_ms()
         steps_queue, flow_queue = keys.steps_queue(workflow), keys.queue(workflow)
-        jobs, garbage, due = await _run(
+        jobs, garbage, due = await self._scripts.run(
             self._claim,
             [steps_queue, flow_queue, keys.wake(workflow), keys.leases, keys.lease_info],
             [
@@ -422,7 +424,7 @@ class Store:
         ]
         if change.old_status is not None and change.old_status != status:
             commit_keys += keys.status_indexes(workflow, change.old_status) + keys.status_indexes(workflow, status)
-        reply = await _run(self._commit, commit_keys, args)
+        reply = await self._scripts.run(self._commit, commit_keys, args)
         if reply[0] == 1:
             return None
         _, current, current_version = reply
@@ -449,7 +451,7 @@ class Store:
         """
         if not workflows:
             return {}, None
-        due, next_ms = await _run(
+        due, next_ms = await self._scripts.run(
             self._timers, [self.keys.timers(w) for w in workflows], [now_ms(), int(self.lease * 1000), limit]
         )
         found = {wf: [_text(f) for f in ids] for wf, ids in zip(workflows, due, strict=True) if ids}
@@ -480,7 +482,7 @@ class Store:
                 indexes += keys.status_indexes(workflow, status)
             script_keys += [keys.flow(flow_id), *indexes]
             args += [member, flow_id, 1 + len(indexes)]
-        removed = int(await _run(self._trim, script_keys, args)) if len(args) > 1 else 0
+        removed = int(await self._scripts.run(self._trim, script_keys, args)) if len(args) > 1 else 0
         return removed, len(due) == limit
 
     async def index_page(
@@ -532,14 +534,16 @@ class Store:
         args: list[str | bytes | int] = [keys.job_key(""), self.owner]
         for job_id in job_ids:
             args += [job_id, due]
-        return int(await _run(self._release, [keys.leases, keys.lease_info], args))
+        return int(await self._scripts.run(self._release, [keys.leases, keys.lease_info], args))
 
     async def heartbeat(self, job_ids: Sequence[str]) -> list[str]:
         """Extends the leases of ``job_ids`` by one stall interval; returns those this store's owner lost."""
         if not job_ids:
             return []
         until = now_ms() + int(self.lease * 1000)
-        lost = await _run(self._heartbeat, [self.keys.leases, self.keys.lease_info], [until, self.owner, *job_ids])
+        lost = await self._scripts.run(
+            self._heartbeat, [self.keys.leases, self.keys.lease_info], [until, self.owner, *job_ids]
+        )
         return [_text(job_id) for job_id in lost]
 
     async def reconcile(self, interval: float, limit: int = 100) -> tuple[int, int]:
@@ -549,7 +553,7 @@ class Store:
             How many jobs were handed back, and how many stalled leases had no usable record (dropped).
         """
         keys = self.keys
-        handed_back, dropped = await _run(
+        handed_back, dropped = await self._scripts.run(
             self._reconcile,
             [keys.leases, keys.lease_info, keys.lock],
             [now_ms(), max(1, int(interval * 1000)), self.owner, keys.job_key(""), limit],
@@ -584,8 +588,3 @@ def _field(fields: Mapping[bytes, bytes], name: bytes) -> bytes | None:
 def _text(value: bytes) -> str:
     # Ids come back from Redis as bytes; one written by something else than Plait may not even be UTF-8.
     return value.decode(errors="replace")
-
-
-async def _run(script: AsyncScript, keys: Sequence[str], args: Sequence[str | bytes | int]) -> Any:
-    # AsyncScript sends EVALSHA and loads the script on NOSCRIPT (after a Redis restart or SCRIPT FLUSH).
-    return await script(keys=list(keys), args=list(args))

@@ -1,0 +1,99 @@
+"""Scripts run in one turn of the event loop share one pipeline, each with its own reply, error or cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from plait.providers.arq._batch import ScriptBatcher
+from tests.integration.conftest import MakeRedis
+
+INCR = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
+FAILS_ON_ZERO = "if ARGV[1] == '0' then return redis.error_reply('zero refused') end return ARGV[1]"
+
+
+class CountingRedis(Redis):
+    """A client that counts the pipelines it opens (the round trips a batch shares)."""
+
+    pipelines = 0
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+        self.pipelines += 1
+        return super().pipeline(transaction, shard_hint)
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[CountingRedis]:
+    client = CountingRedis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+async def test_scripts_called_together_share_one_pipeline_each_with_its_reply(redis: CountingRedis) -> None:
+    batcher = ScriptBatcher(redis)
+    incr = redis.register_script(INCR)
+    await batcher.run(incr, ["warm"], [1])  # loads the script
+    redis.pipelines = 0
+    replies = await asyncio.gather(*(batcher.run(incr, [f"k{i % 3}"], [i]) for i in range(30)))
+    assert redis.pipelines == 1
+    # Each caller gets its own script's reply, and the scripts ran in the order they were called.
+    totals = {f"k{k}": 0 for k in range(3)}
+    for i, reply in enumerate(replies):
+        totals[f"k{i % 3}"] += i
+        assert reply == totals[f"k{i % 3}"]
+
+
+async def test_a_script_error_goes_to_its_caller_only(redis: CountingRedis) -> None:
+    batcher = ScriptBatcher(redis)
+    script = redis.register_script(FAILS_ON_ZERO)
+    results = await asyncio.gather(*(batcher.run(script, [], [n]) for n in (1, 0, 2)), return_exceptions=True)
+    assert results[0] == b"1"
+    assert results[2] == b"2"
+    assert isinstance(results[1], ResponseError)
+    assert "zero refused" in str(results[1])
+
+
+async def test_scripts_redis_forgot_are_loaded_again(redis: CountingRedis) -> None:
+    batcher = ScriptBatcher(redis)
+    incr = redis.register_script(INCR)
+    await batcher.run(incr, ["n"], [1])
+    await redis.script_flush()  # as after a Redis restart
+    replies = await asyncio.gather(*(batcher.run(incr, ["n"], [1]) for _ in range(5)))
+    assert sorted(replies) == [2, 3, 4, 5, 6]
+    assert await redis.get("n") == b"6"
+
+
+async def test_a_caller_cancelled_before_its_turn_ends_runs_nothing(redis: CountingRedis) -> None:
+    batcher = ScriptBatcher(redis)
+    incr = redis.register_script(INCR)
+    await batcher.run(incr, ["n"], [1])
+    gone = asyncio.ensure_future(batcher.run(incr, ["n"], [100]))
+    kept = asyncio.ensure_future(batcher.run(incr, ["n"], [10]))
+    await asyncio.sleep(0)  # both are queued for this turn's batch
+    gone.cancel()
+    assert await kept == 11
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    assert await redis.get("n") == b"11"
+
+
+async def test_every_caller_of_a_batch_gets_the_outage(private_redis: MakeRedis) -> None:
+    server = private_redis()
+    client = Redis(host="127.0.0.1", port=server.port)
+    try:
+        batcher = ScriptBatcher(client)
+        incr = client.register_script(INCR)
+        await batcher.run(incr, ["n"], [1])
+        server.stop()
+        results = await asyncio.gather(*(batcher.run(incr, ["n"], [1]) for _ in range(3)), return_exceptions=True)
+        assert all(isinstance(r, (RedisConnectionError, OSError)) for r in results), results
+        server.start()
+        assert await batcher.run(incr, ["n"], [1]) == 1  # a fresh server: the script is loaded again
+    finally:
+        await client.aclose()

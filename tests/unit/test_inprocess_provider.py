@@ -28,6 +28,7 @@ from plait.core import (
     WorkflowTimeoutError,
 )
 from plait.providers.inprocess import InProcessWorkflowProvider
+from tests.garbage import plait_cycles
 
 
 class Data(BaseModel):
@@ -298,3 +299,24 @@ async def test_contexts_carry_the_provider_id() -> None:
     finally:
         await provider.stop()
     assert {c.provider_id for c in consumer.contexts} == {"p-1"}
+
+
+async def test_a_finished_flow_leaves_no_reference_cycles(provider: InProcessWorkflowProvider) -> None:
+    # A flow whose objects referred to each other stayed in memory until a full pass of the garbage collector,
+    # and those passes were a sixth of the provider's cost.
+    async def run(ctx: StepContext[Data]) -> Out:
+        return Out(v=1)
+
+    class Plain(IWorkflowConsumer[Data, Res]):  # keeps nothing of its flows (Two keeps their contexts)
+        steps = {"a": StepHandler(execute=run), "b": StepHandler(execute=run)}
+
+        async def on_complete(self, ctx: WorkflowContext[Data]) -> Res:
+            return Res(steps=list(ctx.results))
+
+    provider.register(TWO, Plain())
+    await provider.start()
+    await (await provider.execute(TWO, Data())).result()  # warm: the first flow builds caches
+    with plait_cycles() as cycles:
+        for _ in range(3):
+            await (await provider.execute(TWO, Data())).result()
+    assert cycles == []

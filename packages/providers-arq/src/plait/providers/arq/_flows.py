@@ -48,7 +48,7 @@ class UnreadableState(Exception):
         super().__init__(f"Flow {shorten(flow_id)} has unreadable state: {reason}")
 
 
-@dataclass(eq=False, slots=True)
+@dataclass(eq=False, slots=True, weakref_slot=True)
 class StoredFlow:
     """A flow's state as this process last read or wrote it.
 

@@ -31,6 +31,7 @@ import contextlib
 import functools
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -331,7 +332,9 @@ class Worker:
                 items[job.step, job.index] = claimed.item
             flow = StoredFlow.read(job.flow_id, claimed.state, claimed.version, items)
             view = flow.view = runtime.runner.view(flow.state)
-            view.report = functools.partial(self._progress, runtime.engine, flow, view)
+            # Through a weak reference: a flow that referred to itself would be freed only by the garbage
+            # collector, whose passes then walked every finished flow's objects.
+            view.report = functools.partial(self._progress, runtime.engine, weakref.ref(flow))
             while True:
                 if self.leases.lost(job_id):
                     self.leases.disown(job_id)
@@ -516,10 +519,12 @@ class Worker:
             await self.apply(runtime.engine, parent.flow_id, settled)
 
     async def _progress(
-        self, engine: Engine, flow: StoredFlow, view: FlowView[Any], step: str | None, index: int | None,
-        fraction: float, message: str | None,
+        self, engine: Engine, ref: weakref.ref[StoredFlow], step: str | None, index: int | None, fraction: float,
+        message: str | None,
     ) -> None:  # fmt: skip
-        await self.advance(engine, flow, Progress(step, fraction, message, index), finished=None)
+        flow = ref()
+        if flow is not None:  # else its job has ended: the progress of a handler that outlived it is dropped
+            await self.advance(engine, flow, Progress(step, fraction, message, index), finished=None)
 
     # -- committing --
 

@@ -38,6 +38,7 @@ class Flow:
     """One flow in memory: its engine state, its cached models, the tasks running its actions, its history."""
 
     __slots__ = (
+        "__weakref__",
         "armed",
         "done",
         "events",

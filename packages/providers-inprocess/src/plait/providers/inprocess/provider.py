@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime
@@ -343,14 +344,20 @@ class InProcessWorkflowProvider:
             flow_id, payload, meta=meta, timeout=timeout, now=self._now(), parent=parent, depth=depth,
             retry_of=retry_of,
         )  # fmt: skip
-        flow = Flow(registration, state, model)
-        flow.view.report = functools.partial(self._progress, flow)
+        flow = self._new_flow(registration, state, model)
         self._flows[flow_id] = flow
         self._active[flow_id] = flow
         if registration.slots is None:
             self._begin(flow)
         else:
             flow.tasks[SLOT] = asyncio.create_task(self._start_when_free(flow))
+        return flow
+
+    def _new_flow(self, registration: Registration, state: FlowState, model: BaseModel | None) -> Flow:
+        flow = Flow(registration, state, model)
+        # Through a weak reference: a flow that referred to itself would be freed only by the garbage collector,
+        # whose full passes then walked every finished flow's objects (a sixth of the provider's cost).
+        flow.view.report = functools.partial(self._progress, weakref.ref(flow))
         return flow
 
     async def get_status(self, flow_id: str) -> FlowStatus:
@@ -442,8 +449,7 @@ class InProcessWorkflowProvider:
         registration = self._registrations[state.workflow]
         runner = self._runner(state.workflow)
         actions = runner.engine.handle(state, event, self._now())  # raises if the operation does not apply
-        flow = Flow(registration, state, None)
-        flow.view.report = functools.partial(self._progress, flow)
+        flow = self._new_flow(registration, state, None)
         flow.events = events
         flow.view.exceptions.update(found.causes or {})
         self._flows[flow_id] = flow
@@ -789,9 +795,10 @@ class InProcessWorkflowProvider:
             self._working += 1
 
     async def _progress(
-        self, flow: Flow, step: str | None, index: int | None, fraction: float, message: str | None
+        self, ref: weakref.ref[Flow], step: str | None, index: int | None, fraction: float, message: str | None
     ) -> None:
-        if flow.done is not None:
+        flow = ref()
+        if flow is not None and flow.done is not None:
             self._deliver(flow, Progress(step, fraction, message, index))
 
     def _cancel(self, flow: Flow, action: CancelRunning) -> None:

@@ -40,6 +40,7 @@ async def test_scripts_called_together_share_one_pipeline_each_with_its_reply(re
     incr = redis.register_script(INCR)
     await batcher.run(incr, ["warm"], [1])  # loads the script
     redis.pipelines = 0
+    # The first goes at once, alone; the 29 called while it is on its way share one pipeline.
     replies = await asyncio.gather(*(batcher.run(incr, [f"k{i % 3}"], [i]) for i in range(30)))
     assert redis.pipelines == 1
     # Each caller gets its own script's reply, and the scripts ran in the order they were called.
@@ -47,6 +48,14 @@ async def test_scripts_called_together_share_one_pipeline_each_with_its_reply(re
     for i, reply in enumerate(replies):
         totals[f"k{i % 3}"] += i
         assert reply == totals[f"k{i % 3}"]
+
+
+async def test_a_script_called_while_nothing_is_in_flight_goes_at_once(redis: CountingRedis) -> None:
+    batcher = ScriptBatcher(redis)
+    incr = redis.register_script(INCR)
+    for n in range(1, 4):
+        assert await batcher.run(incr, ["n"], [1]) == n
+    assert redis.pipelines == 0
 
 
 async def test_a_script_error_goes_to_its_caller_only(redis: CountingRedis) -> None:
@@ -72,11 +81,12 @@ async def test_scripts_redis_forgot_are_loaded_again(redis: CountingRedis) -> No
 async def test_a_caller_cancelled_before_its_turn_ends_runs_nothing(redis: CountingRedis) -> None:
     batcher = ScriptBatcher(redis)
     incr = redis.register_script(INCR)
-    await batcher.run(incr, ["n"], [1])
+    first = asyncio.ensure_future(batcher.run(incr, ["n"], [1]))
     gone = asyncio.ensure_future(batcher.run(incr, ["n"], [100]))
     kept = asyncio.ensure_future(batcher.run(incr, ["n"], [10]))
-    await asyncio.sleep(0)  # both are queued for this turn's batch
+    await asyncio.sleep(0)  # the first is on its way; the other two wait for the end of this turn
     gone.cancel()
+    assert await first == 1
     assert await kept == 11
     with pytest.raises(asyncio.CancelledError):
         await gone

@@ -4,6 +4,9 @@ A worker running a hundred flows commits many of them at about the same moment; 
 connection checkout, a system call each way and a reply parse in both Redis and this process. Sent together they
 cost one of each. Every script stays its own atomic ``EVALSHA``, with its own reply or error for its caller: only
 the round trip is shared. A caller that gives up (is cancelled) before its turn ends is left out of the batch.
+
+Batching waits for the end of the turn, so a script called while nothing is on its way to Redis goes at once: a
+lone flow's steps pay no extra turn of the loop, and scripts called while it is in flight share the next trip.
 """
 
 from __future__ import annotations
@@ -24,15 +27,23 @@ _Call = tuple[AsyncScript, Sequence[str], Sequence[str | bytes | int], "asyncio.
 class ScriptBatcher:
     """Runs Lua scripts on ``redis``, those called in one turn of the event loop in one pipeline."""
 
-    __slots__ = ("_pending", "_redis", "_sending")
+    __slots__ = ("_alone", "_pending", "_redis", "_sending")
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._pending: list[_Call] = []
         self._sending: set[asyncio.Task[None]] = set()
+        self._alone = 0  # scripts on their way one by one
 
     async def run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[str | bytes | int]) -> Any:
         """Runs ``script`` with ``keys`` and ``args``; returns its reply, or raises what Redis answered."""
+        if not (self._alone or self._sending or self._pending):
+            self._alone += 1
+            try:
+                # AsyncScript sends EVALSHA and loads the script on NOSCRIPT (after a Redis restart or SCRIPT FLUSH).
+                return await script(keys=list(keys), args=list(args))
+            finally:
+                self._alone -= 1
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         if not self._pending:
@@ -52,7 +63,6 @@ class ScriptBatcher:
         try:
             if len(batch) == 1:
                 script, keys, args, future = batch[0]
-                # AsyncScript sends EVALSHA and loads the script on NOSCRIPT (after a Redis restart or SCRIPT FLUSH).
                 _settle(future, await script(keys=list(keys), args=list(args)))
                 return
             async with self._redis.pipeline(transaction=False) as pipe:

@@ -354,6 +354,10 @@ def report(args: argparse.Namespace, results: Results) -> None:
     print(f"jobs the Plait workers handed back after an internal error: {count}", f"(first: {first})" if count else "")
 
 
+MIN_STORED = 1_000
+"""The fewest stored flows a listing size may have: a tenth of them cancelled still fills a page of 50."""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--flows", type=int, default=1000, help="order flows per throughput round (default 1000)")
@@ -362,6 +366,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs=2, default=[10_000, 100_000], help="stored flows (10000 100000)")
     parser.add_argument("--list-samples", type=int, default=60, help="list_flows calls per query and size (60)")
     args = parser.parse_args()
+    if min(args.sizes) < MIN_STORED:
+        # Each listing asks for a full page of 50: by status that is the tenth of the flows cancelled.
+        parser.error(f"--sizes must each be at least {MIN_STORED:,} (a page of 50 of every filter), got {args.sizes}")
     with redis_server() as port, tempfile.TemporaryFile() as log:
         results = asyncio.run(measure(args, redis_url(port), log))
         results.errors = internal_errors(log)

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
@@ -320,3 +321,33 @@ async def test_a_finished_flow_leaves_no_reference_cycles(provider: InProcessWor
         for _ in range(3):
             await (await provider.execute(TWO, Data())).result()
     assert cycles == []
+
+
+async def test_a_model_that_overrides_model_dump_is_stored_as_its_model_dump_says(
+    provider: InProcessWorkflowProvider,
+) -> None:
+    # Plait reads plain models straight through pydantic's serializer; an override must still be honoured.
+    class Masked(BaseModel):
+        card: str
+
+        def model_dump(self, **kwargs: Any) -> dict[str, Any]:
+            dumped = super().model_dump(**kwargs)
+            dumped["card"] = "****" + dumped["card"][-4:]
+            return dumped
+
+    masked = Workflow.define(name="masked", data=Data, result=Res).steps(lambda s: s.sequential(s.step("a", Masked)))
+
+    async def run(ctx: StepContext[Data]) -> Masked:
+        return Masked(card="4242424242424242")
+
+    class Card(IWorkflowConsumer[Data, Res]):
+        steps = {"a": StepHandler(execute=run)}
+
+        async def on_complete(self, ctx: WorkflowContext[Data]) -> Res:
+            return Res(steps=list(ctx.results))
+
+    provider.register(masked, Card())
+    await provider.start()
+    handle = await provider.execute(masked, Data())
+    await handle.result()
+    assert provider.get_state(handle.id).results["a"] == {"card": "****4242"}

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import traceback
-import uuid
 from collections.abc import Container, Iterable, Mapping
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -51,7 +51,7 @@ from plait.core.errors import (
 )
 from plait.core.executor import current_correlation_id
 from plait.core.options import ConsumerOptions
-from plait.core.validation import MAX_PAYLOAD_SIZE, check_flow_id, json_size, validate
+from plait.core.validation import MAX_PAYLOAD_SIZE, check_flow_id, json_form, json_size, validate
 from plait.core.workflow import WorkflowDefinition
 
 __all__ = [
@@ -73,7 +73,7 @@ R = TypeVar("R", bound=BaseModel)
 
 def new_flow_id() -> str:
     """A fresh flow id: ``flow-`` and 32 hex digits."""
-    return f"flow-{uuid.uuid4().hex}"
+    return f"flow-{os.urandom(16).hex()}"  # uuid4's randomness, without building a UUID
 
 
 def validate_data(
@@ -438,7 +438,7 @@ class Runner(Generic[D, R]):
         output_model = self._outputs[step]
         try:
             model = out if type(out) is output_model else output_model.model_validate(_plain(out))  # type: ignore[union-attr]
-            output = model.model_dump(mode="json")
+            output = json_form(model)
             self._check_size(output, f"output of step '{step}'")
         except _FAILURES as error:
             # A handler that returns the wrong shape, or a value JSON cannot hold, will do so again: no retry.
@@ -488,7 +488,7 @@ class Runner(Generic[D, R]):
             return CompleteRaised(error_record(error), error)
         try:
             model = out if type(out) is result_model else result_model.model_validate(_plain(out))
-            result = model.model_dump(mode="json")
+            result = json_form(model)
             self._check_size(result, "result")
         except _FAILURES as error:
             _reraise_cancellation(error)

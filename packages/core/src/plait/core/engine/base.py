@@ -42,7 +42,8 @@ class EngineBase:
     @staticmethod
     def _emit(state: FlowState, now: float, kind: str, **fields: Any) -> None:
         seq = state.seq = state.seq + 1
-        state.emitted.append({"type": kind, "seq": seq, "at": now, **fields})  # type: ignore[typeddict-item]
+        fields["type"], fields["seq"], fields["at"] = kind, seq, now  # the record is the keywords' own dict
+        state.emitted.append(fields)  # type: ignore[arg-type]
 
     # The transitions the for-each and rollback parts call; the engine writes them.
 

@@ -496,6 +496,32 @@ async def test_listing_indexes_forget_flows_once_their_retention_expired(
         assert (await worker.list_flows()).items == ()
 
 
+async def test_a_listing_page_reads_its_index_once_also_after_a_cursor(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    # The index's first entry after a cursor is the cursor's own flow: reading only a page and one more made every
+    # cursor page read the index (and its states) a second time to learn whether a next page exists.
+    emitter = ArqWorkflowProvider(redis_url)
+    async with started(emitter):
+        for n in range(7):
+            await emitter.execute(LINE, Data(key=str(n)))
+
+        def index_reads() -> int:
+            stats = cast(dict[str, dict[str, int]], redis_client.info("commandstats"))
+            return stats.get("cmdstat_zrange", {}).get("calls", 0)
+
+        pages = []
+        cursor = None
+        while True:
+            before = index_reads()
+            page = await emitter.list_flows(limit=3, cursor=cursor)
+            pages.append((len(page.items), index_reads() - before))
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+    assert pages == [(3, 1), (3, 1), (1, 1)]
+
+
 async def test_a_flow_that_waits_longer_than_the_retention_is_kept_until_it_ends(
     redis_url: str, redis_client: redis.Redis
 ) -> None:

@@ -682,7 +682,9 @@ class ArqWorkflowProvider:
             newest = query.created_before if newest is None else min(newest, query.created_before)
         items: list[FlowSummary] = []
         offset = 0
-        batch = query.limit + 1
+        # A page's flows and one more, to know whether a next page exists; after a cursor, the index's first entry
+        # is the cursor's own flow (its time is inclusive), so one more again.
+        batch = query.limit + (1 if query.after is None else 2)
         while True:
             page = await self._reach(store.index_page(index, newest, query.created_after, batch, offset))
             offset += len(page)

@@ -7,21 +7,58 @@ the round trip is shared. A caller that gives up (is cancelled) before its turn 
 
 Batching waits for the end of the turn, so a script called while nothing is on its way to Redis goes at once: a
 lone flow's steps pay no extra turn of the loop, and scripts called while it is in flight share the next trip.
+
+The ``EVALSHA`` commands are packed here and written on a pooled connection, whose replies are read one by one:
+redis-py's own packing is pure Python, and a commit has a score of arguments, so it cost more than the rest of a
+commit's trip through this process. hiredis (which redis-py installs with arq) packs them in C.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from typing import Any
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
-__all__ = ["ScriptBatcher"]
+__all__ = ["ScriptBatcher", "pack"]
 
-_Call = tuple[AsyncScript, Sequence[str], Sequence[str | bytes | int], "asyncio.Future[Any]"]
+_Arg = str | bytes | int
+_Call = tuple[AsyncScript, Sequence[str], Sequence[_Arg], "asyncio.Future[Any]"]
+
+
+def _pack_python(args: tuple[_Arg, ...]) -> bytes:
+    """One command in the Redis protocol (RESP): an array of bulk strings."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if isinstance(arg, bytes):
+            data = arg
+        elif isinstance(arg, str):
+            data = arg.encode()
+        elif isinstance(arg, int) and not isinstance(arg, bool):
+            data = b"%d" % arg
+        else:
+            raise TypeError(f"A Redis argument must be str, bytes or int, not {type(arg).__name__}")
+        parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+try:
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # pragma: no cover - arq installs redis with hiredis
+    pack: Callable[[tuple[_Arg, ...]], bytes] = _pack_python
+else:
+    # Given str, bytes or int it writes what _pack_python does. (Its stub types the tuple as one of one item.)
+    pack = cast(Callable[[tuple[_Arg, ...]], bytes], _hiredis_pack)
+
+
+# redis-py before 5.3 wants a command's name to check a connection out of the pool; 5.3 deprecates it.
+_NAMED_CHECKOUT = (
+    inspect.signature(ConnectionPool.get_connection).parameters["command_name"].default is inspect.Parameter.empty
+)
 
 
 class ScriptBatcher:
@@ -35,13 +72,18 @@ class ScriptBatcher:
         self._sending: set[asyncio.Task[None]] = set()
         self._alone = 0  # scripts on their way one by one
 
-    async def run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[str | bytes | int]) -> Any:
+    async def run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[_Arg]) -> Any:
         """Runs ``script`` with ``keys`` and ``args``; returns its reply, or raises what Redis answered."""
         if not (self._alone or self._sending or self._pending):
             self._alone += 1
             try:
-                # AsyncScript sends EVALSHA and loads the script on NOSCRIPT (after a Redis restart or SCRIPT FLUSH).
-                return await script(keys=list(keys), args=list(args))
+                (reply,) = await self._send_packed(_evalsha(script, keys, args), 1)
+                if isinstance(reply, NoScriptError):
+                    # Not loaded (after a Redis restart or SCRIPT FLUSH): AsyncScript loads it and runs it again.
+                    return await script(keys=list(keys), args=list(args))
+                if isinstance(reply, Exception):
+                    raise reply
+                return reply
             finally:
                 self._alone -= 1
         loop = asyncio.get_running_loop()
@@ -61,14 +103,8 @@ class ScriptBatcher:
 
     async def _send(self, batch: list[_Call]) -> None:
         try:
-            if len(batch) == 1:
-                script, keys, args, future = batch[0]
-                _settle(future, await script(keys=list(keys), args=list(args)))
-                return
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for script, keys, args, _ in batch:
-                    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-                replies = await pipe.execute(raise_on_error=False)
+            packed = b"".join([_evalsha(script, keys, args) for script, keys, args, _ in batch])
+            replies = await self._send_packed(packed, len(batch))
             for (script, keys, args, future), reply in zip(batch, replies, strict=True):
                 if isinstance(reply, NoScriptError):  # not loaded yet: one more round trip loads and runs it
                     try:
@@ -84,6 +120,31 @@ class ScriptBatcher:
             for *_, future in batch:
                 if not future.done():
                     future.set_exception(error)
+
+    async def _send_packed(self, packed: bytes, count: int) -> list[Any]:
+        """Writes ``count`` packed commands on one pooled connection; returns their replies (an error reply as its
+        ``ResponseError``). Raises what the connection raised (an outage), having closed it: replies may be left
+        unread on it."""
+        pool = self._redis.connection_pool
+        connection = await (pool.get_connection("EVALSHA") if _NAMED_CHECKOUT else pool.get_connection())
+        try:
+            await connection.send_packed_command(packed)
+            replies: list[Any] = []
+            for _ in range(count):
+                try:
+                    replies.append(await connection.read_response())
+                except ResponseError as error:
+                    replies.append(error)
+            return replies
+        except BaseException:
+            await connection.disconnect(nowait=True)
+            raise
+        finally:
+            await pool.release(connection)
+
+
+def _evalsha(script: AsyncScript, keys: Sequence[str], args: Sequence[_Arg]) -> bytes:
+    return pack(("EVALSHA", script.sha, len(keys), *keys, *args))
 
 
 def _settle(future: asyncio.Future[Any], reply: Any) -> None:

@@ -27,7 +27,9 @@ from redis.exceptions import NoScriptError, ResponseError
 __all__ = ["ScriptBatcher", "pack"]
 
 _Arg = str | bytes | int
-_Call = tuple[AsyncScript, Sequence[str], Sequence[_Arg], "asyncio.Future[Any]"]
+_Script = tuple[AsyncScript, Sequence[str], Sequence[_Arg]]
+# One command called: packed, the script it runs (to load it if Redis does not have it), its caller's future.
+_Call = tuple[bytes, _Script | None, "asyncio.Future[Any]"]
 
 
 def _pack_python(args: tuple[_Arg, ...]) -> bytes:
@@ -62,7 +64,8 @@ _NAMED_CHECKOUT = (
 
 
 class ScriptBatcher:
-    """Runs Lua scripts on ``redis``, those called in one turn of the event loop in one pipeline."""
+    """Runs Lua scripts (and plain commands) on ``redis``, those called in one turn of the event loop in one
+    pipeline."""
 
     __slots__ = ("_alone", "_pending", "_redis", "_sending")
 
@@ -70,31 +73,39 @@ class ScriptBatcher:
         self._redis = redis
         self._pending: list[_Call] = []
         self._sending: set[asyncio.Task[None]] = set()
-        self._alone = 0  # scripts on their way one by one
+        self._alone = 0  # commands on their way one by one
 
     async def run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[_Arg]) -> Any:
         """Runs ``script`` with ``keys`` and ``args``; returns its reply, or raises what Redis answered."""
+        return await self._call(_evalsha(script, keys, args), (script, keys, args))
+
+    async def command(self, *args: _Arg) -> Any:
+        """Runs one command whose reply redis-py would hand over as it came (``HGET``, ``HMGET``: no parsing)."""
+        return await self._call(pack(args), None)
+
+    async def _call(self, packed: bytes, script: _Script | None) -> Any:
         if not (self._alone or self._sending or self._pending):
             self._alone += 1
             try:
-                (reply,) = await self._send_packed(_evalsha(script, keys, args), 1)
-                if isinstance(reply, NoScriptError):
-                    # Not loaded (after a Redis restart or SCRIPT FLUSH): AsyncScript loads it and runs it again.
-                    return await script(keys=list(keys), args=list(args))
-                if isinstance(reply, Exception):
-                    raise reply
-                return reply
+                (reply,) = await self._send_packed(packed, 1)
             finally:
                 self._alone -= 1
+            if isinstance(reply, NoScriptError) and script is not None:
+                # Not loaded (after a Redis restart or SCRIPT FLUSH): AsyncScript loads it and runs it again.
+                run, keys, args = script
+                return await run(keys=list(keys), args=list(args))
+            if isinstance(reply, Exception):
+                raise reply
+            return reply
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         if not self._pending:
             loop.call_soon(self._flush)
-        self._pending.append((script, keys, args, future))
+        self._pending.append((packed, script, future))
         return await future
 
     def _flush(self) -> None:
-        batch = [call for call in self._pending if not call[3].done()]
+        batch = [call for call in self._pending if not call[2].done()]
         self._pending = []
         if batch:
             task = asyncio.create_task(self._send(batch))
@@ -103,23 +114,24 @@ class ScriptBatcher:
 
     async def _send(self, batch: list[_Call]) -> None:
         try:
-            packed = b"".join([_evalsha(script, keys, args) for script, keys, args, _ in batch])
-            replies = await self._send_packed(packed, len(batch))
-            for (script, keys, args, future), reply in zip(batch, replies, strict=True):
-                if isinstance(reply, NoScriptError):  # not loaded yet: one more round trip loads and runs it
+            replies = await self._send_packed(b"".join([call[0] for call in batch]), len(batch))
+            for (_, script, future), reply in zip(batch, replies, strict=True):
+                if isinstance(reply, NoScriptError) and script is not None:
+                    # Not loaded yet: one more round trip loads and runs it.
+                    run, keys, args = script
                     try:
-                        reply = await script(keys=list(keys), args=list(args))
+                        reply = await run(keys=list(keys), args=list(args))
                     except Exception as error:
                         reply = error
                 _settle(future, reply)
         except asyncio.CancelledError:
-            for *_, future in batch:
-                future.cancel()
+            for call in batch:
+                call[2].cancel()
             raise
         except Exception as error:  # Redis unreachable, say: every caller in the batch gets the error
-            for *_, future in batch:
-                if not future.done():
-                    future.set_exception(error)
+            for call in batch:
+                if not call[2].done():
+                    call[2].set_exception(error)
 
     async def _send_packed(self, packed: bytes, count: int) -> list[Any]:
         """Writes ``count`` packed commands on one pooled connection; returns their replies (an error reply as its

@@ -255,7 +255,7 @@ class Store:
 
     async def load(self, flow_id: str) -> tuple[bytes, bytes | None] | None:
         """A flow's stored state and version, or ``None`` when the flow does not exist."""
-        state, version = await self.command("HMGET", self.keys.flow(flow_id), "s", "v")
+        state, version = await self._scripts.command("HMGET", self.keys.flow(flow_id), "s", "v")
         if state is None:
             return None
         return cast(bytes, state), cast(bytes | None, version)
@@ -434,7 +434,7 @@ class Store:
         """The stored records of a flow's for-each items (``None`` for one not stored)."""
         if not fields:
             return []
-        return cast(list[bytes | None], await self.command("HMGET", self.keys.flow(flow_id), *fields))
+        return cast(list[bytes | None], await self._scripts.command("HMGET", self.keys.flow(flow_id), *fields))
 
     async def set_timer(self, workflow: str, flow_id: str, wake_at: float | None) -> None:
         """Sets (or, with ``None``, clears) a flow's timer: after a tick that changed nothing."""

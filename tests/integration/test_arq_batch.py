@@ -182,3 +182,32 @@ async def test_plain_commands_share_the_round_trip_of_scripts_each_with_its_repl
     assert list(replies[:3]) == [b"1", 2, [b"2", None]]
     assert isinstance(replies[3], ResponseError)
     assert redis.trips == [1, 3]
+
+
+async def test_a_submitted_script_runs_and_settles_though_its_caller_is_cancelled(redis: CountingRedis) -> None:
+    batcher = ScriptBatcher(redis)
+    incr = redis.register_script(INCR)
+    await batcher.run(incr, ["n"], [1])
+    settled: list[Any] = []
+    all_settled = asyncio.Event()
+
+    def record(done: asyncio.Future[Any]) -> None:
+        settled.append(done.result())
+        if len(settled) == 3:
+            all_settled.set()
+
+    async def caller(step: int) -> Any:
+        future = batcher.submit(incr, ["n"], [step], parse=lambda reply: reply * 100)
+        future.add_done_callback(record)
+        return await asyncio.shield(future)
+
+    alone = asyncio.ensure_future(caller(1))  # nothing in flight: it goes at once
+    batched = [asyncio.ensure_future(caller(10)), asyncio.ensure_future(caller(100))]  # these share the next trip
+    await asyncio.sleep(0)
+    for task in (alone, *batched):
+        task.cancel()
+    await asyncio.gather(alone, *batched, return_exceptions=True)
+    await asyncio.wait_for(all_settled.wait(), 5)
+    assert settled == [200, 1200, 11200]
+    assert redis.trips[-2:] == [1, 2]
+    assert await redis.get("n") == b"112"

@@ -28,8 +28,10 @@ __all__ = ["ScriptBatcher", "pack"]
 
 _Arg = str | bytes | int
 _Script = tuple[AsyncScript, Sequence[str], Sequence[_Arg]]
-# One command called: packed, the script it runs (to load it if Redis does not have it), its caller's future.
-_Call = tuple[bytes, _Script | None, "asyncio.Future[Any]"]
+_Parse = Callable[[Any], Any]
+# One command called: packed, the script it runs (to load it if Redis does not have it), its caller's future, and
+# what makes the reply the future's result (None: the reply itself).
+_Call = tuple[bytes, _Script | None, "asyncio.Future[Any]", _Parse | None]
 
 
 def _pack_python(args: tuple[_Arg, ...]) -> bytes:
@@ -101,26 +103,53 @@ class ScriptBatcher:
         future: asyncio.Future[Any] = loop.create_future()
         if not self._pending:
             loop.call_soon(self._flush)
-        self._pending.append((packed, script, future))
+        self._pending.append((packed, script, future, None))
         return await future
+
+    def submit(
+        self, script: AsyncScript, keys: Sequence[str], args: Sequence[_Arg], parse: _Parse | None = None
+    ) -> asyncio.Future[Any]:
+        """Sends ``script`` with the others called in this turn of the loop (at once if none is on its way) and
+        returns the future of its reply, passed through ``parse``. The future is settled whether or not anyone
+        still waits for it (a callback on it runs once the script ran); cancelling it before the turn ends leaves
+        the script out."""
+        packed = _evalsha(script, keys, args)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        call = (packed, (script, keys, args), future, parse)
+        if not (self._alone or self._sending or self._pending):
+            self._start([call])
+        else:
+            if not self._pending:
+                loop.call_soon(self._flush)
+            self._pending.append(call)
+        return future
 
     def _flush(self) -> None:
         batch = [call for call in self._pending if not call[2].done()]
         self._pending = []
         if batch:
-            task = asyncio.create_task(self._send(batch))
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
+            self._start(batch)
+
+    def _start(self, batch: list[_Call]) -> None:
+        task = asyncio.create_task(self._send(batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
 
     async def _send(self, batch: list[_Call]) -> None:
         try:
             replies = await self._send_packed(b"".join([call[0] for call in batch]), len(batch))
-            for (_, script, future), reply in zip(batch, replies, strict=True):
+            for (_, script, future, parse), reply in zip(batch, replies, strict=True):
                 if isinstance(reply, NoScriptError) and script is not None:
                     # Not loaded yet: one more round trip loads and runs it.
                     run, keys, args = script
                     try:
                         reply = await run(keys=list(keys), args=list(args))
+                    except Exception as error:
+                        reply = error
+                if parse is not None and not isinstance(reply, Exception):
+                    try:
+                        reply = parse(reply)
                     except Exception as error:
                         reply = error
                 _settle(future, reply)

@@ -4,45 +4,74 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from plait.providers.arq._batch import ScriptBatcher
+from plait.providers.arq._batch import ScriptBatcher, _pack_python, pack
 from tests.integration.conftest import MakeRedis
 
 INCR = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
 FAILS_ON_ZERO = "if ARGV[1] == '0' then return redis.error_reply('zero refused') end return ARGV[1]"
 
 
+def command_names(data: bytes) -> list[bytes]:
+    """The commands a write carries (each an array of bulk strings, in RESP), by name."""
+    names = []
+    at = 0
+    while at < len(data):
+        end = data.index(b"\r\n", at)
+        items, at = int(data[at + 1 : end]), end + 2
+        for item in range(items):
+            end = data.index(b"\r\n", at)
+            size = int(data[at + 1 : end])
+            if item == 0:
+                names.append(data[end + 2 : end + 2 + size].upper())
+            at = end + 2 + size + 2
+    return names
+
+
+class CountingConnection(Connection):
+    """A connection that records each round trip it makes (but those of its handshake): how many commands each
+    write carries."""
+
+    trips: ClassVar[list[int]] = []
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        names = command_names(command if isinstance(command, bytes) else b"".join(command))
+        if names[0] not in (b"CLIENT", b"HELLO", b"AUTH", b"SELECT"):
+            self.trips.append(len(names))
+        await super().send_packed_command(command, check_health)
+
+
 class CountingRedis(Redis):
-    """A client that counts the pipelines it opens (the round trips a batch shares)."""
+    """A client whose connections record their round trips (how many commands share each)."""
 
-    pipelines = 0
-
-    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
-        self.pipelines += 1
-        return super().pipeline(transaction, shard_hint)
+    @property
+    def trips(self) -> list[int]:
+        return CountingConnection.trips
 
 
 @pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[CountingRedis]:
-    client = CountingRedis.from_url(redis_url)
+    CountingConnection.trips = []
+    client = CountingRedis(connection_pool=ConnectionPool.from_url(redis_url, connection_class=CountingConnection))
     yield client
-    await client.aclose()
+    await client.aclose(close_connection_pool=True)
 
 
 async def test_scripts_called_together_share_one_pipeline_each_with_its_reply(redis: CountingRedis) -> None:
     batcher = ScriptBatcher(redis)
     incr = redis.register_script(INCR)
     await batcher.run(incr, ["warm"], [1])  # loads the script
-    redis.pipelines = 0
-    # The first goes at once, alone; the 29 called while it is on its way share one pipeline.
+    redis.trips.clear()
+    # The first goes at once, alone; the 29 called while it is on its way share one round trip.
     replies = await asyncio.gather(*(batcher.run(incr, [f"k{i % 3}"], [i]) for i in range(30)))
-    assert redis.pipelines == 1
+    assert redis.trips == [1, 29]
     # Each caller gets its own script's reply, and the scripts ran in the order they were called.
     totals = {f"k{k}": 0 for k in range(3)}
     for i, reply in enumerate(replies):
@@ -55,7 +84,7 @@ async def test_a_script_called_while_nothing_is_in_flight_goes_at_once(redis: Co
     incr = redis.register_script(INCR)
     for n in range(1, 4):
         assert await batcher.run(incr, ["n"], [1]) == n
-    assert redis.pipelines == 0
+    assert redis.trips == [1, 1, 1]
 
 
 async def test_a_script_error_goes_to_its_caller_only(redis: CountingRedis) -> None:
@@ -107,3 +136,78 @@ async def test_every_caller_of_a_batch_gets_the_outage(private_redis: MakeRedis)
         assert await batcher.run(incr, ["n"], [1]) == 1  # a fresh server: the script is loaded again
     finally:
         await client.aclose()
+
+
+@pytest.mark.parametrize("packer", [pack, _pack_python], ids=["default", "python"])
+def test_commands_are_packed_as_redis_py_packs_them(packer: Any) -> None:
+    args = ("EVALSHA", "f" * 40, 2, "k:{ü}", b"\x00\r\n", 0, -7, 2**70, "", b"x" * 100_000)
+    assert packer(args) == b"".join(Connection().pack_command(*args))
+    with pytest.raises(TypeError):
+        packer(("SET", "k", None))
+
+
+async def test_a_caller_cancelled_while_its_reply_is_on_its_way_leaves_no_reply_behind(redis: CountingRedis) -> None:
+    batcher = ScriptBatcher(redis)
+    slow = redis.register_script(
+        "redis.call('INCR', KEYS[1]) local t = redis.call('TIME') "
+        "repeat local n = redis.call('TIME') until (n[1] - t[1]) * 1000000 + n[2] - t[2] > 50000 "
+        "return 'slow'"
+    )
+    incr = redis.register_script(INCR)
+    await batcher.run(incr, ["n"], [1])
+    await redis.script_load(slow.script)
+    caller = asyncio.ensure_future(batcher.run(slow, ["s"], []))
+    await asyncio.sleep(0.01)  # written, its reply not read yet
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    # Each later script gets its own reply, not the one the cancelled caller left unread.
+    assert await batcher.run(incr, ["n"], [1]) == 2
+    assert await asyncio.gather(*(batcher.run(incr, ["n"], [1]) for _ in range(3))) == [3, 4, 5]
+
+
+async def test_plain_commands_share_the_round_trip_of_scripts_each_with_its_reply(redis: CountingRedis) -> None:
+    batcher = ScriptBatcher(redis)
+    incr = redis.register_script(INCR)
+    await batcher.command("HSET", "h", "a", "1", "b", "2")
+    await batcher.run(incr, ["n"], [1])
+    redis.trips.clear()
+    replies = await asyncio.gather(
+        batcher.command("HGET", "h", "a"),  # goes at once
+        batcher.run(incr, ["n"], [1]),
+        batcher.command("HMGET", "h", "b", "missing"),
+        batcher.command("HGET", "n", "a"),  # the wrong type: its caller alone gets the error
+        return_exceptions=True,
+    )
+    assert list(replies[:3]) == [b"1", 2, [b"2", None]]
+    assert isinstance(replies[3], ResponseError)
+    assert redis.trips == [1, 3]
+
+
+async def test_a_submitted_script_runs_and_settles_though_its_caller_is_cancelled(redis: CountingRedis) -> None:
+    batcher = ScriptBatcher(redis)
+    incr = redis.register_script(INCR)
+    await batcher.run(incr, ["n"], [1])
+    settled: list[Any] = []
+    all_settled = asyncio.Event()
+
+    def record(done: asyncio.Future[Any]) -> None:
+        settled.append(done.result())
+        if len(settled) == 3:
+            all_settled.set()
+
+    async def caller(step: int) -> Any:
+        future = batcher.submit(incr, ["n"], [step], parse=lambda reply: reply * 100)
+        future.add_done_callback(record)
+        return await asyncio.shield(future)
+
+    alone = asyncio.ensure_future(caller(1))  # nothing in flight: it goes at once
+    batched = [asyncio.ensure_future(caller(10)), asyncio.ensure_future(caller(100))]  # these share the next trip
+    await asyncio.sleep(0)
+    for task in (alone, *batched):
+        task.cancel()
+    await asyncio.gather(alone, *batched, return_exceptions=True)
+    await asyncio.wait_for(all_settled.wait(), 5)
+    assert settled == [200, 1200, 11200]
+    assert redis.trips[-2:] == [1, 2]
+    assert await redis.get("n") == b"112"

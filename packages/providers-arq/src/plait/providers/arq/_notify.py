@@ -2,7 +2,8 @@
 
 Callers of ``result()`` subscribe to their flow's channel and workers to the cancel channel. A subscription is
 confirmed by the server before :meth:`Notifier.subscribe` returns, so a caller that subscribes and then reads the
-flow's status cannot miss an end announced in between.
+flow's status cannot miss an end announced in between. The channels subscribed (or unsubscribed) in one turn of
+the event loop go in one ``SUBSCRIBE`` (or ``UNSUBSCRIBE``), each still confirmed on its own.
 
 When the connection fails (Redis restarts, say), redis-py reconnects on the next read and subscribes again, but a
 message published meanwhile is lost: once the subscriptions are confirmed again, every handler is called with an
@@ -30,7 +31,18 @@ Handler = Callable[[bytes], None]
 class Notifier:
     """Channels and their handlers over one pub/sub connection, opened at the first subscription."""
 
-    __slots__ = ("_broken", "_closed", "_confirmations", "_handlers", "_pubsub", "_reader", "_sending")
+    __slots__ = (
+        "_broken",
+        "_closed",
+        "_confirmations",
+        "_flush",
+        "_handlers",
+        "_pubsub",
+        "_reader",
+        "_sending",
+        "_to_subscribe",
+        "_to_unsubscribe",
+    )
 
     def __init__(self, redis: ArqRedis) -> None:
         self._pubsub = redis.pubsub()
@@ -41,6 +53,11 @@ class Notifier:
         self._broken = False  # the connection failed; it is not known to be back yet
         # redis-py's PubSub opens its connection on first use: two first uses at once would open two.
         self._sending = asyncio.Lock()
+        # Channels (un)subscribed in one turn of the event loop go in one command: callers of result() waiting for
+        # many flows would otherwise send a SUBSCRIBE and an UNSUBSCRIBE each.
+        self._to_subscribe: dict[str, None] = {}
+        self._to_unsubscribe: dict[str, None] = {}
+        self._flush: asyncio.Task[None] | None = None
 
     async def subscribe(self, channel: str, handler: Handler, timeout: float = 5.0) -> None:
         """Calls ``handler(data)`` for each message on ``channel`` from now on.
@@ -59,11 +76,10 @@ class Notifier:
             return
         self._handlers[channel] = [handler]
         confirmed = self._confirmations[channel] = asyncio.get_running_loop().create_future()
+        self._to_unsubscribe.pop(channel, None)
+        self._to_subscribe[channel] = None
+        self._schedule()
         try:
-            async with self._sending:
-                await self._pubsub.subscribe(channel)
-                if self._reader is None:
-                    self._reader = asyncio.create_task(self._read(), name="plait-arq-pubsub")
             await asyncio.wait_for(asyncio.shield(confirmed), timeout)
         except BaseException:
             await self.unsubscribe(channel, handler)
@@ -81,14 +97,49 @@ class Notifier:
         pending = self._confirmations.pop(channel, None)
         if pending is not None and not pending.done():
             pending.cancel()
+        if channel in self._to_subscribe:
+            del self._to_subscribe[channel]  # not sent yet: nothing to take back
+            return
         if not self._closed:
-            with contextlib.suppress(RedisError, OSError):
-                async with self._sending:
-                    await self._pubsub.unsubscribe(channel)
+            self._to_unsubscribe[channel] = None
+            self._schedule()
+
+    def _schedule(self) -> None:
+        if self._flush is None:
+            self._flush = asyncio.create_task(self._send(), name="plait-arq-pubsub-subscriptions")
+
+    async def _send(self) -> None:
+        """Sends the (un)subscriptions of this turn of the loop (the task starts at the end of the turn)."""
+        async with self._sending:
+            self._flush = None  # from here on, a change goes with the next flush
+            unsubscribe, self._to_unsubscribe = list(self._to_unsubscribe), {}
+            subscribe, self._to_subscribe = list(self._to_subscribe), {}
+            if self._closed:
+                return
+            if unsubscribe:
+                with contextlib.suppress(RedisError, OSError):
+                    await self._pubsub.unsubscribe(*unsubscribe)
+            if not subscribe:
+                return
+            try:
+                await self._pubsub.subscribe(*subscribe)
+            except Exception as error:  # Redis unreachable, say: each of those subscribers gets the error
+                for channel in subscribe:
+                    pending = self._confirmations.get(channel)
+                    if pending is not None and not pending.done():
+                        pending.set_exception(error)
+                return
+            if self._reader is None:
+                self._reader = asyncio.create_task(self._read(), name="plait-arq-pubsub")
 
     async def close(self) -> None:
         """Stops reading and closes the connection; idempotent."""
         self._closed = True
+        flush, self._flush = self._flush, None
+        if flush is not None:
+            flush.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flush
         reader, self._reader = self._reader, None
         if reader is not None:
             reader.cancel()

@@ -16,6 +16,7 @@ hash slot: like arq itself, this needs a single Redis server (or a primary with 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -45,6 +46,8 @@ __all__ = [
     "now_ms",
     "script",
 ]
+
+_TERMINAL = frozenset(status.value for status in FlowStatus if status.is_terminal)
 
 EVENTS_MAXLEN = 10_000
 """About how many events a flow's stream keeps (the oldest go first); a flow has a few per step."""
@@ -255,7 +258,7 @@ class Store:
 
     async def load(self, flow_id: str) -> tuple[bytes, bytes | None] | None:
         """A flow's stored state and version, or ``None`` when the flow does not exist."""
-        state, version = await self.command("HMGET", self.keys.flow(flow_id), "s", "v")
+        state, version = await self._scripts.command("HMGET", self.keys.flow(flow_id), "s", "v")
         if state is None:
             return None
         return cast(bytes, state), cast(bytes | None, version)
@@ -368,6 +371,39 @@ class Store:
     ) -> Conflict | None:
         """Writes ``state`` if the flow is still at ``version``; ``None`` on success, else the current state.
 
+        The arguments are :meth:`send_commit`'s.
+        """
+        conflict: Conflict | None = await self.send_commit(
+            flow_id,
+            workflow,
+            version,
+            state,
+            status,
+            change=change,
+            finished=finished,
+            done=done,
+            cancelled=cancelled,
+            jobs=jobs,
+        )
+        return conflict
+
+    def send_commit(
+        self,
+        flow_id: str,
+        workflow: str,
+        version: str,
+        state: bytes,
+        status: str,
+        *,
+        change: Change,
+        finished: str | None = None,
+        done: bool = False,
+        cancelled: bytes | None = None,
+        jobs: Sequence[Enqueue] = (),
+    ) -> asyncio.Future[Conflict | None]:
+        """Sends the compare-and-set of ``state`` on ``version``; returns its future: ``None`` once it is written,
+        else the current state. The commit goes, and its future is settled, whether or not anyone awaits it.
+
         Args:
             change: the items, events, timer and listing status that go with the state.
             finished: the id of the job whose event this is (its lease and payload are deleted).
@@ -394,7 +430,7 @@ class Store:
             keys.job_key(""),
             repr(change.created_at),
             EVENTS_MAXLEN,
-            now + self.retention_ms if FlowStatus(status).is_terminal else "",
+            now + self.retention_ms if status in _TERMINAL else "",
             keys.expiring_member(workflow, flow_id, change.parent_id),
             len(change.items),
             len(change.events),
@@ -424,17 +460,13 @@ class Store:
         ]
         if change.old_status is not None and change.old_status != status:
             commit_keys += keys.status_indexes(workflow, change.old_status) + keys.status_indexes(workflow, status)
-        reply = await self._scripts.run(self._commit, commit_keys, args)
-        if reply[0] == 1:
-            return None
-        _, current, current_version = reply
-        return Conflict(current, current_version)
+        return self._scripts.submit(self._commit, commit_keys, args, _conflict)
 
     async def load_items(self, flow_id: str, fields: Sequence[str]) -> list[bytes | None]:
         """The stored records of a flow's for-each items (``None`` for one not stored)."""
         if not fields:
             return []
-        return cast(list[bytes | None], await self.command("HMGET", self.keys.flow(flow_id), *fields))
+        return cast(list[bytes | None], await self._scripts.command("HMGET", self.keys.flow(flow_id), *fields))
 
     async def set_timer(self, workflow: str, flow_id: str, wake_at: float | None) -> None:
         """Sets (or, with ``None``, clears) a flow's timer: after a tick that changed nothing."""
@@ -574,6 +606,13 @@ class Store:
     async def command(self, *args: str | bytes | int | float) -> Any:
         """Runs one Redis command and returns its raw reply."""
         return await self.redis.execute_command(*args)  # type: ignore[no-untyped-call]  # unannotated in redis-py
+
+
+def _conflict(reply: list[Any]) -> Conflict | None:
+    if reply[0] == 1:
+        return None
+    _, current, current_version = reply
+    return Conflict(current, current_version)
 
 
 def _ms(seconds: float) -> int:

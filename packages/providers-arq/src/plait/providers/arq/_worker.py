@@ -27,12 +27,11 @@ handed back; a Redis outage is one WARNING, and every loop retries until Redis i
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -170,7 +169,7 @@ class Worker:
         # it: the items of a for-each, finishing together, would otherwise race each other's compare-and-set.
         self._flows: dict[str, _FlowLock] = {}
         self._chains: set[asyncio.Task[None]] = set()
-        self._inflight: set[asyncio.Task[Any]] = set()
+        self._inflight: set[asyncio.Future[Any]] = set()  # commits, claims and releases on their way
         self._background: set[asyncio.Task[None]] = set()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._services: list[asyncio.Task[None]] = []
@@ -576,21 +575,19 @@ class Worker:
             _LeaseRanOut: Redis stayed unreachable until the finished job's lease ran out.
             _Gone: the flow no longer exists.
         """
-        async with self._serialized(flow.state.flow_id) as latest:
-            return await self._advance(engine, flow, event, latest, finished=finished, runner=runner, tick=tick)
-
-    @contextlib.asynccontextmanager
-    async def _serialized(self, flow_id: str) -> AsyncIterator[_FlowLock]:
-        entry = self._flows.get(flow_id)
-        if entry is None:
-            entry = self._flows[flow_id] = _FlowLock()
-        entry.users += 1
+        # One flow's commits from this process go one at a time (inline, not a context manager: this runs at every
+        # step).
+        flow_id = flow.state.flow_id
+        latest = self._flows.get(flow_id)
+        if latest is None:
+            latest = self._flows[flow_id] = _FlowLock()
+        latest.users += 1
         try:
-            async with entry.lock:
-                yield entry
+            async with latest.lock:
+                return await self._advance(engine, flow, event, latest, finished=finished, runner=runner, tick=tick)
         finally:
-            entry.users -= 1
-            if not entry.users:
+            latest.users -= 1
+            if not latest.users:
                 del self._flows[flow_id]
 
     async def _advance(
@@ -695,9 +692,8 @@ class Worker:
     ) -> Conflict | None:
         loop = asyncio.get_running_loop()
 
-        async def attempt() -> Conflict | None:
-            sent = loop.time()
-            conflict = await self.store.commit(
+        def attempt() -> asyncio.Future[Conflict | None]:
+            future = self.store.send_commit(
                 state.flow_id,
                 workflow,
                 version,
@@ -709,12 +705,12 @@ class Worker:
                 cancelled=commit.cancel_message,
                 jobs=commit.jobs,
             )
-            if conflict is None:
-                if finished_id is not None:
-                    self.leases.disown(finished_id)
-                if commit.local is not None:
-                    self.leases.own(self.keys.job_id(commit.local), commit.local, sent)
-            return conflict
+            # The leases it ends and begins are settled with it, whether or not this task still waits for it; and
+            # stop() lets it land. (A future and callbacks cost a third of what a task to shield would.)
+            future.add_done_callback(functools.partial(self._committed, finished_id, commit.local, loop.time()))
+            self._inflight.add(future)
+            future.add_done_callback(self._inflight.discard)
+            return future
 
         # An outage: retry while the job is still this process's, so that its work is not lost; past its lease
         # another worker runs it again anyway. A commit without a job (a tick, an operation) retries one stall
@@ -723,7 +719,8 @@ class Worker:
         delay = 0.1
         while True:
             try:
-                return await self._guarded(attempt())
+                # Shielded: a commit on its way lands, and its leases are known, even if this task is cancelled.
+                return await asyncio.shield(attempt())
             except UNAVAILABLE as error:
                 self._outage.failed(f"committing flow {shorten(state.flow_id)}", error)
                 now = loop.time()
@@ -735,6 +732,18 @@ class Worker:
                     raise
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
+
+    def _committed(
+        self, finished_id: str | None, local: Job | None, sent: float, future: asyncio.Future[Conflict | None]
+    ) -> None:
+        """A commit sent at loop time ``sent`` is settled: if it was written, the job it finished is no longer
+        this process's, and the job it leased here is."""
+        if future.cancelled() or future.exception() is not None or future.result() is not None:
+            return
+        if finished_id is not None:
+            self.leases.disown(finished_id)
+        if local is not None:
+            self.leases.own(self.keys.job_id(local), local, sent)
 
     def _after_commit(self, engine: Engine, state: FlowState, commit: Plan, records: list[Any]) -> None:
         current = asyncio.current_task()

@@ -355,39 +355,7 @@ class Store:
             claimed.append(Claimed(job_id, job, state, version, item or None))
         return claimed, rejected, (None if due is None else int(due) / 1000)
 
-    async def commit(
-        self,
-        flow_id: str,
-        workflow: str,
-        version: str,
-        state: bytes,
-        status: str,
-        *,
-        change: Change,
-        finished: str | None = None,
-        done: bool = False,
-        cancelled: bytes | None = None,
-        jobs: Sequence[Enqueue] = (),
-    ) -> Conflict | None:
-        """Writes ``state`` if the flow is still at ``version``; ``None`` on success, else the current state.
-
-        The arguments are :meth:`send_commit`'s.
-        """
-        conflict: Conflict | None = await self.send_commit(
-            flow_id,
-            workflow,
-            version,
-            state,
-            status,
-            change=change,
-            finished=finished,
-            done=done,
-            cancelled=cancelled,
-            jobs=jobs,
-        )
-        return conflict
-
-    def send_commit(
+    def commit(
         self,
         flow_id: str,
         workflow: str,
@@ -401,8 +369,9 @@ class Store:
         cancelled: bytes | None = None,
         jobs: Sequence[Enqueue] = (),
     ) -> asyncio.Future[Conflict | None]:
-        """Sends the compare-and-set of ``state`` on ``version``; returns its future: ``None`` once it is written,
-        else the current state. The commit goes, and its future is settled, whether or not anyone awaits it.
+        """Sends the compare-and-set of ``state`` on ``version``; returns its future: ``None`` once ``state`` is
+        written, else the current state. The commit goes, and its future is settled, whether or not anyone awaits
+        it.
 
         Args:
             change: the items, events, timer and listing status that go with the state.

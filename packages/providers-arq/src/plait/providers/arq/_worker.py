@@ -693,7 +693,7 @@ class Worker:
         loop = asyncio.get_running_loop()
 
         def attempt() -> asyncio.Future[Conflict | None]:
-            future = self.store.send_commit(
+            future = self.store.commit(
                 state.flow_id,
                 workflow,
                 version,

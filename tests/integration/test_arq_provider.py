@@ -522,6 +522,30 @@ async def test_a_listing_page_reads_its_index_once_also_after_a_cursor(
     assert pages == [(3, 1), (3, 1), (1, 1)]
 
 
+@pytest.mark.parametrize(("key_size", "reads"), [(10, 1), (100_000, 2)])
+async def test_result_takes_a_small_final_state_from_the_announcement_of_the_end(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, key_size: int, reads: int
+) -> None:
+    # A caller of result() reads the state once, finds the flow running, and waits: the end is announced with the
+    # final state, so it needs no second read, unless the state is too large to announce (over 64 KiB).
+    worker = ArqWorkflowProvider(redis_url)
+    worker.register(LINE, Recorder(("a", "b")))
+    loads: list[str] = []
+    load = Store.load
+
+    async def counted(store: Store, flow_id: str) -> tuple[bytes, bytes | None] | None:
+        loads.append(flow_id)
+        return await load(store, flow_id)
+
+    monkeypatch.setattr(Store, "load", counted)
+    async with started(worker):
+        handle = await worker.execute(LINE, Data(key="k" * key_size, sleep=0.3))
+        result = await handle.result(timeout=5)
+    assert loads == [handle.id] * reads
+    assert result.steps == ["a", "b"]
+    assert len(result.key) == key_size
+
+
 async def test_a_flow_that_waits_longer_than_the_retention_is_kept_until_it_ends(
     redis_url: str, redis_client: redis.Redis
 ) -> None:

@@ -2,7 +2,7 @@
 -- also writes the for-each items the event changed, appends its events to the flow's stream, moves the flow
 -- between the listing indexes of its old and new status, sets or clears its timer, finishes the job that
 -- produced the event, creates the jobs the engine asked for (queued, or leased to the caller), deletes the jobs
--- it cancelled and tells their workers, and announces the flow's end. A flow that ended expires after the
+-- it cancelled and tells their workers, and announces the flow's end (with its final state, when small). A flow that ended expires after the
 -- retention (and is queued for the sweep of the listing indexes); one that has not ended never expires.
 --
 -- Returns {1} on success, else {0, current state, current version} (false, false when the flow is gone).
@@ -118,5 +118,9 @@ for i = 0, job_count - 1 do
   end
 end
 
-if done_channel ~= '' then redis.call('PUBLISH', done_channel, status) end
+-- The end is announced with the final state when it is small (result() then needs no read of its own), else with
+-- the status alone (a burst of large states could overrun a subscriber's output buffer).
+if done_channel ~= '' then
+  redis.call('PUBLISH', done_channel, (#state <= 65536) and state or status)
+end
 return {1}

@@ -1,4 +1,4 @@
-"""Scripts run in the same turn of the event loop go to Redis together, in one pipeline.
+"""Scripts (and state reads) sent in the same turn of the event loop go to Redis together, in one write.
 
 A worker running a hundred flows commits many of them at about the same moment; each commit on its own costs a
 connection checkout, a system call each way and a reply parse in both Redis and this process. Sent together they
@@ -10,7 +10,7 @@ lone flow's steps pay no extra turn of the loop, and scripts called while it is 
 
 The ``EVALSHA`` commands are packed here and written on a pooled connection, whose replies are read one by one:
 redis-py's own packing is pure Python, and a commit has a score of arguments, so it cost more than the rest of a
-commit's trip through this process. hiredis (which redis-py installs with arq) packs them in C.
+commit's trip through this process. hiredis (a dependency of this package) packs them in C.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def _pack_python(args: tuple[_Arg, ...]) -> bytes:
 
 try:
     from hiredis import pack_command as _hiredis_pack
-except ImportError:  # pragma: no cover - arq installs redis with hiredis
+except ImportError:  # pragma: no cover - a dependency of this package; kept usable without it
     pack: Callable[[tuple[_Arg, ...]], bytes] = _pack_python
 else:
     # Given str, bytes or int it writes what _pack_python does. (Its stub types the tuple as one of one item.)

@@ -562,3 +562,42 @@ async def test_a_flow_that_waits_longer_than_the_retention_is_kept_until_it_ends
         assert (await handle.result(timeout=10)).steps == ["a", "b"]
         assert 0 < cast(int, redis_client.pttl(keys.flow(handle.id))) <= 1000  # its retention starts at its end
         assert 0 < cast(int, redis_client.pttl(keys.events(handle.id))) <= 1000
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"n": 12345678901234567890123, "m": -9223372036854775809, "ok": 1}',  # beyond 64 bits
+        '{"id": "order-1234567890123456789"}',  # a long run of digits in a string
+        '{"x": NaN, "y": Infinity}',  # what Python's json writes and orjson refuses
+        '{"s": "\\ud800"}',  # a lone surrogate
+        '{"a": [1, 2.5, null, true, "\\u00e9"], "b": {"c": {}}}',
+    ],
+)
+def test_stored_json_reads_back_as_python_wrote_it(text: str) -> None:
+    read = loads(text.encode())
+    assert json.dumps(read) == json.dumps(json.loads(text))
+    assert [type(v) for v in read.values()] == [type(v) for v in json.loads(text).values()]
+
+
+async def test_integers_beyond_64_bits_survive_a_flow_on_arq(redis_url: str) -> None:
+    class Big(BaseModel):
+        n: int
+
+    big = Workflow.define(name="it-big", data=Big, result=Big).steps(lambda s: s.sequential(s.step("double", Big)))
+
+    async def double(ctx: StepContext[Big]) -> Big:
+        return Big(n=ctx.data.n * 2)
+
+    class Doubler(IWorkflowConsumer[Big, Big]):
+        steps = {"double": StepHandler(execute=double)}
+
+        async def on_complete(self, ctx: WorkflowContext[Big]) -> Big:
+            return ctx.result("double", Big)
+
+    worker = ArqWorkflowProvider(redis_url)
+    worker.register(big, Doubler())
+    async with started(worker):
+        handle = await worker.execute(big, Big(n=2**70 + 1))
+        assert (await handle.result(timeout=5)).n == 2**71 + 2
+        assert (await worker.get_state(handle.id)).data == {"n": 2**70 + 1}

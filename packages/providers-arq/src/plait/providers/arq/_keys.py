@@ -32,6 +32,7 @@ A flow's hash also has ``unreadable`` once a worker found its state unreadable a
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -55,7 +56,7 @@ def dumps(value: Any) -> bytes:
     """Compact JSON; arq's ``job_serializer`` and Plait's state encoding.
 
     orjson writes it several times faster than :mod:`json`; what orjson refuses (an int beyond 64 bits, nesting
-    deeper than 255) the standard library writes. Reading stays with :mod:`json`, which keeps such ints exact.
+    deeper than 255) the standard library writes.
     """
     try:
         return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
@@ -64,8 +65,21 @@ def dumps(value: Any) -> bytes:
 
 
 def loads(raw: bytes | str) -> Any:
-    """JSON back to Python; arq's ``job_deserializer``. Nothing is ever unpickled."""
+    """JSON back to Python; arq's ``job_deserializer``. Nothing is ever unpickled.
+
+    orjson reads it several times faster than :mod:`json`, but turns an int beyond 64 bits into a float: JSON with
+    a run of 19 digits or more, and whatever orjson refuses (``NaN``, say, or a lone surrogate), goes through
+    :mod:`json`, which reads it exactly as Python wrote it.
+    """
+    if isinstance(raw, bytes) and _LONG_DIGITS.search(raw) is None:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
     return json.loads(raw)
+
+
+_LONG_DIGITS = re.compile(rb"\d{19}")
 
 
 def shorten(value: object, limit: int = 80) -> str:

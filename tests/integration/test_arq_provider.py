@@ -564,6 +564,50 @@ async def test_a_flow_that_waits_longer_than_the_retention_is_kept_until_it_ends
         assert 0 < cast(int, redis_client.pttl(keys.events(handle.id))) <= 1000
 
 
+async def test_a_completed_flow_being_undone_is_kept_until_it_ends_again(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    keys = Keys("workflow")
+    undoing = asyncio.Event()
+    release = asyncio.Event()
+
+    async def run(ctx: StepContext[Data]) -> Out:
+        return Out(step=ctx.step_name, seen=[])
+
+    async def undo(ctx: StepContext[Data]) -> None:
+        undoing.set()
+        await release.wait()
+
+    class Undoable(IWorkflowConsumer[Data, Result]):
+        steps = {"a": StepHandler(execute=run, rollback=undo), "b": StepHandler(execute=run)}
+
+        async def on_complete(self, ctx: WorkflowContext[Data]) -> Result:
+            return Result(key=ctx.data.key, steps=list(ctx.results))
+
+    def kept(flow_id: str) -> tuple[int, int, float | None]:
+        flow, events = (cast(int, redis_client.pttl(key)) for key in (keys.flow(flow_id), keys.events(flow_id)))
+        member = keys.expiring_member(LINE.name, flow_id, None)
+        return flow, events, cast(float | None, redis_client.zscore(keys.expiring, member))
+
+    worker = ArqWorkflowProvider(redis_url)
+    worker.register(LINE, Undoable())
+    async with started(worker):
+        handle = await worker.execute(LINE, Data(key="k"))
+        await handle.result(timeout=5)
+        ended = kept(handle.id)
+        assert ended[0] > 0 and ended[1] > 0 and ended[2] is not None  # retention runs from its end
+        await worker.compensate(handle.id)
+        await asyncio.wait_for(undoing.wait(), 5)
+        assert kept(handle.id) == (-1, -1, None)  # running again: kept, whatever the retention
+        release.set()
+        for _ in range(500):
+            if (await worker.get_status(handle.id)) == FlowStatus.COMPENSATED:
+                break
+            await asyncio.sleep(0.01)
+        again = kept(handle.id)
+        assert again[0] > 0 and again[1] > 0 and again[2] is not None  # ended again: its retention starts anew
+
+
 @pytest.mark.parametrize(
     "text",
     [

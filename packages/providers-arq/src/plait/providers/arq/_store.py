@@ -399,7 +399,7 @@ class Store:
             keys.job_key(""),
             repr(change.created_at),
             EVENTS_MAXLEN,
-            now + self.retention_ms if status in _TERMINAL else "",
+            _expiry(now + self.retention_ms, status, change.old_status),
             keys.expiring_member(workflow, flow_id, change.parent_id),
             len(change.items),
             len(change.events),
@@ -575,6 +575,14 @@ class Store:
     async def command(self, *args: str | bytes | int | float) -> Any:
         """Runs one Redis command and returns its raw reply."""
         return await self.redis.execute_command(*args)  # type: ignore[no-untyped-call]  # unannotated in redis-py
+
+
+def _expiry(expire_at_ms: int, status: str, old_status: str | None) -> int | str:
+    """The commit's expiry argument: when an ended flow expires; ``-`` for one running again after it ended (a
+    completed flow being undone), which is kept again; ``''`` for one that runs on."""
+    if status in _TERMINAL:
+        return expire_at_ms
+    return "-" if old_status in _TERMINAL else ""
 
 
 def _conflict(reply: list[Any]) -> Conflict | None:

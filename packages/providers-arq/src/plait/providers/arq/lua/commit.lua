@@ -33,7 +33,7 @@ local lease_end_ms = ARGV[11]
 local job_key_prefix = ARGV[12]
 local created_at = ARGV[13]     -- the flow's score in the listing indexes (its creation time in seconds)
 local events_maxlen = ARGV[14]
-local expire_at_ms = ARGV[15]   -- when an ended flow expires; '' while it has not ended
+local expire_at_ms = ARGV[15]   -- when an ended flow expires; '-' running again after it ended; '' running on
 local expiring_member = ARGV[16]  -- the flow in the expiring set
 local item_count = tonumber(ARGV[17])
 local event_count = tonumber(ARGV[18])
@@ -62,15 +62,15 @@ if event_count > 0 then
     redis.call('XADD', events, 'MAXLEN', '~', events_maxlen, '*', 'e', event)
   end
 end
-if expire_at_ms ~= '' then
-  redis.call('PEXPIRE', flow_key, retention_ms)
-  redis.call('PEXPIRE', events, retention_ms)
-  redis.call('ZADD', expiring, expire_at_ms, expiring_member)
-else
+if expire_at_ms == '-' then
   -- Running again (a completed flow being undone, say): kept until it ends again.
   redis.call('PERSIST', flow_key)
   redis.call('PERSIST', events)
   redis.call('ZREM', expiring, expiring_member)
+elseif expire_at_ms ~= '' then
+  redis.call('PEXPIRE', flow_key, retention_ms)
+  redis.call('PEXPIRE', events, retention_ms)
+  redis.call('ZADD', expiring, expire_at_ms, expiring_member)
 end
 
 if new_workflow_index then

@@ -210,6 +210,8 @@ def test_every_node_kind_is_built_with_its_settings() -> None:
         (lambda s: s.sequential(s.sleep("nap", seconds=1, until=lambda ctx: 0)), "exactly one of seconds="),
         (lambda s: s.sequential(s.sleep("nap", seconds=-1)), "seconds must be a number of seconds >= 0"),
         (lambda s: s.sequential(s.wait_for("w", Signal, timeout=0)), "timeout must be a number of seconds > 0"),
+        (lambda s: s.sequential(s.sleep("nap", seconds=float("nan"))), "seconds must be a number of seconds >= 0"),
+        (lambda s: s.sequential(s.wait_for("w", Signal, timeout=float("nan"))), "must be a number of seconds > 0"),
         (lambda s: s.sequential(s.wait_for("w", dict)), "must be a pydantic BaseModel"),
         (lambda s: s.sequential(s.for_each("e", Out, items=[1, 2])), "needs items=, a function"),
         (lambda s: s.sequential(s.for_each("e", Out, items=lambda c: [], concurrency=0)), "concurrency must be"),

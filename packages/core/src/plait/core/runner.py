@@ -51,7 +51,7 @@ from plait.core.errors import (
 )
 from plait.core.executor import current_correlation_id
 from plait.core.options import ConsumerOptions
-from plait.core.validation import MAX_PAYLOAD_SIZE, check_flow_id, json_form, json_size, validate
+from plait.core.validation import MAX_PAYLOAD_SIZE, check_flow_id, is_seconds, json_form, json_size, validate
 from plait.core.workflow import WorkflowDefinition
 
 __all__ = [
@@ -101,24 +101,17 @@ def check_same_flow(state: FlowState, workflow: str, data: object) -> None:
 
 def check_timeout(value: object, what: str = "timeout") -> None:
     """Raises ``ValueError`` unless ``value`` is ``None`` or a number of seconds greater than 0."""
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+    if value is not None and not is_seconds(value):
         raise ValueError(f"{what} must be a number of seconds greater than 0, or None; got {value!r}")
 
 
 def check_seconds(value: object, what: str, *, allow_zero: bool = False) -> float:
     """Returns ``value`` if it is a number of seconds greater than 0 (or equal, with ``allow_zero``), else raises
     ``ValueError`` naming ``what``."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or value != value  # NaN
-        or value < 0
-        or (value == 0 and not allow_zero)
-    ):
+    if not is_seconds(value, allow_zero=allow_zero):
         bound = "0 or more" if allow_zero else "greater than 0"
         raise ValueError(f"{what} must be a number of seconds {bound}; got {value!r}")
+    assert isinstance(value, int | float)
     return float(value)
 
 

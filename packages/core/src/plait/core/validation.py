@@ -19,6 +19,7 @@ __all__ = [
     "MAX_PAYLOAD_SIZE",
     "check_flow_id",
     "check_max_payload_size",
+    "is_seconds",
     "json_form",
     "json_size",
     "validate",
@@ -69,6 +70,14 @@ def json_size(value: Any) -> int:
         return len(pydantic_core.to_json(value))
     except (pydantic_core.PydanticSerializationError, RecursionError) as error:
         raise ValueError(f"cannot be written as JSON: {error}") from error
+
+
+def is_seconds(value: object, *, allow_zero: bool = False) -> bool:
+    """Whether ``value`` is a number of seconds greater than 0 (or equal, with ``allow_zero``): an int or float,
+    not a bool, not NaN."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:  # NaN is not equal to itself
+        return False
+    return value > 0 or (allow_zero and value == 0)
 
 
 _MODEL_DUMP = BaseModel.model_dump

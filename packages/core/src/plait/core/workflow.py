@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 from pydantic import BaseModel
 
 from plait.core.errors import DefinitionError
+from plait.core.validation import is_seconds
 
 if TYPE_CHECKING:
     from plait.core.context import WorkflowContext
@@ -537,8 +538,6 @@ def _check_callable(what: str, fn: object) -> None:
 
 
 def _check_seconds(what: str, value: object, *, allow_zero: bool) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or (value == 0 and not allow_zero):
+    if value is not None and not is_seconds(value, allow_zero=allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise DefinitionError(f"{what} must be a number of seconds {bound}, got {value!r}")

@@ -96,6 +96,13 @@ async def until_no_leases(client: redis.Redis) -> None:
         await asyncio.sleep(0.05)
 
 
+async def ready_worker(workers: Workers, stall: float = STALL) -> subprocess.Popen[bytes]:
+    """A ``plait worker`` of the control app, once it takes jobs."""
+    worker = workers.start(APP, stall=stall)
+    await workers.ready(worker)
+    return worker
+
+
 async def until_status(provider: ArqWorkflowProvider, flow_id: str, status: FlowStatus) -> None:
     deadline = time.monotonic() + WITHIN
     while (found := await provider.get_status(flow_id)) != status:
@@ -117,8 +124,7 @@ async def stopped(*processes: subprocess.Popen[bytes]) -> None:
 async def test_cancel_reaches_a_step_running_in_a_worker_process_and_rolls_the_flow_back_there(
     redis_client: redis.Redis, workers: Workers, emitter: ArqWorkflowProvider
 ) -> None:
-    worker = workers.start(APP, stall=STALL)
-    await workers.ready(worker)
+    worker = await ready_worker(workers)
     handle = await emitter.execute(CANCEL, Ticket(ticket="t-1", block_in="hold"))
     await until_recorded(redis_client, handle.id, "hold.started")
 
@@ -171,8 +177,7 @@ async def test_a_cancel_published_while_the_workers_pubsub_reconnects_still_stop
     # The worker is paused while its connection is cut and the cancellation published, so it cannot be back in
     # time to hear it, however slow this process is; its leases (5 s) outlast the pause, so no lost lease stops
     # the handlers either.
-    worker = workers.start(APP, stall=5.0)
-    await workers.ready(worker)
+    worker = await ready_worker(workers, stall=5.0)
     handle = await emitter.execute(definition, Ticket(ticket="t-1", block_in=step))
     await until_recorded(redis_client, handle.id, f"{step}.started", times=handlers)
 
@@ -200,8 +205,7 @@ async def test_a_cancel_published_while_the_workers_pubsub_reconnects_still_stop
 async def test_a_signal_sent_from_this_process_lets_the_flow_in_the_worker_go_on_with_its_payload(
     redis_client: redis.Redis, workers: Workers, emitter: ArqWorkflowProvider
 ) -> None:
-    worker = workers.start(APP, stall=STALL)
-    await workers.ready(worker)
+    worker = await ready_worker(workers)
     handle = await emitter.execute(APPROVAL, Ticket(ticket="t-1"))
     await until_status(emitter, handle.id, FlowStatus.WAITING)
     assert redis_client.zcard("workflow:leases") == 0  # waiting holds no job
@@ -223,8 +227,7 @@ async def test_a_signal_sent_while_the_worker_runs_the_step_before_the_wait_is_k
 ) -> None:
     # This process commits the signal while the worker holds the flow's state from before it: the worker's
     # commit of the step loses the race on the flow's version, and must keep the signal when it tries again.
-    worker = workers.start(APP, stall=STALL)
-    await workers.ready(worker)
+    worker = await ready_worker(workers)
     handle = await emitter.execute(APPROVAL, Ticket(ticket="t-1", gate_in="request"))
     await until_recorded(redis_client, handle.id, "request.started")
     await emitter.signal(handle.id, "approval", {"approver": "bob"})
@@ -240,8 +243,7 @@ async def test_cancelling_a_flow_that_waits_for_a_signal_rolls_it_back_in_the_wo
     redis_client: redis.Redis, workers: Workers, emitter: ArqWorkflowProvider
 ) -> None:
     # A waiting flow holds no job: this process's commit queues the rollback, and a worker runs it.
-    worker = workers.start(APP, stall=STALL)
-    await workers.ready(worker)
+    worker = await ready_worker(workers)
     handle = await emitter.execute(APPROVAL, Ticket(ticket="t-1"))
     await until_status(emitter, handle.id, FlowStatus.WAITING)
     await emitter.cancel(handle.id, reason="nobody will approve it")
@@ -259,8 +261,7 @@ async def test_cancelling_a_flow_that_waits_for_a_signal_rolls_it_back_in_the_wo
 async def test_a_signals_timeout_fires_in_the_worker_and_rolls_the_flow_back_there(
     redis_client: redis.Redis, workers: Workers, emitter: ArqWorkflowProvider
 ) -> None:
-    worker = workers.start(APP, stall=STALL)
-    await workers.ready(worker)
+    worker = await ready_worker(workers)
     handle = await emitter.execute(APPROVAL_QUICK, Ticket(ticket="t-1"))
     await until_status(emitter, handle.id, FlowStatus.WAITING)
     with pytest.raises(WorkflowStepError) as caught:
@@ -283,8 +284,7 @@ async def test_a_signals_timeout_fires_in_the_worker_and_rolls_the_flow_back_the
 async def test_a_durable_sleep_outlives_its_only_worker_and_wakes_in_the_next_one(
     redis_client: redis.Redis, workers: Workers, emitter: ArqWorkflowProvider
 ) -> None:
-    first = workers.start(APP, stall=STALL)
-    await workers.ready(first)
+    first = await ready_worker(workers)
     handle = await emitter.execute(NAP, Ticket(ticket="t-1"))
     await until_status(emitter, handle.id, FlowStatus.WAITING)
     assert redis_client.zcard("workflow:leases") == 0  # sleeping holds no job
@@ -296,8 +296,7 @@ async def test_a_durable_sleep_outlives_its_only_worker_and_wakes_in_the_next_on
     await asyncio.sleep(max(0.0, wake_at - time.time()) + 0.5)
     assert await handle.status() == FlowStatus.WAITING  # no worker: nothing woke it
 
-    successor = workers.start(APP, stall=STALL)
-    await workers.ready(successor)
+    successor = await ready_worker(workers)
     ready_at = time.time()
     result = await handle.result(timeout=WITHIN)
     assert result.before.pid == first.pid
@@ -381,8 +380,7 @@ async def start_progress_elsewhere(redis_url: str, flow_id: str) -> None:
 async def test_a_process_that_did_not_start_a_flow_follows_its_events_live_to_the_end(
     redis_url: str, redis_client: redis.Redis, workers: Workers, emitter: ArqWorkflowProvider
 ) -> None:
-    worker = workers.start(APP, stall=STALL)
-    await workers.ready(worker)
+    worker = await ready_worker(workers)
     flow_id = "progress-1"
     await start_progress_elsewhere(redis_url, flow_id)
 

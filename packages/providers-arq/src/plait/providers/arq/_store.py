@@ -281,14 +281,7 @@ class Store:
         keys = self.keys
         done = await self._scripts.run(
             self._fail_unreadable,
-            [
-                keys.flow(flow_id),
-                keys.leases,
-                keys.lease_info,
-                keys.timers(workflow),
-                keys.events(flow_id),
-                keys.expiring,
-            ],
+            self._writer_keys(flow_id, workflow),
             [
                 unreadable,
                 state,
@@ -419,7 +412,15 @@ class Store:
                 keys.wake(job.workflow),
                 self._record(queue, job.workflow) if each.local else "",
             ]
-        commit_keys = [
+        commit_keys = self._writer_keys(flow_id, workflow)
+        if change.old_status is not None and change.old_status != status:
+            commit_keys += keys.status_indexes(workflow, change.old_status) + keys.status_indexes(workflow, status)
+        return self._scripts.submit(self._commit, commit_keys, args, _conflict)
+
+    def _writer_keys(self, flow_id: str, workflow: str) -> list[str]:
+        """The first keys of the scripts that write a flow's state (commit, fail_unreadable), in their order."""
+        keys = self.keys
+        return [
             keys.flow(flow_id),
             keys.leases,
             keys.lease_info,
@@ -427,9 +428,6 @@ class Store:
             keys.events(flow_id),
             keys.expiring,
         ]
-        if change.old_status is not None and change.old_status != status:
-            commit_keys += keys.status_indexes(workflow, change.old_status) + keys.status_indexes(workflow, status)
-        return self._scripts.submit(self._commit, commit_keys, args, _conflict)
 
     async def load_items(self, flow_id: str, fields: Sequence[str]) -> list[bytes | None]:
         """The stored records of a flow's for-each items (``None`` for one not stored)."""

@@ -13,7 +13,7 @@ import asyncio
 import inspect
 import os
 import traceback
-from collections.abc import Container, Iterable, Mapping
+from collections.abc import Container, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
@@ -72,8 +72,19 @@ R = TypeVar("R", bound=BaseModel)
 
 
 def new_flow_id() -> str:
-    """A fresh flow id: ``flow-`` and 32 hex digits."""
-    return f"flow-{os.urandom(16).hex()}"  # uuid4's randomness, without building a UUID
+    """A fresh flow id: ``flow-`` and 32 hex digits of the system's randomness (as much as a UUID4 has)."""
+    return f"flow-{next(_random_hex)}"
+
+
+def _random_hex_strings() -> Iterator[str]:
+    # One system call per 256 ids: reading 16 bytes at a time cost a twentieth of a sequential flow.
+    while True:
+        hexed = os.urandom(16 * 256).hex()
+        for start in range(0, len(hexed), 32):
+            yield hexed[start : start + 32]
+
+
+_random_hex = _random_hex_strings()
 
 
 def validate_data(
@@ -365,6 +376,9 @@ class Runner(Generic[D, R]):
         # A flow that a handler starts through the application's executor carries this flow's correlation id.
         token = current_correlation_id.set(ctx.correlation_id)
         try:
+            if self.step_timeout is None and not telemetry.enabled():  # the common case, without the span's frames
+                out = fn(ctx, *extra)
+                return await out if inspect.isawaitable(out) else out
             with telemetry.handler_span(
                 ctx.kind, ctx.flow_id, ctx.workflow, ctx.meta, ctx.step_name, getattr(ctx, "attempt", None), ctx.index
             ) as span:
@@ -410,18 +424,8 @@ class Runner(Generic[D, R]):
             ctx = self._context(view, step, attempt, self.engine.visible(step), index=index)
         except ValidationError as error:
             return _unrunnable(error)
-        execute = self._executes[step]
         try:
-            if self.step_timeout is None and not telemetry.enabled():  # the common case, without _call's frames
-                token = current_correlation_id.set(ctx.correlation_id)
-                try:
-                    out: Any = execute(ctx)
-                    if inspect.isawaitable(out):
-                        out = await out
-                finally:
-                    current_correlation_id.reset(token)
-            else:
-                out = await self._call(f"Step '{step}'", execute, ctx)
+            out = await self._call(f"Step '{step}'", self._executes[step], ctx)
         except _FAILURES as error:
             _reraise_cancellation(error)
             view.exceptions["step", step, index] = error

@@ -24,7 +24,20 @@ from plait.core.engine import (
 )
 from plait.core.runner import FlowView, Runner
 
-__all__ = ["COMPLETE", "SLOT", "Ended", "Flow", "Registration", "TaskKey", "ended", "state_of", "task_key"]
+__all__ = [
+    "COMPLETE",
+    "SLOT",
+    "Ended",
+    "Flow",
+    "Kept",
+    "Registration",
+    "TaskKey",
+    "ended",
+    "kept",
+    "state_of",
+    "task_key",
+    "view",
+]
 
 COMPLETE = "\x00on_complete"  # task keys of callbacks; step names cannot start with a NUL
 ON_ERROR = "\x00on_error"
@@ -35,7 +48,11 @@ TaskKey = str | tuple[str, int]
 
 
 class Flow:
-    """One flow in memory: its engine state, its cached models, the tasks running its actions, its history."""
+    """One flow in memory: its engine state, its cached models, the tasks running its actions, its history.
+
+    The history is the state's own list of emitted events, which the engine appends to and nothing takes from:
+    ``published`` counts those already handed to listeners and hooks.
+    """
 
     __slots__ = (
         "__weakref__",
@@ -43,6 +60,7 @@ class Flow:
         "done",
         "events",
         "listeners",
+        "published",
         "registration",
         "runner",
         "slot",
@@ -64,7 +82,8 @@ class Flow:
         self.armed: float | None = None  # the wake-up time the timer is armed for
         self.done: asyncio.Future[None] | None = asyncio.get_running_loop().create_future()  # None once ended
         self.slot: asyncio.Semaphore | None = None
-        self.events: list[EventRecord] = []
+        self.events: list[EventRecord] = state.emitted
+        self.published = 0
         self.listeners: list[asyncio.Queue[list[EventRecord]]] | None = None
 
 
@@ -76,6 +95,10 @@ class Ended(NamedTuple):
     bytes and numbers, which CPython does not track: its state, items and events ``marshal``-ed (this process's own
     JSON-shaped data, read back only here), its result as JSON, and what listings filter on. A failed flow also
     keeps its exception objects, so that ``result()`` raises the very exceptions its handlers raised.
+
+    It is kept as a plain tuple (see :func:`kept`), viewed as an ``Ended`` when read: CPython stops tracking a
+    tuple of such values, but never an instance of a tuple's subclass, and every tracked object kept brings the
+    next full pass of the garbage collector nearer (three times as many passes per flow).
     """
 
     status: str
@@ -88,8 +111,8 @@ class Ended(NamedTuple):
 
     def load(self) -> tuple[FlowState, list[EventRecord]]:
         """The flow's recorded state (items included) and its events."""
-        raw, items, events = marshal.loads(self.record)
-        state = FlowState.from_dict(raw)
+        values, items, events = marshal.loads(self.record)
+        state = FlowState.from_values(values)
         state.items = items
         state.items_loaded = set(items)
         return state, events
@@ -109,17 +132,29 @@ class Registration:
 
 def ended(flow: Flow) -> Ended:
     state = flow.state
-    raw = state.to_dict()
-    raw["status"] = state.status.value  # marshal takes exact built-in types only
     result = None
     if state.status == FlowStatus.COMPLETED:
         model = flow.view.models.get(COMPLETE) or flow.runner.definition.result.model_validate(state.result)
         result = model.model_dump_json()
     causes = dict(flow.view.exceptions) if flow.view.exceptions else None
     items: dict[str, dict[int, ItemRecord]] = state.items
-    record = marshal.dumps((raw, items, flow.events))
+    record = marshal.dumps((state.to_values(), items, flow.events))  # marshal takes exact built-in types only
     parent = state.parent["flow_id"] if state.parent else None
     return Ended(state.status.value, state.workflow, result, record, causes, state.created_at, parent)
+
+
+Kept = tuple[str, str, str | None, bytes, "dict[ExceptionKey, BaseException] | None", float, str | None]
+"""How a finished flow is kept: its :class:`Ended` as a plain tuple."""
+
+
+def kept(flow: Flow) -> Kept:
+    """What is kept of ``flow``, which has ended."""
+    return tuple(ended(flow))  # type: ignore[return-value]  # the same fields, in order
+
+
+def view(found: Flow | Kept) -> Flow | Ended:
+    """A kept flow as a :class:`Flow` or an :class:`Ended`."""
+    return Ended._make(found) if type(found) is tuple else found  # type: ignore[return-value]
 
 
 def state_of(found: Flow | Ended) -> FlowState:

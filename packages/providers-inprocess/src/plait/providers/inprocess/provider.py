@@ -84,11 +84,14 @@ from plait.providers.inprocess._records import (
     SLOT,
     Ended,
     Flow,
+    Kept,
     Registration,
     TaskKey,
     ended,
+    kept,
     state_of,
     task_key,
+    view,
 )
 
 __all__ = ["InProcessWorkflowProvider"]
@@ -127,8 +130,8 @@ class InProcessFlowHandle(FlowHandle[R], Generic[R]):
                 else:
                     await asyncio.wait_for(asyncio.shield(flow.done), timeout)
             # Ended now; if max_finished already let it go, the flow this caller waited on still knows.
-            kept = provider._flows.get(self.id)
-            found = kept if isinstance(kept, Ended) else ended(flow)
+            known = provider._get(self.id)
+            found = known if isinstance(known, Ended) else ended(flow)
         if found.result is not None and found.status == FlowStatus.COMPLETED:
             definition = provider._registrations[found.workflow].definition
             return definition.result.model_validate_json(found.result)  # type: ignore[no-any-return]
@@ -182,7 +185,7 @@ class InProcessWorkflowProvider:
         self._now: Callable[[], float] = time.time if type(self.clock) is SystemClock else self.clock.time
         self.clock.attach(self._is_idle)
         self._registrations: dict[str, Registration] = {}
-        self._flows: dict[str, Flow | Ended] = {}
+        self._flows: dict[str, Flow | Kept] = {}
         self._active: dict[str, Flow] = {}
         self._finished: OrderedDict[str, float] = OrderedDict()
         self._working = 0  # handler or callable runs in progress (a virtual clock waits for none)
@@ -302,7 +305,7 @@ class InProcessWorkflowProvider:
         check_timeout(timeout, "execute(timeout=)")
         registration = self._runnable(definition.name)
         if id is not None:
-            existing = self._flows.get(id)
+            existing = self._get(id)
             if existing is not None:
                 check_same_flow(state_of(existing), definition.name, payload)
                 return InProcessFlowHandle(id, self)
@@ -448,9 +451,10 @@ class InProcessWorkflowProvider:
         state, events = found.load()
         registration = self._registrations[state.workflow]
         runner = self._runner(state.workflow)
+        state.emitted, published = events, len(events)  # its history goes on
         actions = runner.engine.handle(state, event, self._now())  # raises if the operation does not apply
         flow = self._new_flow(registration, state, None)
-        flow.events = events
+        flow.published = published
         flow.view.exceptions.update(found.causes or {})
         self._flows[flow_id] = flow
         self._active[flow_id] = flow
@@ -496,7 +500,8 @@ class InProcessWorkflowProvider:
             cursor=cursor,
         )
         items: list[FlowSummary] = []
-        for flow_id, found in reversed(self._flows.items()):
+        for flow_id, kept_flow in reversed(self._flows.items()):
+            found = view(kept_flow)
             if isinstance(found, Flow):
                 state = found.state
                 parent = state.parent["flow_id"] if state.parent else None
@@ -543,10 +548,14 @@ class InProcessWorkflowProvider:
     # -- driving the engine --
 
     def _find(self, flow_id: str) -> Flow | Ended:
-        found = self._flows.get(flow_id) if isinstance(flow_id, str) else None
+        found = self._get(flow_id) if isinstance(flow_id, str) else None
         if found is None:
             raise FlowNotFoundError(str(flow_id))
         return found
+
+    def _get(self, flow_id: str) -> Flow | Ended | None:
+        found = self._flows.get(flow_id)
+        return None if found is None else view(found)
 
     def _runner(self, workflow: str) -> Runner[Any, Any]:
         registration = self._registrations.get(workflow)
@@ -599,13 +608,14 @@ class InProcessWorkflowProvider:
     def _recorded(self, flow: Flow) -> None:
         """Takes the events the engine recorded, and re-arms the flow's timer if its wake-up time moved."""
         state = flow.state
-        if state.emitted:
-            events = state.take_events()
-            flow.events.extend(events)
-            if flow.listeners:
-                for queue in flow.listeners:
+        count = len(flow.events)  # the engine records them there (see Flow)
+        if count != flow.published:
+            if flow.listeners or self._hooks.active:
+                events = flow.events[flow.published :]
+                for queue in flow.listeners or ():
                     queue.put_nowait(events)
-            self._hooks.publish(state.flow_id, state.workflow, events)
+                self._hooks.publish(state.flow_id, state.workflow, events)
+            flow.published = count
         wake_at = state.wake_at
         if wake_at == flow.armed:
             return
@@ -673,7 +683,7 @@ class InProcessWorkflowProvider:
 
     def _to_flow(self, flow_id: str, event: Event) -> None:
         # On the next turn of the loop: a flow never re-enters another flow's dispatch.
-        target = self._flows.get(flow_id)
+        target = self._get(flow_id)
         if isinstance(target, Flow):
             asyncio.get_running_loop().call_soon(self._deliver, target, event)
         elif isinstance(target, Ended) and isinstance(event, (Compensate, RetryCompensation)):
@@ -688,7 +698,7 @@ class InProcessWorkflowProvider:
     def _start_child(self, parent: Flow, action: StartChild) -> None:
         state = parent.state
         registration = self._registrations.get(action.workflow)
-        existing = self._flows.get(action.child)
+        existing = self._get(action.child)
         if existing is not None:
             child_state = state_of(existing)
             if child_state.parent is None or child_state.parent["flow_id"] != state.flow_id:
@@ -827,7 +837,7 @@ class InProcessWorkflowProvider:
         flow_id = state.flow_id
         self._active.pop(flow_id, None)
         self._recorded(flow)
-        self._flows[flow_id] = ended(flow)
+        self._flows[flow_id] = kept(flow)
         self._finished[flow_id] = state.finished_at or self._now()
         if self.max_finished is not None and len(self._finished) > self.max_finished:
             oldest, _ = self._finished.popitem(last=False)

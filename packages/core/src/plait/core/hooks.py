@@ -27,13 +27,15 @@ class Hooks:
         name: names the task (and the provider in log lines).
     """
 
-    __slots__ = ("_hooks", "_name", "_queue", "_task")
+    __slots__ = ("_hooks", "_name", "_queue", "_task", "active")
 
     def __init__(self, name: str) -> None:
         self._name = name
         self._hooks: list[EventHook] = []
         self._queue: asyncio.Queue[tuple[str, str, Sequence[EventRecord]] | None] | None = None
         self._task: asyncio.Task[None] | None = None
+        self.active = False
+        """Whether there are hooks to call (a provider can skip building what nobody reads)."""
 
     def add(self, hook: EventHook) -> None:
         """Adds a hook; it gets the events published from now on.
@@ -44,11 +46,7 @@ class Hooks:
         if not callable(hook):
             raise TypeError(f"on_event() takes an async function of a FlowEvent, got {hook!r}")
         self._hooks.append(hook)
-
-    @property
-    def active(self) -> bool:
-        """Whether there are hooks to call (a provider can skip building what nobody reads)."""
-        return bool(self._hooks)
+        self.active = True
 
     def start(self) -> None:
         """Starts the task that runs the hooks (a no-op without hooks, or when it runs already)."""

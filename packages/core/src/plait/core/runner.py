@@ -15,6 +15,7 @@ import os
 import traceback
 from collections.abc import Container, Iterable, Iterator, Mapping
 from datetime import datetime
+from types import CoroutineType
 from typing import Any, Generic, TypeVar
 
 import pydantic_core
@@ -378,7 +379,7 @@ class Runner(Generic[D, R]):
         try:
             if self.step_timeout is None and not telemetry.enabled():  # the common case, without the span's frames
                 out = fn(ctx, *extra)
-                return await out if inspect.isawaitable(out) else out
+                return await out if type(out) is CoroutineType or inspect.isawaitable(out) else out
             with telemetry.handler_span(
                 ctx.kind, ctx.flow_id, ctx.workflow, ctx.meta, ctx.step_name, getattr(ctx, "attempt", None), ctx.index
             ) as span:
@@ -409,10 +410,10 @@ class Runner(Generic[D, R]):
                 raise  # the handler's own TimeoutError (say, from an HTTP client): keep it as the cause
             raise TimeoutError(f"{what} timed out after {timeout:g}s") from error
 
-    def _check_size(self, value: Any, what: str) -> None:
+    def _check_size(self, value: Any, what: str, name: str = "") -> None:
         size = json_size(value)
-        if size > self.max_payload_size:
-            raise PayloadTooLargeError(f"The {what}", size, self.max_payload_size)
+        if size > self.max_payload_size:  # what names the value; formatted with name only then
+            raise PayloadTooLargeError(f"The {what.format(name)}", size, self.max_payload_size)
 
     # -- handlers --
 
@@ -436,7 +437,7 @@ class Runner(Generic[D, R]):
         try:
             model = out if type(out) is output_model else output_model.model_validate(_plain(out))  # type: ignore[union-attr]
             output = json_form(model)
-            self._check_size(output, f"output of step '{step}'")
+            self._check_size(output, "output of step '{}'", step)
         except _FAILURES as error:
             # A handler that returns the wrong shape, or a value JSON cannot hold, will do so again: no retry.
             # The model's own validators and serializers run here, and may raise any BaseException.
@@ -553,7 +554,7 @@ class Runner(Generic[D, R]):
             if isinstance(value, str | bytes | Mapping) or not isinstance(value, Iterable):
                 raise TypeError(f"items() of for-each '{name}' must return a list (or another iterable) of items")
             items = pydantic_core.to_jsonable_python(list(value))
-            self._check_size(items, f"items of for-each '{name}'")
+            self._check_size(items, "items of for-each '{}'", name)
             return items
         child = self.definition.step(name).workflow
         assert child is not None

@@ -757,7 +757,8 @@ class InProcessWorkflowProvider:
                     return
                 if len(actions) > 1:
                     self._dispatch(flow, actions[1:])
-                action, key = follow, task_key(follow)
+                action = follow
+                key = follow.step if type(follow) is RunStep and follow.index is None else task_key(follow)
                 tasks[key] = me  # type: ignore[assignment]  # me is this very task
         except asyncio.CancelledError:
             if tasks.get(key) is me:

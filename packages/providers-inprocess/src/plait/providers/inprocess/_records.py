@@ -7,6 +7,7 @@ import asyncio
 import marshal
 from typing import Any, NamedTuple
 
+import pydantic_core
 from pydantic import BaseModel
 
 from plait.core import FlowStatus, WorkflowDefinition
@@ -103,7 +104,7 @@ class Ended(NamedTuple):
 
     status: str
     workflow: str
-    result: str | None
+    result: bytes | None
     record: bytes
     causes: dict[ExceptionKey, BaseException] | None
     created_at: float
@@ -132,10 +133,7 @@ class Registration:
 
 def ended(flow: Flow) -> Ended:
     state = flow.state
-    result = None
-    if state.status == FlowStatus.COMPLETED:
-        model = flow.view.models.get(COMPLETE) or flow.runner.definition.result.model_validate(state.result)
-        result = model.model_dump_json()
+    result = pydantic_core.to_json(state.result) if state.status == FlowStatus.COMPLETED else None
     causes = dict(flow.view.exceptions) if flow.view.exceptions else None
     items: dict[str, dict[int, ItemRecord]] = state.items
     record = marshal.dumps((state.to_values(), items, flow.events))  # marshal takes exact built-in types only
@@ -143,7 +141,7 @@ def ended(flow: Flow) -> Ended:
     return Ended(state.status.value, state.workflow, result, record, causes, state.created_at, parent)
 
 
-Kept = tuple[str, str, str | None, bytes, "dict[ExceptionKey, BaseException] | None", float, str | None]
+Kept = tuple[str, str, bytes | None, bytes, "dict[ExceptionKey, BaseException] | None", float, str | None]
 """How a finished flow is kept: its :class:`Ended` as a plain tuple."""
 
 

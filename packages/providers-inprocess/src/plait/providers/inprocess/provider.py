@@ -43,7 +43,6 @@ from plait.core.engine import (
     ChildSettled,
     Compensate,
     CompensateChild,
-    CompleteReturned,
     Evaluate,
     Event,
     EventRecord,
@@ -785,10 +784,7 @@ class InProcessWorkflowProvider:
                 await self._pause(action.delay)
             return await runner.run_rollback(flow.view, action.step, action.attempt, action.index)
         if isinstance(action, RunComplete):
-            event = await runner.run_complete(flow.view)
-            if isinstance(event, CompleteReturned) and isinstance(event.model, BaseModel):
-                flow.view.models[COMPLETE] = event.model
-            return event
+            return await runner.run_complete(flow.view)
         if isinstance(action, RunOnError):
             return await runner.run_on_error(flow.view)
         if isinstance(action, Evaluate):

@@ -605,7 +605,8 @@ class InProcessWorkflowProvider:
         self._dispatch(flow, actions)
 
     def _recorded(self, flow: Flow) -> None:
-        """Takes the events the engine recorded, and re-arms the flow's timer if its wake-up time moved."""
+        """Hands the events the engine recorded since the last call to listeners and hooks, and re-arms the flow's
+        timer if its wake-up time moved."""
         state = flow.state
         count = len(flow.events)  # the engine records them there (see Flow)
         if count != flow.published:

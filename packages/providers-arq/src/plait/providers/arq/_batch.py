@@ -1,34 +1,38 @@
-"""Scripts (and state reads) sent in the same turn of the event loop go to Redis together, in one write.
+"""Scripts (and state reads) sent in the same turn of the event loop go to Redis together, in one write, on one
+pipelined connection.
 
 A worker running a hundred flows commits many of them at about the same moment; each commit on its own costs a
-connection checkout, a system call each way and a reply parse in both Redis and this process. Sent together they
-cost one of each. Every script stays its own atomic ``EVALSHA``, with its own reply or error for its caller: only
-the round trip is shared. A caller that gives up (is cancelled) before its turn ends is left out of the batch.
+system call each way and a reply parse in both Redis and this process. Sent together they cost one of each. Every
+script stays its own atomic ``EVALSHA``, with its own reply or error for its caller: only the round trip is shared.
+A caller that gives up (is cancelled) before its turn ends is left out of the batch.
 
 Batching waits for the end of the turn, so a script called while nothing is on its way to Redis goes at once: a
 lone flow's steps pay no extra turn of the loop, and scripts called while it is in flight share the next trip.
 
-The ``EVALSHA`` commands are packed here and written on a pooled connection, whose replies are read one by one:
-redis-py's own packing is pure Python, and a commit has a score of arguments, so it cost more than the rest of a
-commit's trip through this process. hiredis (a dependency of this package) packs them in C.
-
-The connections stay checked out of the pool between trips, kept here for the next one: checking one out and in
-costs a lock, a zero-timeout read to see that nothing is left on it, and an event dispatch, a sixth of a lone
-flow's time in a worker. A kept connection that Redis closed meanwhile (a restart, say) shows its end of file and
-is dropped before it is used; one that fails is closed and handed back. Closing the pool closes them all.
+The commands are packed by hiredis (a dependency of this package) in C: redis-py's own packing is pure Python, and
+a commit has a score of arguments. They go on one connection of the client's pool, checked out once and kept: its
+socket is read by a protocol of its own, which parses the replies as they arrive and hands each batch its replies
+in the order the batches were written. No task waits on the socket and no connection is checked out per trip
+(those were a third of a lone flow's time in a worker). Redis answers one connection's commands in order, so
+batches written while others are on their way simply follow them. When the connection breaks, every batch on it
+gets the error, and the next one connects again; closing the pool closes it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, cast
 
+import hiredis
 from redis.asyncio import ConnectionPool, Redis
-from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.connection import AbstractConnection, DefaultParser
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import InvalidResponse, NoScriptError
 
 __all__ = ["ScriptBatcher", "pack"]
 
@@ -56,62 +60,99 @@ def _pack_python(args: tuple[_Arg, ...]) -> bytes:
     return b"".join(parts)
 
 
-try:
-    from hiredis import pack_command as _hiredis_pack
-except ImportError:  # pragma: no cover - a dependency of this package; kept usable without it
-    pack: Callable[[tuple[_Arg, ...]], bytes] = _pack_python
-else:
-    # Given str, bytes or int it writes what _pack_python does. (Its stub types the tuple as one of one item.)
-    pack = cast(Callable[[tuple[_Arg, ...]], bytes], _hiredis_pack)
+# Given str, bytes or int hiredis writes what _pack_python does. (Its stub types the tuple as one of one item.)
+pack = cast(Callable[[tuple[_Arg, ...]], bytes], hiredis.pack_command)
 
 
 # redis-py before 5.3 wants a command's name to check a connection out of the pool; 5.3 deprecates it.
 _NAMED_CHECKOUT = (
     inspect.signature(ConnectionPool.get_connection).parameters["command_name"].default is inspect.Parameter.empty
 )
+_MORE = object()  # what hiredis returns while a reply is incomplete
+_Done = Callable[["list[Any] | BaseException"], None]
+
+
+class _Pipe(asyncio.Protocol):
+    """One connection to Redis, pipelined: each write is a batch of commands, and each batch's callback gets its
+    replies (an error reply as the exception redis-py would raise) once they have all come, in the order written."""
+
+    def __init__(self, connection: AbstractConnection, transport: asyncio.Transport) -> None:
+        self.connection = connection
+        self.open = True
+        self._transport = transport
+        self._stream = transport.get_protocol()  # redis-py's, told when the connection ends (its close waits for it)
+        options: dict[str, Any] = {
+            "protocolError": InvalidResponse,
+            "replyError": DefaultParser.parse_error,
+            "notEnoughData": _MORE,
+        }
+        encoder = connection.encoder
+        if encoder.decode_responses:
+            options["encoding"] = encoder.encoding
+            options["errors"] = encoder.encoding_errors
+        self._reader = hiredis.Reader(**options)
+        self._waiting: deque[tuple[int, _Done]] = deque()
+        self._replies: list[Any] = []
+
+    @property
+    def busy(self) -> bool:
+        """Whether replies are awaited."""
+        return bool(self._waiting)
+
+    def write(self, data: bytes, count: int, done: _Done) -> None:
+        """Writes ``count`` packed commands; ``done`` gets their replies, or the error that broke the connection."""
+        self._waiting.append((count, done))
+        self._transport.write(data)
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        reader.feed(data)
+        try:
+            while (reply := reader.gets()) is not _MORE:
+                replies = self._replies
+                replies.append(reply)
+                count, done = self._waiting[0]
+                if len(replies) == count:
+                    self._waiting.popleft()
+                    self._replies = []
+                    done(replies)
+        except (InvalidResponse, IndexError):  # garbage, or a reply nobody asked for: this connection is lost
+            self._transport.close()
+
+    def eof_received(self) -> bool:
+        return False  # closes the transport: connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.open = False
+        self._stream.connection_lost(exc)
+        error = RedisConnectionError(
+            "Connection closed by server." if exc is None else f"Error while reading from Redis: {exc}"
+        )
+        waiting, self._waiting = self._waiting, deque()
+        for _, done in waiting:
+            done(error)
 
 
 class ScriptBatcher:
     """Runs Lua scripts (and plain commands) on ``redis``, those called in one turn of the event loop in one
     pipeline."""
 
-    __slots__ = ("_alone", "_kept", "_pending", "_redis", "_sending")
+    __slots__ = ("_connecting", "_pending", "_pipe", "_redis", "_tasks")
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._pending: list[_Call] = []
-        self._sending: set[asyncio.Task[None]] = set()
-        self._alone = 0  # commands on their way one by one
-        self._kept: list[AbstractConnection] = []  # checked out of the pool, idle
+        self._pipe: _Pipe | None = None
+        self._connecting: asyncio.Future[_Pipe] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()  # connecting, or loading scripts Redis did not have
 
     async def run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[_Arg]) -> Any:
         """Runs ``script`` with ``keys`` and ``args``; returns its reply, or raises what Redis answered."""
-        return await self._call(_evalsha(script, keys, args), (script, keys, args))
+        return await self._enqueue(_evalsha(script, keys, args), (script, keys, args), None)
 
     async def command(self, *args: _Arg) -> Any:
         """Runs one command whose reply redis-py would hand over as it came (``HGET``, ``HMGET``: no parsing)."""
-        return await self._call(pack(args), None)
-
-    async def _call(self, packed: bytes, script: _Script | None) -> Any:
-        if not (self._alone or self._sending or self._pending):
-            self._alone += 1
-            try:
-                (reply,) = await self._send_packed(packed, 1)
-            finally:
-                self._alone -= 1
-            if isinstance(reply, NoScriptError) and script is not None:
-                # Not loaded (after a Redis restart or SCRIPT FLUSH): AsyncScript loads it and runs it again.
-                run, keys, args = script
-                return await run(keys=list(keys), args=list(args))
-            if isinstance(reply, Exception):
-                raise reply
-            return reply
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        if not self._pending:
-            loop.call_soon(self._flush)
-        self._pending.append((packed, script, future, None))
-        return await future
+        return await self._enqueue(pack(args), None, None)
 
     def submit(
         self, script: AsyncScript, keys: Sequence[str], args: Sequence[_Arg], parse: _Parse | None = None
@@ -120,12 +161,15 @@ class ScriptBatcher:
         returns the future of its reply, passed through ``parse``. The future is settled whether or not anyone
         still waits for it (a callback on it runs once the script ran); cancelling it before the turn ends leaves
         the script out."""
-        packed = _evalsha(script, keys, args)
+        return self._enqueue(_evalsha(script, keys, args), (script, keys, args), parse)
+
+    def _enqueue(self, packed: bytes, script: _Script | None, parse: _Parse | None) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        call = (packed, (script, keys, args), future, parse)
-        if not (self._alone or self._sending or self._pending):
-            self._start([call])
+        call = (packed, script, future, parse)
+        pipe = self._pipe
+        if not self._pending and pipe is not None and pipe.open and not pipe.busy:
+            self._write(pipe, [call])  # nothing on its way: at once
         else:
             if not self._pending:
                 loop.call_soon(self._flush)
@@ -135,85 +179,115 @@ class ScriptBatcher:
     def _flush(self) -> None:
         batch = [call for call in self._pending if not call[2].done()]
         self._pending = []
-        if batch:
-            self._start(batch)
+        if not batch:
+            return
+        pipe = self._pipe
+        if pipe is not None and pipe.open:
+            self._write(pipe, batch)
+        else:
+            self._spawn(self._connect_and_write(batch))
 
-    def _start(self, batch: list[_Call]) -> None:
-        task = asyncio.create_task(self._send(batch))
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
+    def _write(self, pipe: _Pipe, batch: list[_Call]) -> None:
+        pipe.write(b"".join([call[0] for call in batch]), len(batch), functools.partial(self._deliver, batch))
 
-    async def _send(self, batch: list[_Call]) -> None:
+    def _deliver(self, batch: list[_Call], replies: list[Any] | BaseException) -> None:
+        if isinstance(replies, BaseException):  # the connection broke: every caller in the batch gets the error
+            _fail(batch, replies)
+            return
+        unloaded: list[_Call] = []
+        for call, reply in zip(batch, replies, strict=True):
+            _, script, future, parse = call
+            if isinstance(reply, NoScriptError) and script is not None:
+                unloaded.append(call)
+            else:
+                _settle(future, reply, parse)
+        if unloaded:
+            self._spawn(self._load_and_run(unloaded))
+
+    async def _load_and_run(self, calls: list[_Call]) -> None:
+        # Not loaded (after a Redis restart or SCRIPT FLUSH): AsyncScript loads each and runs it again.
+        for _, script, future, parse in calls:
+            assert script is not None
+            run, keys, args = script
+            try:
+                reply = await run(keys=list(keys), args=list(args))
+            except Exception as error:
+                reply = error
+            _settle(future, reply, parse)
+
+    async def _connect_and_write(self, batch: list[_Call]) -> None:
         try:
-            replies = await self._send_packed(b"".join([call[0] for call in batch]), len(batch))
-            for (_, script, future, parse), reply in zip(batch, replies, strict=True):
-                if isinstance(reply, NoScriptError) and script is not None:
-                    # Not loaded yet: one more round trip loads and runs it.
-                    run, keys, args = script
-                    try:
-                        reply = await run(keys=list(keys), args=list(args))
-                    except Exception as error:
-                        reply = error
-                if parse is not None and not isinstance(reply, Exception):
-                    try:
-                        reply = parse(reply)
-                    except Exception as error:
-                        reply = error
-                _settle(future, reply)
+            pipe = await self._connected()
         except asyncio.CancelledError:
             for call in batch:
                 call[2].cancel()
             raise
-        except Exception as error:  # Redis unreachable, say: every caller in the batch gets the error
-            for call in batch:
-                if not call[2].done():
-                    call[2].set_exception(error)
+        except Exception as error:  # Redis unreachable, say
+            _fail(batch, error)
+            return
+        batch = [call for call in batch if not call[2].done()]
+        if batch:
+            self._write(pipe, batch)
 
-    async def _send_packed(self, packed: bytes, count: int) -> list[Any]:
-        """Writes ``count`` packed commands on one connection; returns their replies (an error reply as its
-        ``ResponseError``). Raises what the connection raised (an outage), having closed it and handed it back:
-        replies may be left unread on it."""
-        connection = await self._checkout()
+    async def _connected(self) -> _Pipe:
+        """The open pipe, connecting it first if need be (once for every batch waiting for it)."""
+        pipe = self._pipe
+        if pipe is not None and pipe.open:
+            return pipe
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(self._connect())
+        connecting = self._connecting
         try:
-            await connection.send_packed_command(packed, check_health=False)
-            replies: list[Any] = []
-            for _ in range(count):
-                try:
-                    replies.append(await connection.read_response())
-                except ResponseError as error:
-                    replies.append(error)
-        except BaseException:
-            await self._drop(connection)
-            raise
-        self._kept.append(connection)
-        return replies
+            return await asyncio.shield(connecting)
+        finally:
+            if connecting.done() and self._connecting is connecting:
+                self._connecting = None
 
-    async def _checkout(self) -> AbstractConnection:
-        """A kept connection that is still open, else one from the pool."""
-        kept = self._kept
-        while kept:
-            connection = kept.pop()
-            reader = getattr(connection, "_reader", None)  # redis-py's stream, while connected
-            if reader is not None and not reader.at_eof():
-                return connection
-            await self._drop(connection)  # Redis closed it (restarted, or timed it out)
+    async def _connect(self) -> _Pipe:
         pool = self._redis.connection_pool
-        fresh: AbstractConnection = await (pool.get_connection("EVALSHA") if _NAMED_CHECKOUT else pool.get_connection())
-        return fresh
+        broken, self._pipe = self._pipe, None
+        if broken is not None:  # hand the lost connection back, closed
+            await broken.connection.disconnect(nowait=True)
+            await pool.release(broken.connection)
+        connection: AbstractConnection = await (
+            pool.get_connection("EVALSHA") if _NAMED_CHECKOUT else pool.get_connection()
+        )
+        # redis-py connected it (TLS, authentication, database); from now on its socket is read by the pipe. (Its
+        # stream writer is a private attribute of redis-py 5, the major version this package requires.)
+        writer = connection._writer
+        if writer is None or writer.transport.is_closing():
+            await pool.release(connection)
+            raise RedisConnectionError("Redis closed the connection before its first command")
+        pipe = _Pipe(connection, cast(asyncio.Transport, writer.transport))
+        writer.transport.set_protocol(pipe)
+        self._pipe = pipe
+        return pipe
 
-    async def _drop(self, connection: AbstractConnection) -> None:
-        await connection.disconnect(nowait=True)
-        await self._redis.connection_pool.release(connection)
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
 
 def _evalsha(script: AsyncScript, keys: Sequence[str], args: Sequence[_Arg]) -> bytes:
     return pack(("EVALSHA", script.sha, len(keys), *keys, *args))
 
 
-def _settle(future: asyncio.Future[Any], reply: Any) -> None:
+def _settle(future: asyncio.Future[Any], reply: Any, parse: _Parse | None) -> None:
     if future.done():
-        return
+        return  # its caller gave up
+    if parse is not None and not isinstance(reply, Exception):
+        try:
+            reply = parse(reply)
+        except Exception as error:
+            reply = error
     if isinstance(reply, Exception):
         future.set_exception(reply)
     else:
         future.set_result(reply)
+
+
+def _fail(batch: list[_Call], error: BaseException) -> None:
+    for call in batch:
+        if not call[2].done():
+            call[2].set_exception(error)

@@ -275,6 +275,8 @@ class Worker:
                 self._spawn(runtime, each)
             if len(claimed) == free:
                 continue  # there may be more: claim again once a slot is free
+            if claimed:
+                await asyncio.sleep(0)  # the jobs' first steps (their commits on their way) before waiting for more
             wait = _IDLE_WAIT if due is None else min(_IDLE_WAIT, due - time.time())
             if wait <= 0.001:
                 continue

@@ -12,6 +12,7 @@ from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import Connection
 
 from plait.providers.arq._notify import Notifier
+from plait.providers.arq.provider import _Wakeup
 
 
 class RecordingConnection(Connection):
@@ -104,3 +105,26 @@ async def test_a_channel_subscribed_again_before_its_unsubscription_went_stays_s
     assert await publisher.publish("c", b"hello") == 1
     await asyncio.wait_for(arrived.wait(), 5)
     assert got == [b"hello"]
+
+
+async def test_a_result_waiters_wakeup_remembers_a_set_before_its_wait_and_times_out_without_one() -> None:
+    loop = asyncio.get_running_loop()
+    woken = _Wakeup()
+    woken.set()  # the end announced while the waiter was reading the flow
+    started = loop.time()
+    await woken.wait(5.0)
+    assert loop.time() - started < 1.0
+    started = loop.time()
+    await woken.wait(0.05)  # cleared by the last wait: nothing wakes it but the timeout
+    assert loop.time() - started >= 0.04
+    waiting = asyncio.ensure_future(woken.wait(5.0))
+    await asyncio.sleep(0)
+    woken.set()
+    await asyncio.wait_for(waiting, 1.0)
+    cancelled = asyncio.ensure_future(woken.wait(5.0))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    woken.set()  # no waiter left: remembered for the next wait
+    await asyncio.wait_for(woken.wait(5.0), 1.0)

@@ -153,6 +153,43 @@ class ArqFlowHandle(FlowHandle[R], Generic[R]):
 _STREAM_POLL = 1.0  # seconds a subscriber blocks on a flow's stream before it looks at the flow's status
 
 
+class _Wakeup:
+    """What wakes a caller of ``result()``: its flow's end announced, or the provider stopping.
+
+    An ``asyncio.Event`` waited on under ``wait_for`` costs a task per wait, on the way from the announcement to
+    the caller; this is a future and a timer.
+    """
+
+    __slots__ = ("_is_set", "_waiter")
+
+    def __init__(self) -> None:
+        self._is_set = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        self._is_set = True
+        if self._waiter is not None:
+            _release(self._waiter)
+
+    async def wait(self, timeout: float) -> None:
+        """Returns once set (at once if it was since the last wait), or after ``timeout`` seconds; then clears."""
+        if not self._is_set:
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(timeout, _release, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        self._is_set = False
+
+
+def _release(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class _Registration:
     __slots__ = ("definition", "engine", "runtime")
 
@@ -261,7 +298,7 @@ class ArqWorkflowProvider:
         self._store: Store | None = None
         self._notifier: Notifier | None = None
         self._worker: Worker | None = None
-        self._waiters: set[asyncio.Event] = set()
+        self._waiters: set[_Wakeup] = set()
         self._started = False
         self._lifecycle = asyncio.Lock()
 
@@ -794,7 +831,7 @@ class ArqWorkflowProvider:
         notifier = self._notifier
         assert notifier is not None
         channel = self.keys.done(flow_id)
-        woken = asyncio.Event()
+        woken = _Wakeup()
         announced: list[bytes] = []  # the final state the end was announced with (a small one is)
 
         def wake(data: bytes) -> None:
@@ -838,9 +875,7 @@ class ArqWorkflowProvider:
                     if remaining <= 0:
                         raise TimeoutError(f"Flow '{flow_id}' did not end within {timeout:g}s")
                     wait = min(wait, remaining)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(woken.wait(), wait)
-                woken.clear()
+                await woken.wait(wait)
                 if announced:
                     with contextlib.suppress(CorruptFlowError):  # not Plait's message: the next read decides
                         state = decode_state(flow_id, announced.pop())

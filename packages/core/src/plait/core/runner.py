@@ -13,7 +13,7 @@ import asyncio
 import inspect
 import os
 import traceback
-from collections.abc import Container, Iterable, Iterator, Mapping
+from collections.abc import Container, Iterable, Mapping
 from datetime import datetime
 from types import CoroutineType
 from typing import Any, Generic, TypeVar
@@ -73,19 +73,10 @@ R = TypeVar("R", bound=BaseModel)
 
 
 def new_flow_id() -> str:
-    """A fresh flow id: ``flow-`` and 32 hex digits of the system's randomness (as much as a UUID4 has)."""
-    return f"flow-{next(_random_hex)}"
-
-
-def _random_hex_strings() -> Iterator[str]:
-    # One system call per 256 ids: reading 16 bytes at a time cost a twentieth of a sequential flow.
-    while True:
-        hexed = os.urandom(16 * 256).hex()
-        for start in range(0, len(hexed), 32):
-            yield hexed[start : start + 32]
-
-
-_random_hex = _random_hex_strings()
+    """A fresh flow id: ``flow-`` and 32 hex digits."""
+    # uuid4's randomness, without building a UUID. Read for each id: a buffer of them, shared by threads and
+    # inherited by forked processes, would hand two processes the same ids.
+    return f"flow-{os.urandom(16).hex()}"
 
 
 def validate_data(

@@ -100,6 +100,17 @@ async def test_tls_with_a_certificate_for_the_host_runs_flows(private_redis: Mak
         assert (await handle.result(timeout=5)).steps == ["a", "b"]
 
 
+async def test_a_unix_socket_url_runs_flows(private_redis: MakeRedis, tmp_path: Path) -> None:
+    # The commits' pipelined connection takes over the socket redis-py opened, whichever kind it is.
+    socket = tmp_path / "redis.sock"
+    private_redis(extra=["--unixsocket", str(socket), "--unixsocketperm", "700"])
+    provider = ArqWorkflowProvider(f"unix://{socket}")
+    provider.register(LINE, Recorder(("a", "b")))
+    async with started(provider):
+        handles = [await provider.execute(LINE, Data(key=f"k{i}")) for i in range(5)]
+        assert [(await h.result(timeout=5)).steps for h in handles] == [["a", "b"]] * 5
+
+
 async def test_tls_refuses_a_certificate_issued_for_another_host_unless_told_not_to_check(
     private_redis: MakeRedis, certs: Certs
 ) -> None:

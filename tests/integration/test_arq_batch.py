@@ -232,8 +232,9 @@ class CheckoutCountingPool(ConnectionPool):
 
 
 async def test_round_trips_keep_their_connection_rather_than_check_one_out_each(redis_url: str) -> None:
-    # A checkout costs a lock, a zero-timeout read and an event dispatch: a sixth of a lone flow's time in a worker.
-    # One connection, checked out once, carries every trip: batches written while others are on their way follow.
+    # A checkout costs a lock, a zero-timeout read and an event dispatch (a seventh of a worker's CPU for a lone
+    # flow). One connection, checked out once, carries every trip: batches written while others are on their way
+    # follow.
     pool = CheckoutCountingPool.from_url(redis_url)
     client = Redis(connection_pool=pool)
     try:

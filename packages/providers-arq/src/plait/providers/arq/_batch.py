@@ -13,7 +13,7 @@ The commands are packed by hiredis (a dependency of this package) in C: redis-py
 a commit has a score of arguments. They go on one connection of the client's pool, checked out once and kept: its
 socket is read by a protocol of its own, which parses the replies as they arrive and hands each batch its replies
 in the order the batches were written. No task waits on the socket and no connection is checked out per trip
-(those were a third of a lone flow's time in a worker). Redis answers one connection's commands in order, so
+(together about a fifth of a worker's CPU for a lone flow). Redis answers one connection's commands in order, so
 batches written while others are on their way simply follow them. When the connection breaks, every batch on it
 gets the error, and the next one connects again; closing the pool closes it.
 """

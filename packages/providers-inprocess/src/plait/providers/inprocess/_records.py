@@ -131,23 +131,24 @@ class Registration:
         self.semaphore: asyncio.Semaphore | None = None
 
 
-def ended(flow: Flow) -> Ended:
+Kept = tuple[str, str, bytes | None, bytes, "dict[ExceptionKey, BaseException] | None", float, str | None]
+"""How a finished flow is kept: its :class:`Ended` as a plain tuple."""
+
+
+def kept(flow: Flow) -> Kept:
+    """What is kept of ``flow``, which has ended: the fields of its :class:`Ended`, in order."""
     state = flow.state
     result = pydantic_core.to_json(state.result) if state.status == FlowStatus.COMPLETED else None
     causes = dict(flow.view.exceptions) if flow.view.exceptions else None
     items: dict[str, dict[int, ItemRecord]] = state.items
     record = marshal.dumps((state.to_values(), items, flow.events))  # marshal takes exact built-in types only
     parent = state.parent["flow_id"] if state.parent else None
-    return Ended(state.status.value, state.workflow, result, record, causes, state.created_at, parent)
+    return (state.status.value, state.workflow, result, record, causes, state.created_at, parent)
 
 
-Kept = tuple[str, str, bytes | None, bytes, "dict[ExceptionKey, BaseException] | None", float, str | None]
-"""How a finished flow is kept: its :class:`Ended` as a plain tuple."""
-
-
-def kept(flow: Flow) -> Kept:
-    """What is kept of ``flow``, which has ended."""
-    return tuple(ended(flow))  # type: ignore[return-value]  # the same fields, in order
+def ended(flow: Flow) -> Ended:
+    """``flow``, which has ended, as an :class:`Ended`."""
+    return Ended._make(kept(flow))
 
 
 def view(found: Flow | Kept) -> Flow | Ended:

@@ -2,8 +2,9 @@
 -- also writes the for-each items the event changed, appends its events to the flow's stream, moves the flow
 -- between the listing indexes of its old and new status, sets or clears its timer, finishes the job that
 -- produced the event, creates the jobs the engine asked for (queued, or leased to the caller), deletes the jobs
--- it cancelled and tells their workers, and announces the flow's end (with its final state, when small). A flow that ended expires after the
--- retention (and is queued for the sweep of the listing indexes); one that has not ended never expires.
+-- it cancelled and tells their workers, and announces the flow's end (with its final state, when small). A flow
+-- that ended expires after the retention (and is queued for the sweep of the listing indexes); one that has not
+-- ended never expires.
 --
 -- Returns {1} on success, else {0, current state, current version} (false, false when the flow is gone).
 

@@ -13,7 +13,7 @@ import asyncio
 import inspect
 import os
 import traceback
-from collections.abc import Container, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Container, Iterable, Mapping
 from datetime import datetime
 from types import CoroutineType
 from typing import Any, Generic, TypeVar
@@ -57,6 +57,7 @@ from plait.core.workflow import WorkflowDefinition
 
 __all__ = [
     "FlowView",
+    "ProgressSink",
     "Runner",
     "check_flow_id",
     "check_same_flow",
@@ -70,6 +71,9 @@ __all__ = [
 
 D = TypeVar("D", bound=BaseModel)
 R = TypeVar("R", bound=BaseModel)
+
+ProgressSink = Callable[["FlowView[Any]", "str | None", "int | None", float, "str | None"], Awaitable[None]]
+"""Where a provider takes a flow's progress reports: ``(view, step, index, fraction, message)``."""
 
 
 def new_flow_id() -> str:
@@ -186,10 +190,12 @@ class FlowView(Generic[D]):
         state: the flow's recorded state.
         models: validated results by node name, cached.
         exceptions: the exceptions handlers of this flow raised here, for its error's causes.
-        report: where ``ctx.progress()`` goes; ``None`` ignores it.
+        sink: where ``ctx.progress()`` goes, called with this view first; ``None`` ignores it. A provider can hand
+            every flow the same sink (one bound method): a reporter of its own per flow would keep a few more
+            objects alive per running flow for the garbage collector to walk.
     """
 
-    __slots__ = ("_data", "definition", "exceptions", "models", "report", "state")
+    __slots__ = ("_data", "definition", "exceptions", "models", "sink", "state")
 
     def __init__(self, definition: WorkflowDefinition[D, Any], state: FlowState, data: D | None = None) -> None:
         self.definition = definition
@@ -197,7 +203,7 @@ class FlowView(Generic[D]):
         self._data = data
         self.models: dict[str, Any] = {}
         self.exceptions: dict[ExceptionKey, BaseException] = {}
-        self.report: Reporter | None = None
+        self.sink: ProgressSink | None = None
 
     @property
     def data(self) -> D:
@@ -205,6 +211,16 @@ class FlowView(Generic[D]):
         if self._data is None:
             self._data = self.definition.data.model_validate(self.state.data)
         return self._data
+
+    @property
+    def reporter(self) -> Reporter | None:
+        """What the flow's contexts report progress to (``None`` without a sink)."""
+        return None if self.sink is None else self.progress
+
+    def progress(self, step: str | None, index: int | None, fraction: float, message: str | None) -> Awaitable[None]:
+        """Hands a progress report of ``step`` (item ``index``) to the sink."""
+        assert self.sink is not None
+        return self.sink(self, step, index, fraction, message)
 
     def results(self, names: Iterable[str]) -> dict[str, Any]:
         """The result models of those of ``names`` that completed (a for-each's: a list of models)."""
@@ -348,7 +364,7 @@ class Runner(Generic[D, R]):
             item=None if index is None else view.item(step, index),
             index=index,
             output=output,
-            reporter=view.report,
+            reporter=view.reporter,
         )
 
     def _workflow_context(self, view: FlowView[D], kind: str, names: Iterable[str] | None = None) -> WorkflowContext[D]:
@@ -361,7 +377,7 @@ class Runner(Generic[D, R]):
             meta=state.meta,
             provider_id=self.provider_id,
             kind=kind,
-            reporter=view.report,
+            reporter=view.reporter,
         )
 
     async def _call(self, what: str, fn: Any, ctx: WorkflowContext[D], *extra: object) -> Any:

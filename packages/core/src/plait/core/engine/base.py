@@ -45,6 +45,14 @@ class EngineBase:
         fields["type"], fields["seq"], fields["at"] = kind, seq, now  # the record is the keywords' own dict
         state.emitted.append(fields)  # type: ignore[arg-type]
 
+    @staticmethod
+    def _changed(state: FlowState) -> set[tuple[str, int]]:
+        """The item records to write back, as a set of the state's own to add to (see :class:`FlowState`)."""
+        changed = state.items_changed
+        if not isinstance(changed, set):
+            changed = state.items_changed = set(changed)
+        return changed
+
     # The transitions the for-each and rollback parts call; the engine writes them.
 
     def _node_completed(self, state: FlowState, name: str, result: JSON, now: float) -> list[Action]:

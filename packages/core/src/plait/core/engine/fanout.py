@@ -41,8 +41,8 @@ class FanOut(EngineBase):
         record.update({"total": len(values), "next": 0, "running": 0, "done": 0, "failed": 0, "retrying": []})
         record["dropped"] = []
         state.items[name] = {i: {"value": v, "status": "pending"} for i, v in enumerate(values)}
-        state.items_loaded.add(name)
-        state.items_changed.update((name, i) for i in range(len(values)))
+        state.items_loaded = {*state.items_loaded, name}
+        self._changed(state).update((name, i) for i in range(len(values)))
         return self._fan_out(state, name, now)
 
     def _fan_out(self, state: FlowState, name: str, now: float) -> list[Action]:
@@ -106,7 +106,7 @@ class FanOut(EngineBase):
         record = state.nodes[event.step]
         item.update({"status": "completed", "attempt": event.attempt, "output": event.output})
         item.pop("error", None)
-        state.items_changed.add((event.step, event.index))
+        self._changed(state).add((event.step, event.index))
         record["running"] -= 1
         record["done"] += 1
         self._forget_retry(record, event.index)
@@ -123,7 +123,7 @@ class FanOut(EngineBase):
         record = state.nodes[name]
         policy = state.policy or NO_POLICY
         item["error"] = copy_error(event.error)
-        state.items_changed.add((name, index))
+        self._changed(state).add((name, index))
         self._forget_retry(record, index)
         if event.retryable and not record.get("failing") and state.error is None and event.attempt < policy["attempts"]:
             delay = self._delay(policy, event.attempt)

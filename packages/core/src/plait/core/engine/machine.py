@@ -716,7 +716,7 @@ class Engine(FanOut, Rollbacks):
             record_: ErrorRecord = {"type": _ABORTED, "message": f"not rolled back: {reason}", "traceback": ""}
             state.nodes[name]["status"] = "compensation_failed"
             state.nodes[name]["rollback_error"] = copy_error(record_)
-            state.rollback_errors.append({"step": name, **record_})
+            state.rollback_errors = [*state.rollback_errors, {"step": name, **record_}]
         state.rollbacks = []
         evals = tuple(int(e) for e in state.evals)
         state.evals.clear()

@@ -9,7 +9,8 @@ re-write every other item's record.
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict
 
@@ -215,6 +216,10 @@ class FlowState:
     transitions until the provider takes them, and ``items`` the for-each item records at hand (all of them
     in memory; for a durable provider, those it loaded), ``items_loaded`` the nodes whose items are all at hand,
     and ``items_changed`` which records to write back.
+
+    The sequences and sets start as empty tuples and frozensets, and the engine replaces them rather than changing
+    them in place: a flow that never rolls back nor fans out then holds no list or set of its own, which would be
+    tracked, and walked, by the garbage collector for as long as the flow runs.
     """
 
     flow_id: str
@@ -233,10 +238,10 @@ class FlowState:
     results: dict[str, JSON] = field(default_factory=dict)
     signals: dict[str, JSON] = field(default_factory=dict)
     error: FlowError | None = None
-    rollbacks: list[str] = field(default_factory=list)
-    compensated: list[str] = field(default_factory=list)
+    rollbacks: Sequence[str] = ()
+    compensated: Sequence[str] = ()
     rollback_attempt: int = 0
-    rollback_errors: list[dict[str, Any]] = field(default_factory=list)
+    rollback_errors: Sequence[dict[str, Any]] = ()
     result: JSON = None
     parent: ParentRef | None = None
     depth: int = 1
@@ -248,8 +253,8 @@ class FlowState:
     progress: Progress | None = None
     emitted: list[EventRecord] = field(default_factory=list)
     items: dict[str, dict[int, ItemRecord]] = field(default_factory=dict)
-    items_loaded: set[str] = field(default_factory=set)
-    items_changed: set[tuple[str, int]] = field(default_factory=set)
+    items_loaded: AbstractSet[str] = frozenset()
+    items_changed: AbstractSet[tuple[str, int]] = frozenset()
 
     def to_dict(self) -> dict[str, JSON]:
         """Returns the state as JSON-ready data (for-each items and unsent events excluded)."""

@@ -119,8 +119,8 @@ class Rollbacks(EngineBase):
                     failed = bool(record.get("rollback_failed"))
                     record["status"] = "compensation_failed" if failed else "compensated"
                     if not failed:
-                        state.compensated.append(name)
-                    state.rollbacks.pop(0)
+                        state.compensated = [*state.compensated, name]
+                    state.rollbacks = state.rollbacks[1:]
                     continue
                 index = record["undo"][0][0]
                 record["status"] = "compensating"
@@ -166,7 +166,9 @@ class Rollbacks(EngineBase):
         return runs
 
     def _rollback_due(self, state: FlowState, step: str, attempt: int, index: int | None) -> bool:
-        if state.phase != "rollback" or state.rollbacks[:1] != [step] or state.rollback_attempt != attempt:
+        if state.phase != "rollback" or not state.rollbacks or state.rollbacks[0] != step:
+            return False
+        if state.rollback_attempt != attempt:
             return False
         return index is None or state.nodes[step].get("item") == index
 
@@ -205,14 +207,14 @@ class Rollbacks(EngineBase):
                 state, now, "rollback_failed", step=step, index=index, attempt=attempt, error=error_text(error),
                 will_retry=False, delay=0.0,
             )  # fmt: skip
-            state.rollback_errors.append({"step": step, "index": index, **error})
+            state.rollback_errors = [*state.rollback_errors, {"step": step, "index": index, **error}]
         if item is not None:
             assert index is not None
             item["status"] = "compensated" if error is None else "compensation_failed"
             if error is not None:
                 item["rollback_error"] = copy_error(error)
                 record["rollback_failed"] = [*record.get("rollback_failed", []), index]
-            state.items_changed.add((step, index))
+            self._changed(state).add((step, index))
             undo = record["undo"]
             high, low = undo[0]
             if high == low:
@@ -224,6 +226,6 @@ class Rollbacks(EngineBase):
         if error is not None:
             record["rollback_error"] = copy_error(error)
         else:
-            state.compensated.append(step)
-        state.rollbacks.pop(0)
+            state.compensated = [*state.compensated, step]
+        state.rollbacks = state.rollbacks[1:]
         return self._next_rollback(state, now)

@@ -335,7 +335,7 @@ class Worker:
             view = flow.view = runtime.runner.view(flow.state)
             # Through a weak reference: a flow that referred to itself would be freed only by the garbage
             # collector, whose passes then walked every finished flow's objects.
-            view.report = functools.partial(self._progress, runtime.engine, weakref.ref(flow))
+            view.sink = functools.partial(self._progress, runtime.engine, weakref.ref(flow))
             while True:
                 if self.leases.lost(job_id):
                     self.leases.disown(job_id)
@@ -520,8 +520,8 @@ class Worker:
             await self.apply(runtime.engine, parent.flow_id, settled)
 
     async def _progress(
-        self, engine: Engine, ref: weakref.ref[StoredFlow], step: str | None, index: int | None, fraction: float,
-        message: str | None,
+        self, engine: Engine, ref: weakref.ref[StoredFlow], view: FlowView[Any], step: str | None, index: int | None,
+        fraction: float, message: str | None,
     ) -> None:  # fmt: skip
         flow = ref()
         if flow is not None:  # else its job has ended: the progress of a handler that outlived it is dropped
@@ -646,7 +646,7 @@ class Worker:
             if conflict is None:
                 flow.raw, flow.version = raw, str(int(flow.version) + 1)
                 latest.raw, latest.version = raw, flow.version
-                state.items_changed.clear()
+                state.items_changed = frozenset()
                 self._after_commit(engine, state, commit, records)
                 return commit.local
             if conflict.state is None:

@@ -58,7 +58,7 @@ class Flow:
     __slots__ = (
         "__weakref__",
         "armed",
-        "done",
+        "ended",
         "events",
         "listeners",
         "published",
@@ -69,6 +69,7 @@ class Flow:
         "tasks",
         "timer",
         "view",
+        "waiter",
     )
 
     def __init__(self, registration: Registration, state: FlowState, data: BaseModel | None) -> None:
@@ -81,11 +82,25 @@ class Flow:
         self.tasks: dict[TaskKey, asyncio.Task[None]] = {}
         self.timer: Timer | None = None
         self.armed: float | None = None  # the wake-up time the timer is armed for
-        self.done: asyncio.Future[None] | None = asyncio.get_running_loop().create_future()  # None once ended
+        self.ended = False
+        self.waiter: asyncio.Future[None] | None = None  # made when somebody first waits for the end
         self.slot: asyncio.Semaphore | None = None
         self.events: list[EventRecord] = state.emitted
         self.published = 0
         self.listeners: list[asyncio.Queue[list[EventRecord]]] | None = None
+
+    def end(self) -> asyncio.Future[None]:
+        """A future that is done once the flow has ended."""
+        if self.waiter is None:
+            self.waiter = asyncio.get_running_loop().create_future()
+            if self.ended:
+                self.waiter.set_result(None)
+        return self.waiter
+
+    def set_ended(self) -> None:
+        self.ended = True
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
 
 
 class Ended(NamedTuple):

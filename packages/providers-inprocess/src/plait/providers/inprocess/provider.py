@@ -13,7 +13,6 @@ import functools
 import logging
 import os
 import time
-import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime
@@ -68,6 +67,8 @@ from plait.core.info import FlowPage, FlowSummary
 from plait.core.listing import ListQuery, encode_cursor
 from plait.core.provider import EventHook
 from plait.core.runner import (
+    FlowView,
+    ProgressSink,
     Runner,
     check_flow_id,
     check_same_flow,
@@ -123,11 +124,11 @@ class InProcessFlowHandle(FlowHandle[R], Generic[R]):
         found = provider._find(self.id)
         if isinstance(found, Flow):
             flow = found
-            if flow.done is not None:
+            if not flow.ended:
                 if timeout is None:
-                    await asyncio.shield(flow.done)
+                    await asyncio.shield(flow.end())
                 else:
-                    await asyncio.wait_for(asyncio.shield(flow.done), timeout)
+                    await asyncio.wait_for(asyncio.shield(flow.end()), timeout)
             # Ended now; if max_finished already let it go, the flow this caller waited on still knows.
             known = provider._get(self.id)
             found = known if isinstance(known, Ended) else ended(flow)
@@ -189,6 +190,7 @@ class InProcessWorkflowProvider:
         self._finished: OrderedDict[str, float] = OrderedDict()
         self._working = 0  # handler or callable runs in progress (a virtual clock waits for none)
         self._hooks = Hooks(self.provider_id)
+        self._sink: ProgressSink = self._progress  # bound once: every flow's view shares it
         self._started = False
         self._stopping = False
 
@@ -267,9 +269,9 @@ class InProcessWorkflowProvider:
         deadline = loop.time() + grace
         while True:
             waiting = [
-                flow.done
+                flow.end()
                 for flow in self._active.values()
-                if flow.done is not None and not (running_only and flow.state.status == FlowStatus.WAITING)
+                if not flow.ended and not (running_only and flow.state.status == FlowStatus.WAITING)
             ]
             if not waiting:
                 return not self._active
@@ -357,9 +359,10 @@ class InProcessWorkflowProvider:
 
     def _new_flow(self, registration: Registration, state: FlowState, model: BaseModel | None) -> Flow:
         flow = Flow(registration, state, model)
-        # Through a weak reference: a flow that referred to itself would be freed only by the garbage collector,
-        # whose full passes then walked every finished flow's objects (a sixth of the provider's cost).
-        flow.view.report = functools.partial(self._progress, weakref.ref(flow))
+        # One sink for every flow, which finds the flow by its id: a reporter per flow that referred to the flow
+        # would make a cycle, freed only by the garbage collector, and even through a weak reference it kept four
+        # more objects alive per running flow for each of the collector's passes to walk.
+        flow.view.sink = self._sink
         return flow
 
     async def get_status(self, flow_id: str) -> FlowStatus:
@@ -629,7 +632,7 @@ class InProcessWorkflowProvider:
     def _tick(self, flow: Flow) -> None:
         flow.timer = None
         flow.armed = None
-        if flow.done is not None:
+        if not flow.ended:
             self._deliver(flow, Tick())
 
     def _dispatch(self, flow: Flow, actions: list[Action]) -> None:
@@ -654,7 +657,7 @@ class InProcessWorkflowProvider:
             else:
                 runnable.append(action)
         if runnable:
-            if flow.slot is None and flow.registration.slots is not None and flow.done is not None:
+            if flow.slot is None and flow.registration.slots is not None and not flow.ended:
                 self._resume_when_free(flow, runnable)  # it waited without a slot: take one again first
             else:
                 for action in runnable:
@@ -671,7 +674,7 @@ class InProcessWorkflowProvider:
         async def resume() -> None:
             await self._acquire(flow)
             flow.tasks.pop(SLOT, None)
-            if flow.done is None:
+            if flow.ended:
                 self._release(flow)
                 return
             self._dispatch(flow, actions)
@@ -803,10 +806,10 @@ class InProcessWorkflowProvider:
             self._working += 1
 
     async def _progress(
-        self, ref: weakref.ref[Flow], step: str | None, index: int | None, fraction: float, message: str | None
+        self, view: FlowView[Any], step: str | None, index: int | None, fraction: float, message: str | None
     ) -> None:
-        flow = ref()
-        if flow is not None and flow.done is not None:
+        flow = self._active.get(view.state.flow_id)
+        if flow is not None and flow.view is view:  # else it has ended: a late handler's report is dropped
             self._deliver(flow, Progress(step, fraction, message, index))
 
     def _cancel(self, flow: Flow, action: CancelRunning) -> None:
@@ -840,9 +843,7 @@ class InProcessWorkflowProvider:
         if self.max_finished is not None and len(self._finished) > self.max_finished:
             oldest, _ = self._finished.popitem(last=False)
             self._flows.pop(oldest, None)
-        if flow.done is not None:
-            flow.done.set_result(None)
-            flow.done = None
+        flow.set_ended()
         log_flow_end(state, flow.view.exceptions)
         telemetry.flow_finished(state, None if state.error is None else str(build_error(state, flow.view.exceptions)))
 

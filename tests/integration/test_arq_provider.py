@@ -526,10 +526,13 @@ async def test_a_listing_page_reads_its_index_once_also_after_a_cursor(
 async def test_result_takes_a_small_final_state_from_the_announcement_of_the_end(
     redis_url: str, monkeypatch: pytest.MonkeyPatch, key_size: int, reads: int
 ) -> None:
-    # A caller of result() reads the state once, finds the flow running, and waits: the end is announced with the
-    # final state, so it needs no second read, unless the state is too large to announce (over 64 KiB).
+    # A caller of result() on a flow another process started reads the state once, finds the flow running, and
+    # waits: the end is announced with the final state, so it needs no second read, unless the state is too large
+    # to announce (over 64 KiB). (For the flows a provider started itself, see test_arq_ends.)
     worker = ArqWorkflowProvider(redis_url)
     worker.register(LINE, Recorder(("a", "b")))
+    caller = ArqWorkflowProvider(redis_url)
+    caller.register(LINE)
     loads: list[str] = []
     load = Store.load
 
@@ -537,9 +540,10 @@ async def test_result_takes_a_small_final_state_from_the_announcement_of_the_end
         loads.append(flow_id)
         return await load(store, flow_id)
 
-    monkeypatch.setattr(Store, "load", counted)
-    async with started(worker):
-        handle = await worker.execute(LINE, Data(key="k" * key_size, sleep=0.3))
+    async with started(worker), started(caller):
+        flow_id = (await worker.execute(LINE, Data(key="k" * key_size, sleep=0.3))).id
+        handle = await caller.get_handle(flow_id, LINE)
+        monkeypatch.setattr(Store, "load", counted)
         result = await handle.result(timeout=5)
     assert loads == [handle.id] * reads
     assert result.steps == ["a", "b"]

@@ -3,7 +3,8 @@
 With the queue prefix ``P`` (``"workflow"`` by default):
 
 - ``P:flow:{F}`` (hash): flow ``F``. ``s`` is its engine state (JSON), ``v`` a version bumped by every write,
-  ``st`` its status, ``wf`` its workflow. It has no expiry until the flow ends; then it expires after the retention.
+  ``st`` its status, ``wf`` its workflow, ``n`` the ``P:ends:<owner>`` channel of the provider that started it (if
+  any). It has no expiry until the flow ends; then it expires after the retention.
   Fields ``i:<node>:<index>`` hold for-each items, one record each (the engine keeps them apart from the state).
 - ``P:events:{F}`` (stream): the flow's events, one entry each (field ``e``: the event record as JSON).
 - ``arq:job:P:{F}:<kind>[:<name>]`` (string): one job in arq's format, as JSON:
@@ -22,8 +23,10 @@ With the queue prefix ``P`` (``"workflow"`` by default):
   the lease runs out, and which worker holds it.
 - ``P:reconcile`` (string): a short lock, so one reconciler scans at a time.
 
-Every key of one flow carries the ``{F}`` hash tag. Channels: ``P:done:F`` (the flow ended: its status) and
-``P:cancel`` (what to stop, as a JSON object: ``{"jobs": [job ids], "fan_outs": [[flow id, node], ...]}``). No
+Every key of one flow carries the ``{F}`` hash tag. Channels: ``P:done:F`` (the flow ended: its final state, or
+its status when the state is large), ``P:ends:<owner>`` (the same for every flow that provider ``owner`` started,
+after the flow id and a newline) and ``P:cancel`` (what to stop, as a JSON object: ``{"jobs": [job ids],
+"fan_outs": [[flow id, node], ...]}``). No
 list is ever joined with a delimiter: a flow id holding one could otherwise name other flows' jobs.
 
 A flow's hash also has ``unreadable`` once a worker found its state unreadable and failed it: the bytes it found.
@@ -324,6 +327,10 @@ class Keys:
     def done(self, flow_id: str) -> str:
         """The channel that announces the end of flow ``flow_id``."""
         return f"{self.prefix}:done:{flow_id}"
+
+    def ends(self, owner: str) -> str:
+        """The channel that announces the ends of the flows provider ``owner`` started."""
+        return f"{self.prefix}:ends:{owner}"
 
     def queue(self, workflow: str) -> str:
         """The arq queue of a workflow's flow jobs (start, on_complete, on_error, child flows, operations)."""

@@ -218,9 +218,11 @@ class Store:
         wake_at: float | None,
         created_at: float,
         parent_id: str | None = None,
+        ends: str = "",
     ) -> bytes | None:
         """Stores a new flow, queues its start job, indexes it for listings and arms its timer; returns the
-        existing state instead if the id is taken."""
+        existing state instead if the id is taken. ``ends``: the channel of the provider that awaits its end, if
+        any (``Keys.ends``)."""
         keys = self.keys
         job_id = keys.job_id(start)
         now = now_ms()
@@ -252,6 +254,7 @@ class Store:
                 flow_id,
                 "pending",
                 repr(created_at),
+                ends,
             ],
         )
         return cast(bytes | None, existing)

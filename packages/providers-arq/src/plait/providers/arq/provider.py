@@ -92,6 +92,7 @@ from plait.core.runner import (
     validate_data,
 )
 from plait.core.validation import MAX_PAYLOAD_SIZE, check_max_payload_size, validate
+from plait.providers.arq._ends import Ends
 from plait.providers.arq._flows import Exceptions
 from plait.providers.arq._keys import Job, Keys, decode_state, dumps, loads, shorten
 from plait.providers.arq._notify import Notifier
@@ -297,6 +298,7 @@ class ArqWorkflowProvider:
         self._redis: ArqRedis | None = None
         self._store: Store | None = None
         self._notifier: Notifier | None = None
+        self._ends: Ends | None = None
         self._worker: Worker | None = None
         self._waiters: set[_Wakeup] = set()
         self._started = False
@@ -380,6 +382,7 @@ class ArqWorkflowProvider:
                     if registration.runtime is None:
                         worker.engines[registration.definition.name] = registration.engine
                 self._redis, self._store, self._notifier, self._worker = redis, store, notifier, worker
+                self._ends = Ends(notifier, self.keys.ends(owner))
                 await worker.start()
             except (*UNAVAILABLE, TimeoutError) as error:  # TimeoutError: the cancel channel's subscription
                 await self._close()
@@ -437,7 +440,7 @@ class ArqWorkflowProvider:
 
     async def _close(self) -> None:
         notifier, redis = self._notifier, self._redis
-        self._worker = self._store = self._notifier = self._redis = None
+        self._worker = self._store = self._notifier = self._redis = self._ends = None
         if notifier is not None:
             await notifier.close()
         if redis is not None:
@@ -491,13 +494,30 @@ class ArqWorkflowProvider:
         retry_of: str | None = None,
     ) -> None:
         workflow = engine.definition.name
+        ends = self._ends
+        assert ends is not None  # set with the store
+        try:
+            channel = await self._reach(ends.ready())
+        except TimeoutError as error:  # the channel's subscription was not confirmed
+            raise self._unavailable(error) from error
         now = time.time()
         state = engine.new_state(flow_id, payload, meta=meta, timeout=timeout, now=now, retry_of=retry_of)
         start = Job("start", workflow, flow_id)
-        existing = await self._reach(
-            store.create(flow_id, workflow, dumps(state.to_dict()), start, wake_at=state.wake_at, created_at=now)
-        )
+        followed = ends.follow(flow_id)
+        try:
+            existing = await self._reach(
+                store.create(
+                    flow_id, workflow, dumps(state.to_dict()), start, wake_at=state.wake_at, created_at=now,
+                    ends=channel,
+                )
+            )  # fmt: skip
+        except BaseException:
+            if followed:
+                ends.forget(flow_id)
+            raise
         if existing is not None:
+            if followed:
+                ends.forget(flow_id)  # not stored by this call: its end is not announced here
             check_same_flow(decode_state(flow_id, existing), workflow, payload)
 
     def _engine_for(self, definition: WorkflowDefinition[Any, Any]) -> Engine:
@@ -841,7 +861,12 @@ class ArqWorkflowProvider:
 
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        subscribed = outage = False
+        outage = False
+        # A flow started here has its end announced on this provider's channel, subscribed before it was stored:
+        # no subscription of its own, and no first read, can miss it.
+        ends = self._ends
+        followed = ends is not None and ends.claim(flow_id, wake)
+        subscribed = skip_read = followed
         self._waiters.add(woken)
         try:
             while True:
@@ -853,7 +878,7 @@ class ArqWorkflowProvider:
                         # Subscribed before the read below: an end announced in between is not missed.
                         await notifier.subscribe(channel, wake)
                         subscribed = True
-                    loaded = await store.load(flow_id)
+                    loaded = None if skip_read else await store.load(flow_id)
                 except (*UNAVAILABLE, TimeoutError) as error:
                     if not outage:
                         outage = True
@@ -865,11 +890,14 @@ class ArqWorkflowProvider:
                     if outage:
                         outage = False
                         _log.info("Redis is reachable again: result() of flow %s goes on waiting", shorten(flow_id))
-                    if loaded is None:
+                    if skip_read:
+                        skip_read = False
+                    elif loaded is None:
                         raise FlowNotFoundError(flow_id)
-                    state = decode_state(flow_id, loaded[0])
-                    if state.status.is_terminal:
-                        return state
+                    else:
+                        state = decode_state(flow_id, loaded[0])
+                        if state.status.is_terminal:
+                            return state
                 if deadline is not None:
                     remaining = deadline - loop.time()
                     if remaining <= 0:
@@ -883,5 +911,8 @@ class ArqWorkflowProvider:
                             return state
         finally:
             self._waiters.discard(woken)
-            if subscribed:
+            if followed:
+                assert ends is not None
+                ends.forget(flow_id)
+            elif subscribed:
                 await notifier.unsubscribe(channel, wake)

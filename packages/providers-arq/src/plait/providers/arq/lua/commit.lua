@@ -120,8 +120,12 @@ for i = 0, job_count - 1 do
 end
 
 -- The end is announced with the final state when it is small (result() then needs no read of its own), else with
--- the status alone (a burst of large states could overrun a subscriber's output buffer).
+-- the status alone (a burst of large states could overrun a subscriber's output buffer); on the flow's channel,
+-- and after its id on the channel of the provider that started it.
 if done_channel ~= '' then
-  redis.call('PUBLISH', done_channel, (#state <= 65536) and state or status)
+  local announcement = (#state <= 65536) and state or status
+  redis.call('PUBLISH', done_channel, announcement)
+  local ends_channel = redis.call('HGET', flow_key, 'n')
+  if ends_channel then redis.call('PUBLISH', ends_channel, flow_id .. '\n' .. announcement) end
 end
 return {1}

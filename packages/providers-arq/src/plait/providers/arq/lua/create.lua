@@ -23,10 +23,12 @@ local wake_ms = ARGV[7]  -- '' when the flow has no timer
 local flow_id = ARGV[8]
 local status = ARGV[9]
 local created_at = ARGV[10]  -- the flow's score in the listing indexes (its creation time in seconds)
+local ends_channel = ARGV[11]  -- where the provider that started it awaits its end ('' none)
 
 local existing = redis.call('HGET', flow_key, 's')
 if existing then return existing end
 redis.call('HSET', flow_key, 's', state, 'v', '1', 'st', status, 'wf', workflow)
+if ends_channel ~= '' then redis.call('HSET', flow_key, 'n', ends_channel) end
 -- No expiry: a flow is kept while it has not ended, however long it waits; its retention starts when it ends.
 redis.call('SET', job_key, payload, 'PX', retention_ms)
 redis.call('ZADD', queue, due_ms, job_id)

@@ -36,4 +36,6 @@ if finished_job ~= '' then
 end
 redis.call('ZREM', timers, flow_id)
 redis.call('PUBLISH', done_channel, status)
+local ends_channel = redis.call('HGET', flow_key, 'n')
+if ends_channel then redis.call('PUBLISH', ends_channel, flow_id .. '\n' .. status) end
 return 1

@@ -522,6 +522,30 @@ async def test_a_listing_page_reads_its_index_once_also_after_a_cursor(
     assert pages == [(3, 1), (3, 1), (1, 1)]
 
 
+async def test_flows_queued_in_the_same_millisecond_start_in_the_order_they_were_queued(redis_url: str) -> None:
+    class Keyed(Recorder):
+        def __init__(self) -> None:
+            super().__init__(("a", "b"))
+            self.keys: list[str] = []
+
+        async def run(self, ctx: StepContext[Data]) -> Out:
+            if ctx.step_name == "a":
+                self.keys.append(ctx.data.key)
+            return await super().run(ctx)
+
+    emitter = ArqWorkflowProvider(redis_url)
+    emitter.register(LINE)
+    async with started(emitter):  # queued before any worker runs: about three a millisecond
+        ids = [(await emitter.execute(LINE, Data(key=f"k{i:02}"))).id for i in range(30)]
+    consumer = Keyed()
+    worker = ArqWorkflowProvider(redis_url)
+    worker.register(LINE, consumer, ConsumerOptions(concurrency=1))  # one flow at a time, in the order claimed
+    async with started(worker):
+        for flow_id in ids:
+            await (await worker.get_handle(flow_id)).result(timeout=10)
+    assert consumer.keys == [f"k{i:02}" for i in range(30)]
+
+
 @pytest.mark.parametrize(("key_size", "reads"), [(10, 1), (100_000, 2)])
 async def test_result_takes_a_small_final_state_from_the_announcement_of_the_end(
     redis_url: str, monkeypatch: pytest.MonkeyPatch, key_size: int, reads: int

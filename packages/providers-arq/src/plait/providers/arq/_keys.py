@@ -10,7 +10,9 @@ With the queue prefix ``P`` (``"workflow"`` by default):
 - ``arq:job:P:{F}:<kind>[:<name>]`` (string): one job in arq's format, as JSON:
   ``{"f": "plait.step", "a": [F, kind, step, attempt, extra], "k": {}, "t": try, "et": enqueued ms}``.
 - ``P.<workflow>`` (sorted set): the arq queue of flow jobs (start, on_complete, on_error, child flows,
-  operations), job ids scored by due time in ms; ``P.<workflow>.steps``: steps, rollbacks and evaluations.
+  operations), job ids scored by due time in ms (a new flow's start to the microsecond, so that flows stored in
+  the same millisecond start in the order they were stored); ``P.<workflow>.steps``: steps, rollbacks and
+  evaluations.
 - ``P.<workflow>:wake`` (list): wake-up tokens that idle workers of the workflow block on.
 - ``P.<workflow>:timers`` (sorted set): flows of the workflow scored by their next wake-up in ms.
 - ``P:index`` and ``P:index:wf:<workflow>``, ``P:index:st:<status>``, ``P:index:wfst:<workflow>:<status>``,

@@ -90,6 +90,13 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def queue_ms() -> float:
+    """Wall-clock milliseconds to the microsecond, for the scores of queued jobs and the claims that take them: jobs
+    queued in the same millisecond are then claimed in the order they were queued (between equal scores, Redis
+    orders them by job id, that is at random)."""
+    return round(time.time() * 1000, 3)
+
+
 def script(name: str) -> str:
     """The source of ``lua/<name>.lua``, shipped with this package."""
     return resources.files("plait.providers.arq").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
@@ -225,7 +232,7 @@ class Store:
         any (``Keys.ends``)."""
         keys = self.keys
         job_id = keys.job_id(start)
-        now = now_ms()
+        now = queue_ms()
         index_keys = [
             keys.index,
             keys.index_workflow(workflow),
@@ -247,8 +254,8 @@ class Store:
                 state,
                 workflow,
                 job_id,
-                start.payload(now),
-                now,
+                start.payload(int(now)),
+                repr(now),
                 self.retention_ms,
                 "" if wake_at is None else _ms(wake_at),
                 flow_id,
@@ -311,15 +318,15 @@ class Store:
             (seconds since the epoch) the next one falls due.
         """
         keys = self.keys
-        now = now_ms()
+        now = queue_ms()
         steps_queue, flow_queue = keys.steps_queue(workflow), keys.queue(workflow)
         jobs, garbage, due = await self._scripts.run(
             self._claim,
             [steps_queue, flow_queue, keys.wake(workflow), keys.leases, keys.lease_info],
             [
-                now,
+                repr(now),
                 limit,
-                now + int(self.lease * 1000),
+                repr(now + int(self.lease * 1000)),
                 keys.job_key(""),
                 keys.flow_prefix,
                 keys.flow_suffix,
@@ -349,7 +356,7 @@ class Store:
                 rejected.append(Rejected(raw_id, misplaced, leased=True, misplaced=True))
                 continue
             claimed.append(Claimed(job_id, job, state, version, item or None))
-        return claimed, rejected, (None if due is None else int(due) / 1000)
+        return claimed, rejected, (None if due is None else float(due) / 1000)
 
     def commit(
         self,

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from plait.core import telemetry
 from plait.core.engine.records import ErrorRecord, FlowState
 from plait.core.errors import (
     RemoteError,
@@ -25,7 +26,7 @@ from plait.core.errors import (
 )
 from plait.core.handle import FlowStatus
 
-__all__ = ["ExceptionKey", "build_error", "error_text", "log_flow_end", "matching_exceptions"]
+__all__ = ["ExceptionKey", "build_error", "error_text", "flow_ended", "matching_exceptions"]
 
 ExceptionKey = tuple[str, str | None, int | None]
 """Which handler raised: ``("step", name, index)``, ``("rollback", name, index)`` or ``("complete", None, None)``."""
@@ -111,12 +112,15 @@ def error_text(error: ErrorRecord | Mapping[str, Any] | None) -> str | None:
     return f"{error['type']}: {error['message']}" if error.get("message") else str(error["type"])
 
 
-def log_flow_end(state: FlowState, exceptions: Mapping[ExceptionKey, BaseException] | None = None) -> None:
-    """The one log line every provider writes when a flow ends other than ``completed``."""
-    if state.status == FlowStatus.COMPLETED or state.error is None:
-        return
-    error = build_error(state, exceptions)
-    _log.warning("Flow %s of workflow '%s' ended %s: %s", state.flow_id, state.workflow, state.status, error)
+def flow_ended(state: FlowState, exceptions: Mapping[ExceptionKey, BaseException] | None = None) -> None:
+    """What every provider does when a flow ends: one log line when it did not complete, and its span when tracing
+    is on, both from one rebuild of its error (made only when one of them needs it)."""
+    message: str | None = None
+    if state.error is not None and (state.status != FlowStatus.COMPLETED or telemetry.enabled()):
+        message = str(build_error(state, exceptions))
+        if state.status != FlowStatus.COMPLETED:
+            _log.warning("Flow %s of workflow '%s' ended %s: %s", state.flow_id, state.workflow, state.status, message)
+    telemetry.flow_finished(state, message)
 
 
 def _remote(record: Mapping[str, Any]) -> RemoteError:

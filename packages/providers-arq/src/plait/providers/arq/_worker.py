@@ -37,7 +37,6 @@ from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
-from plait.core import telemetry
 from plait.core.engine import (
     Cancel,
     ChildSettled,
@@ -57,7 +56,7 @@ from plait.core.engine import (
     Tick,
     Unrunnable,
     build_error,
-    log_flow_end,
+    flow_ended,
 )
 from plait.core.errors import CorruptFlowError, FlowNotFoundError, FlowStateError
 from plait.core.handle import FlowStatus
@@ -759,9 +758,7 @@ class Worker:
         if timer is not None:
             timer.cancel()
         if commit.done:
-            log_flow_end(state, self.exceptions.matching(state))
-            error = None if state.error is None else str(build_error(state))
-            telemetry.flow_finished(state, error)
+            flow_ended(state, self.exceptions.matching(state))
         elif state.wake_at is not None and engine.definition.name in self.runtimes and not self._stopping:
             delay = max(0.0, state.wake_at - time.time())
             self._timers[flow_id] = asyncio.get_running_loop().call_later(

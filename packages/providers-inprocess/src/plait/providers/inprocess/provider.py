@@ -59,7 +59,7 @@ from plait.core.engine import (
     StartChild,
     Tick,
     build_error,
-    log_flow_end,
+    flow_ended,
 )
 from plait.core.events import FlowEvent, event_from_record, is_last
 from plait.core.hooks import Hooks
@@ -844,8 +844,7 @@ class InProcessWorkflowProvider:
             oldest, _ = self._finished.popitem(last=False)
             self._flows.pop(oldest, None)
         flow.set_ended()
-        log_flow_end(state, flow.view.exceptions)
-        telemetry.flow_finished(state, None if state.error is None else str(build_error(state, flow.view.exceptions)))
+        flow_ended(state, flow.view.exceptions)
 
     def _prune(self) -> None:
         horizon = self._now() - self.retention

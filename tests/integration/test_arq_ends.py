@@ -107,19 +107,34 @@ async def test_an_end_announced_before_result_is_kept_for_it(provider: ArqWorkfl
     assert spy.loads == 0 and spy.channels == []
 
 
-@pytest.mark.parametrize("size", [20_000, 70_000])
-async def test_a_large_final_state_is_read_once_its_end_is_announced(
-    provider: ArqWorkflowProvider, spy: Spy, size: int
+async def test_a_final_state_over_64_kib_is_read_once_its_end_is_announced(
+    provider: ArqWorkflowProvider, spy: Spy
 ) -> None:
-    # Over 16 KB, the announcement is not kept (its flow is read); over 64 KB, only the status is announced.
+    # The data, two outputs and the result each hold the key: a state of about 100 KB, announced by its status.
     spy.reset()
-    handle = await provider.execute(LINE, Data(key="x" * size, sleep=0.1))
-    assert (await handle.result(timeout=10)).key == "x" * size
+    handle = await provider.execute(LINE, Data(key="x" * 25_000, sleep=0.1))
+    assert (await handle.result(timeout=10)).key == "x" * 25_000
     assert spy.loads == 1
-    early = await provider.execute(LINE, Data(key="y" * size))
+    early = await provider.execute(LINE, Data(key="y" * 25_000))
     await asyncio.sleep(0.5)
-    assert (await early.result(timeout=10)).key == "y" * size
+    assert (await early.result(timeout=10)).key == "y" * 25_000
     assert spy.loads == 2
+
+
+async def test_announcements_beyond_the_bytes_kept_are_read_instead(provider: ArqWorkflowProvider, spy: Spy) -> None:
+    ends = provider._ends
+    assert ends is not None
+    spy.reset()
+    first = await provider.execute(LINE, Data(key="first"))
+    await asyncio.sleep(0.5)  # ended, nobody waiting
+    assert ends._bytes > 0
+    ends._kept_bytes = ends._bytes * 3 // 2  # room for one such final state, not two
+    second = await provider.execute(LINE, Data(key="second"))
+    await asyncio.sleep(0.5)
+    assert (await second.result(timeout=5)).key == "second"
+    assert (await first.result(timeout=5)).key == "first"
+    assert spy.loads == 1  # the one announced past the budget
+    assert ends._bytes == 0  # what was kept was handed over
 
 
 async def test_flows_beyond_the_bound_take_the_general_path(provider: ArqWorkflowProvider, spy: Spy) -> None:
@@ -158,3 +173,16 @@ async def test_waits_end_when_the_pubsub_connection_is_lost(
     assert spy.loads >= 1
     # An end announced while nobody waited may have been lost with the connection: read, not waited for.
     assert (await ended.result(timeout=5)).key == "ended"
+
+
+async def test_a_caller_cancelled_while_the_channel_is_subscribed_leaves_the_others_to_go_on(
+    provider: ArqWorkflowProvider,
+) -> None:
+    first = asyncio.ensure_future(provider.execute(LINE, Data(key="first")))
+    second = asyncio.ensure_future(provider.execute(LINE, Data(key="second")))
+    await asyncio.sleep(0)  # the first is subscribing the provider's channel, the second waits for it
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    handle = await asyncio.wait_for(second, 5)
+    assert (await handle.result(timeout=10)).key == "second"

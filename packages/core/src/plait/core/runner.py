@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 
 from plait.core import telemetry
 from plait.core.consumer import IWorkflowConsumer, check_consumer
-from plait.core.context import Reporter, StepContext, WorkflowContext
+from plait.core.context import StepContext, WorkflowContext
 from plait.core.engine import (
     JSON,
     Action,
@@ -212,11 +212,6 @@ class FlowView(Generic[D]):
             self._data = self.definition.data.model_validate(self.state.data)
         return self._data
 
-    @property
-    def reporter(self) -> Reporter | None:
-        """What the flow's contexts report progress to (``None`` without a sink)."""
-        return None if self.sink is None else self.progress
-
     def progress(self, step: str | None, index: int | None, fraction: float, message: str | None) -> Awaitable[None]:
         """Hands a progress report of ``step`` (item ``index``) to the sink."""
         assert self.sink is not None
@@ -282,6 +277,7 @@ class Runner(Generic[D, R]):
     __slots__ = (
         "_executes",
         "_outputs",
+        "_visible",
         "consumer",
         "default_timeout",
         "definition",
@@ -329,6 +325,7 @@ class Runner(Generic[D, R]):
         # Looked up once per step run: keep them a dict access away.
         self._executes = {name: handler.execute for name, handler in consumer.steps.items()}
         self._outputs = {name: definition.step(name).output for name in definition.step_names}
+        self._visible = {name: self.engine.visible(name) for name in definition.step_names}
 
     def view(self, state: FlowState, data: D | None = None) -> FlowView[D]:
         """A :class:`FlowView` of ``state``."""
@@ -351,33 +348,33 @@ class Runner(Generic[D, R]):
         output: BaseModel | None = None,
     ) -> StepContext[D]:
         state = view.state
-        return StepContext(
-            flow_id=state.flow_id,
-            workflow=state.workflow,
-            data=view.data,
-            results=view.results(names),
-            meta=state.meta,
-            provider_id=self.provider_id,
-            step_name=step,
-            attempt=attempt,
-            kind=kind,
-            item=None if index is None else view.item(step, index),
-            index=index,
-            output=output,
-            reporter=view.reporter,
+        return StepContext(  # by position: see WorkflowContext.__init__
+            state.flow_id,
+            state.workflow,
+            view.data,
+            view.results(names),
+            state.meta,
+            self.provider_id,
+            step,
+            attempt,
+            kind,
+            None if index is None else view.item(step, index),
+            index,
+            output,
+            None if view.sink is None else view.progress,
         )
 
     def _workflow_context(self, view: FlowView[D], kind: str, names: Iterable[str] | None = None) -> WorkflowContext[D]:
         state = view.state
-        return WorkflowContext(
-            flow_id=state.flow_id,
-            workflow=state.workflow,
-            data=view.data,
-            results=view.results(self.definition.step_names if names is None else names),
-            meta=state.meta,
-            provider_id=self.provider_id,
-            kind=kind,
-            reporter=view.reporter,
+        return WorkflowContext(  # by position: see WorkflowContext.__init__
+            state.flow_id,
+            state.workflow,
+            view.data,
+            view.results(self.definition.step_names if names is None else names),
+            state.meta,
+            self.provider_id,
+            kind,
+            None if view.sink is None else view.progress,
         )
 
     async def _call(self, what: str, fn: Any, ctx: WorkflowContext[D], *extra: object) -> Any:
@@ -429,7 +426,7 @@ class Runner(Generic[D, R]):
     ) -> StepReturned | StepRaised | Unrunnable:
         """Runs attempt ``attempt`` of ``step`` (of for-each item ``index``); returns the event for the engine."""
         try:
-            ctx = self._context(view, step, attempt, self.engine.visible(step), index=index)
+            ctx = self._context(view, step, attempt, self._visible[step], "step", index)
         except ValidationError as error:
             return _unrunnable(error)
         try:

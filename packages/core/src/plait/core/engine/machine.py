@@ -461,10 +461,11 @@ class Engine(FanOut, Rollbacks):
         graph = self.graph
         nodes = state.nodes
         actions: list[Action] = []
-        if state.error is None:
+        succs = graph.nodes[name].succs
+        if succs and state.error is None:  # (a node in a stage of its own has none: no comprehension to build)
             ready = [
                 succ
-                for succ in graph.nodes[name].succs
+                for succ in succs
                 if succ not in nodes and all(nodes.get(p, _UNSEEN)["status"] in ("completed", "skipped")
                                              for p in graph.nodes[succ].preds)
             ]  # fmt: skip

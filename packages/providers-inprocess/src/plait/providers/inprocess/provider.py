@@ -642,7 +642,9 @@ class InProcessWorkflowProvider:
             return
         runnable: list[Action] = []
         for action in actions:
-            if isinstance(action, Finish):
+            if isinstance(action, _HANDLER_ACTIONS):  # the common case first
+                runnable.append(action)
+            elif isinstance(action, Finish):
                 self._finish(flow)
             elif isinstance(action, CancelRunning):
                 self._cancel(flow, action)
@@ -654,8 +656,8 @@ class InProcessWorkflowProvider:
                 self._to_flow(action.child, RetryCompensation() if action.retry else Compensate(action.reason))
             elif isinstance(action, NotifyParent):
                 self._to_flow(action.parent["flow_id"], action.settled)
-            else:
-                runnable.append(action)
+            else:  # pragma: no cover - guarded by the type checker
+                raise TypeError(f"Unexpected action {action!r}")
         if runnable:
             if flow.slot is None and flow.registration.slots is not None and not flow.ended:
                 self._resume_when_free(flow, runnable)  # it waited without a slot: take one again first

@@ -308,15 +308,19 @@ class Engine(FanOut, Rollbacks):
 
     def _start_ready(self, state: FlowState, names: Iterable[str], now: float) -> list[Action]:
         """Starts the nodes ``names`` that became ready; those with a condition are evaluated first."""
-        actions: list[Action] = []
+        actions: list[Action] | None = None  # the first node's own list, extended (one list per step, not three)
         targets: list[tuple[str, str]] = []
         for name in names:
             node = self.graph.nodes[name]
             if node.step.when is not None:
                 state.nodes[name] = {"status": "pending"}
                 targets.append(("when", name))
+            elif actions is None:
+                actions = self._start_node(state, node, targets, now)
             else:
                 actions += self._start_node(state, node, targets, now)
+        if actions is None:
+            actions = []
         if targets:
             actions += self._evaluate(state, targets)
         return actions
@@ -460,7 +464,7 @@ class Engine(FanOut, Rollbacks):
         """Starts what ``name`` settling made ready; moves on once its group has settled."""
         graph = self.graph
         nodes = state.nodes
-        actions: list[Action] = []
+        actions: list[Action] | None = None  # made only when something starts
         succs = graph.nodes[name].succs
         if succs and state.error is None:  # (a node in a stage of its own has none: no comprehension to build)
             ready = [
@@ -475,12 +479,17 @@ class Engine(FanOut, Rollbacks):
         for member in graph.groups[group]:
             record = nodes.get(member)
             if record is not None and record["status"] in _ACTIVE:
-                return actions
+                return [] if actions is None else actions
         if state.phase != "steps":
-            return actions
+            return [] if actions is None else actions
         if state.error is not None:
-            return actions + self._compensate(state, now)
-        return actions + self._enter_group(state, group + 1, now)
+            following = self._compensate(state, now)
+        else:
+            following = self._enter_group(state, group + 1, now)
+        if actions is None:
+            return following
+        actions += following
+        return actions
 
     def _stop(self, state: FlowState, now: float, *, cancel_running: bool) -> list[Action]:
         """The flow is failing (or interrupted): nothing new starts in the current group.

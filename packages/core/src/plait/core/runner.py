@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-import traceback
 from collections.abc import Awaitable, Callable, Container, Iterable, Mapping
 from datetime import datetime
 from types import CoroutineType
@@ -52,6 +51,7 @@ from plait.core.errors import (
 )
 from plait.core.executor import current_correlation_id
 from plait.core.options import ConsumerOptions
+from plait.core.tracebacks import traceback_text
 from plait.core.validation import MAX_PAYLOAD_SIZE, check_flow_id, is_seconds, json_form, json_size, validate
 from plait.core.workflow import WorkflowDefinition
 
@@ -131,14 +131,15 @@ def resolve_timeout(*candidates: float | None) -> float | None:
 
 
 def error_record(error: BaseException) -> ErrorRecord:
-    """An exception as plain data: qualified type name, message and formatted traceback."""
+    """An exception as plain data: qualified type name, message and formatted traceback (without carets: see
+    :mod:`plait.core.tracebacks`)."""
     kind = type(error)
     module = kind.__module__
     name = kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
     return {
         "type": name,
         "message": str(error),
-        "traceback": "".join(traceback.format_exception(error)),
+        "traceback": traceback_text(error),
     }
 
 

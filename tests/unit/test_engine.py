@@ -645,6 +645,13 @@ def test_to_dict_holds_every_field() -> None:
     assert FlowState.from_dict(raw) == state
 
 
+def test_a_state_written_before_a_field_existed_reads_back_with_its_default() -> None:
+    state, _ = begin(make())
+    state.take_events()
+    older = {name: value for name, value in state.to_dict().items() if name not in ("progress", "retry_of")}
+    assert FlowState.from_dict(older) == state  # both were None: their defaults
+
+
 # --- errors from state ----------------------------------------------------------------------------------
 
 

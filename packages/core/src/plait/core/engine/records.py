@@ -276,8 +276,11 @@ class FlowState:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, JSON]) -> FlowState:
-        """Rebuilds a state from :meth:`to_dict`'s output."""
-        state = cls(**{name: raw[name] for name in _FIELDS if name in raw})
+        """Rebuilds a state from :meth:`to_dict`'s output (one written before a field was added gets its default)."""
+        try:
+            state = cls(*_pick(raw))  # every field there: by position, a third of the cost of keywords
+        except KeyError:
+            state = cls(**{name: raw[name] for name in _FIELDS if name in raw})
         state.status = FlowStatus(state.status)
         return state
 
@@ -293,4 +296,5 @@ _TRANSIENT = ("emitted", "items", "items_loaded", "items_changed")
 _FIELDS = tuple(name for name in FlowState.__dataclass_fields__ if name not in _TRANSIENT)
 assert tuple(FlowState.__dataclass_fields__)[: len(_FIELDS)] == _FIELDS, "from_values() passes them by position"
 _values = operator.attrgetter(*_FIELDS)  # one call for all of them
+_pick = operator.itemgetter(*_FIELDS)
 _STATUS = _FIELDS.index("status")

@@ -387,6 +387,7 @@ class Store:
         keys = self.keys
         now = now_ms()
         timer: str | int = "-" if change.clear_timer else "" if change.timer is None else _ms(change.timer)
+        expiry = _expiry(now + self.retention_ms, status, change.old_status)  # '' while it runs on
         args: list[str | int | bytes] = [
             version,
             state,
@@ -402,8 +403,8 @@ class Store:
             keys.job_key(""),
             repr(change.created_at),
             EVENTS_MAXLEN,
-            _expiry(now + self.retention_ms, status, change.old_status),
-            keys.expiring_member(workflow, flow_id, change.parent_id),
+            expiry,
+            keys.expiring_member(workflow, flow_id, change.parent_id) if expiry != "" else "",
             len(change.items),
             len(change.events),
             len(jobs),

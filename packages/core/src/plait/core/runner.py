@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import os
 from collections.abc import Awaitable, Callable, Container, Iterable, Mapping
 from datetime import datetime
@@ -50,6 +51,7 @@ from plait.core.errors import (
     PayloadTooLargeError,
 )
 from plait.core.executor import current_correlation_id
+from plait.core.handle import FlowStatus
 from plait.core.options import ConsumerOptions
 from plait.core.tracebacks import traceback_text
 from plait.core.validation import MAX_PAYLOAD_SIZE, check_flow_id, is_seconds, json_form, json_size, validate
@@ -63,6 +65,7 @@ __all__ = [
     "check_same_flow",
     "check_timeout",
     "error_record",
+    "flow_ended",
     "new_flow_id",
     "prepare_registration",
     "resolve_timeout",
@@ -70,6 +73,7 @@ __all__ = [
 ]
 
 D = TypeVar("D", bound=BaseModel)
+_end_log = logging.getLogger("plait.engine")  # the flow's end, whichever provider ran it
 R = TypeVar("R", bound=BaseModel)
 
 ProgressSink = Callable[["FlowView[Any]", "str | None", "int | None", float, "str | None"], Awaitable[None]]
@@ -141,6 +145,19 @@ def error_record(error: BaseException) -> ErrorRecord:
         "message": str(error),
         "traceback": traceback_text(error),
     }
+
+
+def flow_ended(state: FlowState, exceptions: Mapping[ExceptionKey, BaseException] | None = None) -> None:
+    """What every provider does when a flow ends: one log line (logger ``plait.engine``) when it did not complete,
+    and its span when tracing is on, both from one rebuild of its error (made only when one of them needs it)."""
+    message: str | None = None
+    if state.error is not None and (state.status != FlowStatus.COMPLETED or telemetry.enabled()):
+        message = str(build_error(state, exceptions))
+        if state.status != FlowStatus.COMPLETED:
+            _end_log.warning(
+                "Flow %s of workflow '%s' ended %s: %s", state.flow_id, state.workflow, state.status, message
+            )
+    telemetry.flow_finished(state, message)
 
 
 def prepare_registration(

@@ -6,7 +6,7 @@ a signal, a tick of time, a cancellation) to :meth:`Engine.handle`, carrying out
 and the definition's callables run through :class:`plait.core.runner.Runner`. The engine does no I/O.
 """
 
-from plait.core.engine.failures import ExceptionKey, build_error, error_text, flow_ended, matching_exceptions
+from plait.core.engine.failures import ExceptionKey, build_error, error_text, matching_exceptions
 from plait.core.engine.fanout import ItemsNeeded
 from plait.core.engine.graph import DEFAULT_FOR_EACH_CONCURRENCY, Graph, Node
 from plait.core.engine.machine import Engine, child_flow_id
@@ -105,6 +105,5 @@ __all__ = [
     "build_error",
     "child_flow_id",
     "error_text",
-    "flow_ended",
     "matching_exceptions",
 ]

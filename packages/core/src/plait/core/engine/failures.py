@@ -8,11 +8,9 @@ type name, message and traceback.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any
 
-from plait.core import telemetry
 from plait.core.engine.records import ErrorRecord, FlowState
 from plait.core.errors import (
     RemoteError,
@@ -24,14 +22,11 @@ from plait.core.errors import (
     WorkflowStepError,
     WorkflowTimeoutError,
 )
-from plait.core.handle import FlowStatus
 
-__all__ = ["ExceptionKey", "build_error", "error_text", "flow_ended", "matching_exceptions"]
+__all__ = ["ExceptionKey", "build_error", "error_text", "matching_exceptions"]
 
 ExceptionKey = tuple[str, str | None, int | None]
 """Which handler raised: ``("step", name, index)``, ``("rollback", name, index)`` or ``("complete", None, None)``."""
-
-_log = logging.getLogger("plait.engine")
 
 
 def build_error(state: FlowState, exceptions: Mapping[ExceptionKey, BaseException] | None = None) -> WorkflowError:
@@ -110,17 +105,6 @@ def error_text(error: ErrorRecord | Mapping[str, Any] | None) -> str | None:
     if not error:
         return None
     return f"{error['type']}: {error['message']}" if error.get("message") else str(error["type"])
-
-
-def flow_ended(state: FlowState, exceptions: Mapping[ExceptionKey, BaseException] | None = None) -> None:
-    """What every provider does when a flow ends: one log line when it did not complete, and its span when tracing
-    is on, both from one rebuild of its error (made only when one of them needs it)."""
-    message: str | None = None
-    if state.error is not None and (state.status != FlowStatus.COMPLETED or telemetry.enabled()):
-        message = str(build_error(state, exceptions))
-        if state.status != FlowStatus.COMPLETED:
-            _log.warning("Flow %s of workflow '%s' ended %s: %s", state.flow_id, state.workflow, state.status, message)
-    telemetry.flow_finished(state, message)
 
 
 def _remote(record: Mapping[str, Any]) -> RemoteError:

@@ -56,12 +56,11 @@ from plait.core.engine import (
     Tick,
     Unrunnable,
     build_error,
-    flow_ended,
 )
 from plait.core.errors import CorruptFlowError, FlowNotFoundError, FlowStateError
 from plait.core.handle import FlowStatus
 from plait.core.hooks import Hooks
-from plait.core.runner import FlowView, Runner
+from plait.core.runner import FlowView, Runner, flow_ended
 from plait.providers.arq._flows import Exceptions, Plan, StoredFlow, UnreadableState, plan
 from plait.providers.arq._keys import Job, Keys, dumps, loads, shorten
 from plait.providers.arq._leases import Leases

@@ -59,7 +59,6 @@ from plait.core.engine import (
     StartChild,
     Tick,
     build_error,
-    flow_ended,
 )
 from plait.core.events import FlowEvent, event_from_record, is_last
 from plait.core.hooks import Hooks
@@ -74,6 +73,7 @@ from plait.core.runner import (
     check_same_flow,
     check_seconds,
     check_timeout,
+    flow_ended,
     new_flow_id,
     prepare_registration,
     validate_data,

@@ -27,9 +27,9 @@ With the queue prefix ``P`` (``"workflow"`` by default):
 
 Every key of one flow carries the ``{F}`` hash tag. Channels: ``P:done:F`` (the flow ended: its final state, or
 its status when the state is large), ``P:ends:<owner>`` (the same for every flow that provider ``owner`` started,
-after the flow id and a newline) and ``P:cancel`` (what to stop, as a JSON object: ``{"jobs": [job ids],
-"fan_outs": [[flow id, node], ...]}``). No
-list is ever joined with a delimiter: a flow id holding one could otherwise name other flows' jobs.
+after the flow id and a newline, which no flow id holds: ids are printable) and ``P:cancel`` (what to stop, as a
+JSON object: ``{"jobs": [job ids], "fan_outs": [[flow id, node], ...]}``). No list is ever joined with a
+delimiter: a flow id holding one could otherwise name other flows' jobs.
 
 A flow's hash also has ``unreadable`` once a worker found its state unreadable and failed it: the bytes it found.
 """

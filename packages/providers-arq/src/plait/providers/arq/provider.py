@@ -866,7 +866,7 @@ class ArqWorkflowProvider:
         # no subscription of its own, and no first read, can miss it.
         ends = self._ends
         followed = ends is not None and ends.claim(flow_id, wake)
-        subscribed = skip_read = followed
+        subscribed = skip_read = followed  # (its end comes on the provider's channel: nothing of its own to subscribe)
         self._waiters.add(woken)
         try:
             while True:

@@ -98,6 +98,7 @@ class Flow:
         return self.waiter
 
     def set_ended(self) -> None:
+        """Marks the flow ended, and wakes whoever waits on :meth:`end`."""
         self.ended = True
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)

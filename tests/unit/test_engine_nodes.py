@@ -37,6 +37,7 @@ from plait.core.engine import (
     Tick,
     build_error,
     child_flow_id,
+    event_fields,
 )
 from tests.unit.test_engine import Data, Harness, Out, Res, begin, boom, err, feed, make, ok, status_of
 
@@ -63,7 +64,7 @@ def item_boom(step: str, index: int, attempt: int = 1, *, retryable: bool = True
 
 
 def kinds(state: FlowState) -> list[str]:
-    return [e["type"] for e in state.take_events()]
+    return [e[0] for e in state.take_events()]
 
 
 # --- DAG groups -----------------------------------------------------------------------------------------------
@@ -458,7 +459,7 @@ def test_every_transition_is_an_event_numbered_in_order() -> None:
     state, _ = begin(engine)
     feed(engine, state, boom("a", 1), ok("a", 2), Signal("approval", {"by": "x"}), boom("b", 1))
     feed(engine, state, boom("b", 2), RollbackRaised("a", 1, err()), RollbackReturned("a", 2), ErrorHandled())
-    events = state.take_events()
+    events = [event_fields(record) for record in state.take_events()]
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     assert [e["type"] for e in events] == [
         "flow_started",

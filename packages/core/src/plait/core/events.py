@@ -14,11 +14,13 @@ them to ``executor.subscribe(flow_id)`` (from the first event, then live until t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from plait.core.engine.records import event_fields
 
 __all__ = [
     "FlowCancelled",
@@ -204,15 +206,17 @@ _ADAPTER: TypeAdapter[FlowEvent] = TypeAdapter(FlowEvent)
 _TERMINAL = frozenset({"flow_completed", "flow_failed", "flow_cancelled", "flow_compensated"})
 
 
-def event_from_record(flow_id: str, workflow: str, record: Mapping[str, Any]) -> FlowEvent:
-    """The typed event of one of the engine's event records (plain data, as providers store them)."""
-    data = dict(record)
+def event_from_record(flow_id: str, workflow: str, record: Sequence[Any] | Mapping[str, Any]) -> FlowEvent:
+    """The typed event of one of the engine's event records (plain data, as providers store them: see
+    ``plait.core.engine.EventRecord``)."""
+    data = event_fields(record)
     data["flow_id"] = flow_id
     data["workflow"] = workflow
-    data["at"] = datetime.fromtimestamp(float(record["at"]), UTC)
+    data["at"] = datetime.fromtimestamp(float(data["at"]), UTC)
     return _ADAPTER.validate_python(data)
 
 
-def is_last(record: Mapping[str, Any]) -> bool:
+def is_last(record: Sequence[Any] | Mapping[str, Any]) -> bool:
     """Whether an event record ends its flow (nothing follows it, unless the flow is compensated later)."""
-    return record.get("type") in _TERMINAL
+    kind = record.get("type") if isinstance(record, Mapping) else record[0] if record else None
+    return kind in _TERMINAL

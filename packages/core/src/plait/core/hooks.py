@@ -87,4 +87,4 @@ class Hooks:
                     try:
                         await hook(event)
                     except Exception:
-                        _log.exception("Event hook %r failed on %s of flow %s", hook, record.get("type"), flow_id)
+                        _log.exception("Event hook %r failed on %s of flow %s", hook, event.type, flow_id)

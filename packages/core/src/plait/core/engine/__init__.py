@@ -42,6 +42,7 @@ from plait.core.engine.messages import (
     Unrunnable,
 )
 from plait.core.engine.records import (
+    EVENT_FIELDS,
     JSON,
     ErrorRecord,
     EventRecord,
@@ -53,10 +54,12 @@ from plait.core.engine.records import (
     Phase,
     Policy,
     StepStatus,
+    event_fields,
 )
 
 __all__ = [
     "DEFAULT_FOR_EACH_CONCURRENCY",
+    "EVENT_FIELDS",
     "JSON",
     "Action",
     "Cancel",
@@ -105,5 +108,6 @@ __all__ = [
     "build_error",
     "child_flow_id",
     "error_text",
+    "event_fields",
     "matching_exceptions",
 ]

@@ -40,10 +40,11 @@ class EngineBase:
         return Backoff(kind, delay, max_delay, jitter).delay_for(failed_attempt, self._rand)
 
     @staticmethod
-    def _emit(state: FlowState, now: float, kind: str, **fields: Any) -> None:
+    def _emit(state: FlowState, now: float, kind: str, *values: Any) -> None:
+        """Records an event of type ``kind``: ``values`` are its own fields in the order ``EVENT_FIELDS[kind]`` lists
+        (see :data:`~plait.core.engine.records.EventRecord`)."""
         seq = state.seq = state.seq + 1
-        fields["type"], fields["seq"], fields["at"] = kind, seq, now  # the record is the keywords' own dict
-        state.emitted.append(fields)  # type: ignore[arg-type]
+        state.emitted.append((kind, seq, now, *values))
 
     @staticmethod
     def _changed(state: FlowState) -> set[tuple[str, int]]:

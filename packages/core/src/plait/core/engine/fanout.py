@@ -56,7 +56,7 @@ class FanOut(EngineBase):
                 index = record["next"]
                 record["next"] = index + 1
                 record["running"] += 1
-                self._emit(state, now, "step_started", step=name, index=index, attempt=1)
+                self._emit(state, now, "step_started", name, 1, index)
                 actions.append(RunStep(name, 1, 0.0, index))
         if record["running"] == 0 and (record["next"] >= record["total"] or record.get("failing") or state.error):
             status = self._fan_out_status(record)
@@ -65,10 +65,7 @@ class FanOut(EngineBase):
             record["status"] = status
             if status == "failed":
                 error = state.error if state.error is not None and state.error.get("step") == name else None
-                self._emit(
-                    state, now, "step_failed", step=name, index=None, attempt=1, error=error_text(error),
-                    will_retry=False, delay=0.0,
-                )  # fmt: skip
+                self._emit(state, now, "step_failed", name, None, 1, error_text(error), False, 0.0)
             return actions + self._after_settled(state, name, now)
         return actions
 
@@ -110,7 +107,7 @@ class FanOut(EngineBase):
         record["running"] -= 1
         record["done"] += 1
         self._forget_retry(record, event.index)
-        self._emit(state, now, "step_completed", step=event.step, index=event.index)
+        self._emit(state, now, "step_completed", event.step, event.index)
         return self._fan_out(state, event.step, now)
 
     def _item_raised(self, state: FlowState, event: StepRaised, now: float) -> list[Action]:
@@ -129,11 +126,8 @@ class FanOut(EngineBase):
             delay = self._delay(policy, event.attempt)
             item["attempt"] = event.attempt + 1
             record["retrying"].append([index, event.attempt + 1, now + delay])
-            self._emit(
-                state, now, "step_failed", step=name, index=index, attempt=event.attempt,
-                error=error_text(event.error), will_retry=True, delay=delay,
-            )  # fmt: skip
-            self._emit(state, now, "step_started", step=name, index=index, attempt=event.attempt + 1)
+            self._emit(state, now, "step_failed", name, index, event.attempt, error_text(event.error), True, delay)
+            self._emit(state, now, "step_started", name, event.attempt + 1, index)
             return [RunStep(name, event.attempt + 1, delay, index)]
         item.update({"status": "failed", "attempt": event.attempt})
         if event.no_effect:
@@ -141,10 +135,7 @@ class FanOut(EngineBase):
         record["running"] -= 1
         record["failed"] += 1
         record["failing"] = True
-        self._emit(
-            state, now, "step_failed", step=name, index=index, attempt=event.attempt,
-            error=error_text(event.error), will_retry=False, delay=0.0,
-        )  # fmt: skip
+        self._emit(state, now, "step_failed", name, index, event.attempt, error_text(event.error), False, 0.0)
         actions: list[Action] = []
         cancelled = self._drop_retries(record, name, now)
         if cancelled:

@@ -262,10 +262,7 @@ class Engine(FanOut, Rollbacks):
                     "index": event.index,
                     "at": now,
                 }
-                self._emit(
-                    state, now, "progress", step=event.step, index=event.index, fraction=event.fraction,
-                    message=event.message,
-                )  # fmt: skip
+                self._emit(state, now, "progress", event.step, event.index, event.fraction, event.message)
                 return []
             case Unrunnable():
                 # Its handlers cannot be given valid contexts, rollbacks included: end it now, saying what was
@@ -331,27 +328,27 @@ class Engine(FanOut, Rollbacks):
         kind = node.kind
         if kind == "step":
             state.nodes[name] = {"status": "running", "attempt": 1}
-            self._emit(state, now, "step_started", step=name, attempt=1)
+            self._emit(state, now, "step_started", name, 1)
             return [RunStep(name, 1)]
         if kind == "wait_for":
             if name in state.signals:
                 state.nodes[name] = {"status": "running", "attempt": 1}
-                self._emit(state, now, "step_started", step=name, attempt=1)
+                self._emit(state, now, "step_started", name, 1)
                 return self._node_completed(state, name, state.signals[name], now)
             record: NodeRecord = {"status": "waiting", "attempt": 1}
             if node.step.timeout is not None:
                 record["wake"] = now + node.step.timeout
             state.nodes[name] = record
-            self._emit(state, now, "step_started", step=name, attempt=1)
+            self._emit(state, now, "step_started", name, 1)
             return []
         if kind == "sleep" and node.step.seconds is not None:
             state.nodes[name] = {"status": "running", "attempt": 1}
-            self._emit(state, now, "step_started", step=name, attempt=1)
+            self._emit(state, now, "step_started", name, 1)
             return self._sleep_until(state, name, now + node.step.seconds, now)
         # A sleep until a computed time, a for-each's items and a sub-workflow's data come from the definition's
         # callables first.
         state.nodes[name] = {"status": "running", "attempt": 1}
-        self._emit(state, now, "step_started", step=name, attempt=1)
+        self._emit(state, now, "step_started", name, 1)
         targets.append(({"sleep": "until", "for_each": "items"}.get(kind, "data"), name))
         return []
 
@@ -393,7 +390,7 @@ class Engine(FanOut, Rollbacks):
                     actions += self._start_node(state, self.graph.nodes[name], more, now)
                 else:
                     state.nodes[name] = {"status": "skipped"}
-                    self._emit(state, now, "step_skipped", step=name)
+                    self._emit(state, now, "step_skipped", name)
                     actions += self._after_settled(state, name, now)
             elif what == "until":
                 actions += self._sleep_until(state, name, float(value or 0.0), now)
@@ -421,7 +418,7 @@ class Engine(FanOut, Rollbacks):
             return self._start_ready(state, self.graph.roots[index], now)
         for name in names:
             state.nodes[name] = {"status": "skipped"}
-            self._emit(state, now, "step_skipped", step=name)
+            self._emit(state, now, "step_skipped", name)
         return self._after_settled(state, names[-1], now)
 
     def _node_completed(self, state: FlowState, name: str, result: JSON, now: float) -> list[Action]:
@@ -437,7 +434,7 @@ class Engine(FanOut, Rollbacks):
             state.results[name] = [items[i]["output"] for i in range(record["total"])]
         elif kind != "sleep":
             state.results[name] = result
-        self._emit(state, now, "step_completed", step=name)
+        self._emit(state, now, "step_completed", name)
         return self._after_settled(state, name, now)
 
     def _node_failed(
@@ -450,10 +447,7 @@ class Engine(FanOut, Rollbacks):
         record.pop("wake", None)
         if no_effect:
             record["no_effect"] = True
-        self._emit(
-            state, now, "step_failed", step=name, index=index, attempt=record.get("attempt", 1),
-            error=error_text(error), will_retry=False, delay=0.0,
-        )  # fmt: skip
+        self._emit(state, now, "step_failed", name, index, record.get("attempt", 1), error_text(error), False, 0.0)
         actions: list[Action] = []
         if state.error is None:
             state.error = flow_error("step", error, step=name, index=index)
@@ -585,11 +579,8 @@ class Engine(FanOut, Rollbacks):
             record["error"] = copy_error(event.error)
             record["attempt"] = event.attempt + 1
             record["due"] = now + delay
-            self._emit(
-                state, now, "step_failed", step=event.step, index=None, attempt=event.attempt,
-                error=error_text(event.error), will_retry=True, delay=delay,
-            )  # fmt: skip
-            self._emit(state, now, "step_started", step=event.step, attempt=event.attempt + 1)
+            self._emit(state, now, "step_failed", event.step, None, event.attempt, error_text(event.error), True, delay)
+            self._emit(state, now, "step_started", event.step, event.attempt + 1)
             return [RunStep(event.step, event.attempt + 1, delay)]
         return self._node_failed(state, event.step, event.error, now, no_effect=event.no_effect)
 
@@ -639,7 +630,7 @@ class Engine(FanOut, Rollbacks):
         if state.error is not None or state.phase not in ("pending", "steps"):
             raise SignalError(f"Flow '{state.flow_id}' is {state.status}; it no longer waits for signal '{name}'")
         state.signals[name] = event.payload
-        self._emit(state, now, "signal_received", name=name)
+        self._emit(state, now, "signal_received", name)
         if record is not None and record["status"] == "waiting":
             return self._node_completed(state, name, event.payload, now)
         return []
@@ -742,7 +733,7 @@ class Engine(FanOut, Rollbacks):
         state.finished_at = now
         message = None if state.error is None or status == FlowStatus.COMPLETED else str(build_error(state))
         reason = None if state.error is None else state.error.get("reason")
-        self._emit(state, now, f"flow_{status.value}", error=message, reason=reason)
+        self._emit(state, now, f"flow_{status.value}", message, reason)
         actions: list[Action] = [Finish(status)]
         if state.parent is not None:
             settled = ChildSettled(

@@ -17,6 +17,7 @@ from typing import Any, Literal, TypedDict
 from plait.core.handle import FlowStatus
 
 __all__ = [
+    "EVENT_FIELDS",
     "JSON",
     "ErrorRecord",
     "EventRecord",
@@ -29,6 +30,7 @@ __all__ = [
     "Policy",
     "Progress",
     "StepStatus",
+    "event_fields",
 ]
 
 JSON = Any
@@ -184,28 +186,57 @@ class Progress(TypedDict):
     at: float
 
 
-class EventRecord(TypedDict, total=False):
-    """One event of a flow's history as plain data (see ``plait.core.events`` for the typed form).
+EventRecord = tuple[Any, ...]
+"""One event of a flow's history as the engine records it: ``(type, seq, at, *values)``.
 
-    Every record has ``type``, ``seq`` (1, 2, 3, ... per flow) and ``at`` (seconds since the epoch); the rest
-    depends on the type.
+``seq`` numbers a flow's events 1, 2, 3, ...; ``at`` is in seconds since the epoch; ``values`` are the event's own
+fields in the order :data:`EVENT_FIELDS` lists for its type, any at the end that do not apply left out (the item
+``index`` of a step that is not a for-each, say). A tuple of plain values, not a dict: it is cheaper to make, the
+garbage collector does not walk it, and a provider stores it as a short JSON array. :func:`event_fields` names its
+fields; ``plait.core.events.event_from_record`` makes it a typed event.
+"""
+
+_FLOW_END_FIELDS = ("error", "reason")
+_STEP_FAILED_FIELDS = ("step", "index", "attempt", "error", "will_retry", "delay")
+
+EVENT_FIELDS: Mapping[str, tuple[str, ...]] = {
+    "flow_started": (),
+    "flow_waiting": (),
+    "flow_completed": _FLOW_END_FIELDS,
+    "flow_failed": _FLOW_END_FIELDS,
+    "flow_cancelled": _FLOW_END_FIELDS,
+    "flow_compensated": _FLOW_END_FIELDS,
+    "step_started": ("step", "attempt", "index"),
+    "step_completed": ("step", "index"),
+    "step_failed": _STEP_FAILED_FIELDS,
+    "step_skipped": ("step",),
+    "rollback_started": ("step", "attempt", "index"),
+    "rollback_completed": ("step", "index"),
+    "rollback_failed": _STEP_FAILED_FIELDS,
+    "signal_received": ("name",),
+    "progress": ("step", "index", "fraction", "message"),
+}
+"""The names of each event type's own fields, in the order an :data:`EventRecord` holds their values."""
+
+
+def event_fields(record: Sequence[Any] | Mapping[str, Any]) -> dict[str, Any]:
+    """An event record's fields by name: ``type``, ``seq``, ``at`` and the event's own.
+
+    Raises:
+        KeyError: its type is not one of the engine's events.
+        ValueError: it is too short to be an event, or holds more values than its type has fields.
     """
-
-    type: str
-    seq: int
-    at: float
-    step: str
-    index: int | None
-    attempt: int
-    will_retry: bool
-    delay: float
-    error: str
-    child: str | None
-    name: str
-    fraction: float
-    message: str | None
-    status: str
-    reason: str | None
+    if isinstance(record, Mapping):  # the form records were stored in before they became tuples
+        return dict(record)
+    if len(record) < 3:
+        raise ValueError(f"An event record holds at least its type, seq and at, got {record!r}")
+    kind = record[0]
+    names = EVENT_FIELDS[kind]
+    if len(record) - 3 > len(names):
+        raise ValueError(f"A '{kind}' event record holds at most {len(names) + 3} values, got {record!r}")
+    fields = dict(zip(names, record[3:], strict=False))  # the fields left out at the end take their defaults
+    fields["type"], fields["seq"], fields["at"] = kind, record[1], record[2]
+    return fields
 
 
 @dataclass(slots=True)

@@ -108,7 +108,7 @@ class Rollbacks(EngineBase):
             retry = bool(state.error and state.error.get("retry"))
             if kind == "sub_workflow":
                 record["status"] = "compensating"
-                self._emit(state, now, "rollback_started", step=name, attempt=1)
+                self._emit(state, now, "rollback_started", name, 1)
                 reason = f"its parent flow '{state.flow_id}' is rolling back"
                 return [CompensateChild(name, self._child_workflow(name), record["child"], reason, retry=retry)]
             if kind == "for_each":
@@ -125,10 +125,10 @@ class Rollbacks(EngineBase):
                 index = record["undo"][0][0]
                 record["status"] = "compensating"
                 record["item"] = index
-                self._emit(state, now, "rollback_started", step=name, index=index, attempt=1)
+                self._emit(state, now, "rollback_started", name, 1, index)
                 return [RunRollback(name, 1, 0.0, index)]
             record["status"] = "compensating"
-            self._emit(state, now, "rollback_started", step=name, attempt=1)
+            self._emit(state, now, "rollback_started", name, 1)
             return [RunRollback(name, 1)]
         assert state.error is not None
         ended = state.error["kind"]
@@ -195,18 +195,12 @@ class Rollbacks(EngineBase):
                 item["rollback_error"] = copy_error(error)
             else:
                 record["rollback_error"] = copy_error(error)
-            self._emit(
-                state, now, "rollback_failed", step=step, index=index, attempt=attempt, error=error_text(error),
-                will_retry=True, delay=delay,
-            )  # fmt: skip
+            self._emit(state, now, "rollback_failed", step, index, attempt, error_text(error), True, delay)
             return [RunRollback(step, attempt + 1, delay, index)]
         if error is None:
-            self._emit(state, now, "rollback_completed", step=step, index=index)
+            self._emit(state, now, "rollback_completed", step, index)
         else:
-            self._emit(
-                state, now, "rollback_failed", step=step, index=index, attempt=attempt, error=error_text(error),
-                will_retry=False, delay=0.0,
-            )  # fmt: skip
+            self._emit(state, now, "rollback_failed", step, index, attempt, error_text(error), False, 0.0)
             state.rollback_errors = [*state.rollback_errors, {"step": step, "index": index, **error}]
         if item is not None:
             assert index is not None

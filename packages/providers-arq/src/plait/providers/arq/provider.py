@@ -108,11 +108,12 @@ R = TypeVar("R", bound=BaseModel)
 _log = logging.getLogger("plait.providers.arq")
 
 
-def _event_record(flow_id: str, entry_id: str, raw: bytes | None) -> dict[str, Any] | None:
-    """The event record of one stream entry, or ``None`` (with a log line) for one Plait did not write."""
+def _event_record(flow_id: str, entry_id: str, raw: bytes | None) -> list[Any] | dict[str, Any] | None:
+    """The event record of one stream entry (a JSON array; an object if an earlier version wrote it), or ``None``
+    (with a log line) for one Plait did not write."""
     try:
         record = loads(raw) if raw is not None else None
-        if isinstance(record, dict):
+        if isinstance(record, list | dict):
             event_from_record(flow_id, "", record)  # checks it holds an event
             return record
     except (ValueError, TypeError, KeyError, RecursionError):

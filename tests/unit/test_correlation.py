@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from pydantic import BaseModel
 
 from plait.core import (
@@ -13,6 +15,9 @@ from plait.core import (
     WorkflowContext,
     WorkflowExecutor,
 )
+from plait.core.engine import FlowState, StepReturned
+from plait.core.executor import current_correlation_id
+from plait.core.runner import Runner, correlate
 
 
 class Parent(BaseModel):
@@ -81,3 +86,66 @@ async def test_a_child_flow_started_by_a_step_carries_the_parents_correlation_id
         assert (await without.result(timeout=5)).correlation_id == without.id
     finally:
         await app.stop()
+
+
+class _Watch(BaseModel):
+    seen: str | None
+
+
+Watched = Workflow.define(name="watched", data=Child, result=Seen).steps(
+    lambda s: s.sequential(s.step("look", _Watch), s.step("again", _Watch))
+)
+
+
+class WatchingWorkflow(IWorkflowConsumer[Child, Seen]):
+    """Records the correlation id current in each step, and changes it in the first, as a careless handler might."""
+
+    def __init__(self) -> None:
+        self.steps = {"look": StepHandler(execute=self.look), "again": StepHandler(execute=self.again)}
+        self.seen: list[str | None] = []
+
+    async def look(self, ctx: StepContext[Child]) -> _Watch:
+        self.seen.append(current_correlation_id.get())
+        current_correlation_id.set("changed-by-the-handler")
+        return _Watch(seen=self.seen[-1])
+
+    async def again(self, ctx: StepContext[Child]) -> _Watch:
+        self.seen.append(current_correlation_id.get())
+        return _Watch(seen=self.seen[-1])
+
+    async def on_complete(self, ctx: WorkflowContext[Child]) -> Seen:
+        return Seen(correlation_id=ctx.correlation_id)
+
+
+async def _run_both_steps(runner: Runner[Child, Seen], state: FlowState) -> None:
+    for step in ("look", "again"):
+        event = await runner.run_step(runner.view(state), step, 1)
+        assert isinstance(event, StepReturned), event
+        runner.engine.handle(state, event, 0.0)
+
+
+async def test_a_handler_runs_with_its_flows_correlation_id_whether_or_not_its_task_made_it_current() -> None:
+    consumer = WatchingWorkflow()
+    runner = Runner(Watched, consumer)
+
+    async def unprepared() -> str | None:
+        state = runner.engine.new_state("flow-1", {"note": "x"}, meta={"correlation_id": "corr-1"})
+        runner.start(state, 0.0)
+        await _run_both_steps(runner, state)
+        return current_correlation_id.get()
+
+    # A task that did not make it current: set around each call, and put back after it.
+    assert await asyncio.create_task(unprepared()) is None
+    assert consumer.seen == ["corr-1", "corr-1"]
+
+    async def prepared() -> str | None:
+        state = runner.engine.new_state("flow-2", {"note": "x"})
+        runner.start(state, 0.0)
+        correlate(state)  # as a provider's task does: the flow id, when meta names none
+        await _run_both_steps(runner, state)
+        return current_correlation_id.get()
+
+    # A task that made it current keeps it; a handler that changed it does not pass the change on to the next.
+    consumer.seen.clear()
+    assert await asyncio.create_task(prepared()) == "changed-by-the-handler"
+    assert consumer.seen == ["flow-2", "flow-2"]

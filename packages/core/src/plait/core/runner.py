@@ -64,6 +64,7 @@ __all__ = [
     "check_flow_id",
     "check_same_flow",
     "check_timeout",
+    "correlate",
     "error_record",
     "flow_ended",
     "new_flow_id",
@@ -145,6 +146,16 @@ def error_record(error: BaseException) -> ErrorRecord:
         "message": str(error),
         "traceback": traceback_text(error),
     }
+
+
+def correlate(state: FlowState) -> None:
+    """Makes flow ``state``'s correlation id (as its contexts have it) current in this context, for good.
+
+    A flow that a handler starts through the application's executor carries that id, so the runner makes it current
+    around each handler call unless it is already. A provider calls this at the start of a task that runs only this
+    flow's handlers: they then run without a coroutine of the runner's own around each call.
+    """
+    current_correlation_id.set(state.meta.get("correlation_id") or state.flow_id)
 
 
 def flow_ended(state: FlowState, exceptions: Mapping[ExceptionKey, BaseException] | None = None) -> None:
@@ -395,13 +406,24 @@ class Runner(Generic[D, R]):
             None if view.sink is None else view.progress,
         )
 
+    def _invoke(self, what: str, fn: Any, ctx: WorkflowContext[D], *extra: object) -> Any:
+        """Calls a handler. When nothing needs doing around it (no step timeout, no tracing, and the flow's
+        correlation id already current: see :func:`correlate`), returns what it returned, an awaitable if it is
+        async: the common case costs no coroutine of its own. Else returns a coroutine that does it all."""
+        if self.step_timeout is None and current_correlation_id.get() == ctx.correlation_id and not telemetry.enabled():
+            return fn(ctx, *extra)
+        return self._guarded(what, fn, ctx, *extra)
+
     async def _call(self, what: str, fn: Any, ctx: WorkflowContext[D], *extra: object) -> Any:
+        out = self._invoke(what, fn, ctx, *extra)
+        return await out if type(out) is CoroutineType or inspect.isawaitable(out) else out
+
+    async def _guarded(self, what: str, fn: Any, ctx: WorkflowContext[D], *extra: object) -> Any:
         # A flow that a handler starts through the application's executor carries this flow's correlation id.
         token = current_correlation_id.set(ctx.correlation_id)
         try:
-            if self.step_timeout is None and not telemetry.enabled():  # the common case, without the span's frames
-                out = fn(ctx, *extra)
-                return await out if type(out) is CoroutineType or inspect.isawaitable(out) else out
+            if not telemetry.enabled():
+                return await self._await(what, fn, ctx, *extra)
             with telemetry.handler_span(
                 ctx.kind, ctx.flow_id, ctx.workflow, ctx.meta, ctx.step_name, getattr(ctx, "attempt", None), ctx.index
             ) as span:
@@ -448,7 +470,9 @@ class Runner(Generic[D, R]):
         except ValidationError as error:
             return _unrunnable(error)
         try:
-            out = await self._call(f"Step '{step}'", self._executes[step], ctx)
+            out = self._invoke(f"Step '{step}'", self._executes[step], ctx)  # _call's lines: no coroutine of its own
+            if type(out) is CoroutineType or inspect.isawaitable(out):
+                out = await out
         except _FAILURES as error:
             _reraise_cancellation(error)
             view.exceptions["step", step, index] = error

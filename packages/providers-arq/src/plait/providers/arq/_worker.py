@@ -60,7 +60,7 @@ from plait.core.engine import (
 from plait.core.errors import CorruptFlowError, FlowNotFoundError, FlowStateError
 from plait.core.handle import FlowStatus
 from plait.core.hooks import Hooks
-from plait.core.runner import FlowView, Runner, flow_ended
+from plait.core.runner import FlowView, Runner, correlate, flow_ended
 from plait.providers.arq._flows import Exceptions, Plan, StoredFlow, UnreadableState, plan
 from plait.providers.arq._keys import Job, Keys, dumps, loads, shorten
 from plait.providers.arq._leases import Leases
@@ -330,6 +330,7 @@ class Worker:
             if claimed.item is not None and job.index is not None:
                 items[job.step, job.index] = claimed.item
             flow = StoredFlow.read(job.flow_id, claimed.state, claimed.version, items)
+            correlate(flow.state)  # this task runs only this flow's handlers
             view = flow.view = runtime.runner.view(flow.state)
             # Through a weak reference: a flow that referred to itself would be freed only by the garbage
             # collector, whose passes then walked every finished flow's objects.

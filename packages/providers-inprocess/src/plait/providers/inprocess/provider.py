@@ -73,6 +73,7 @@ from plait.core.runner import (
     check_same_flow,
     check_seconds,
     check_timeout,
+    correlate,
     flow_ended,
     new_flow_id,
     prepare_registration,
@@ -741,6 +742,7 @@ class InProcessWorkflowProvider:
         engine = flow.runner.engine
         tasks = flow.tasks
         me = asyncio.current_task()
+        correlate(flow.state)  # this task runs only this flow's handlers
         self._working += 1
         try:
             while True:

@@ -205,9 +205,10 @@ async def test_a_submitted_script_runs_and_settles_though_its_caller_is_cancelle
             all_settled.set()
 
     async def caller(step: int) -> Any:
-        future = batcher.submit(incr, ["n"], [step], parse=lambda reply: reply * 100)
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future = batcher.submit(incr, ["n"], [step], parse=lambda reply: reply * 100, waiter=waiter)
         future.add_done_callback(record)
-        return await asyncio.shield(future)
+        return await waiter  # as the worker's commits wait: cancelling it leaves the script be
 
     alone = asyncio.ensure_future(caller(1))  # nothing in flight: it goes at once
     batched = [asyncio.ensure_future(caller(10)), asyncio.ensure_future(caller(100))]  # these share the next trip
@@ -219,6 +220,36 @@ async def test_a_submitted_script_runs_and_settles_though_its_caller_is_cancelle
     assert settled == [200, 1200, 11200]
     assert redis.trips[-2:] == [1, 2]
     assert await redis.get("n") == b"112"
+
+
+async def test_a_waiter_gets_the_outcome_and_wakes_its_caller_in_the_turn_the_reply_came(
+    redis: CountingRedis,
+) -> None:
+    batcher = ScriptBatcher(redis)
+    fails = redis.register_script(FAILS_ON_ZERO)
+    await batcher.run(fails, [], [1])
+    loop = asyncio.get_running_loop()
+    order: list[str] = []
+
+    def replied(_: asyncio.Future[Any]) -> None:
+        # A marker for the next turn: a caller woken through a relay of its own (asyncio.shield) would come after it.
+        order.append("reply")
+        loop.call_soon(order.append, "next turn")
+
+    async def caller(value: int) -> Any:
+        waiter: asyncio.Future[Any] = loop.create_future()
+        future = batcher.submit(fails, [], [value], waiter=waiter)
+        future.add_done_callback(replied)
+        try:
+            return await waiter
+        finally:
+            order.append("caller")
+
+    assert await caller(7) == b"7"
+    with pytest.raises(ResponseError, match="zero refused"):
+        await caller(0)
+    await asyncio.sleep(0)
+    assert order == ["reply", "caller", "next turn"] * 2
 
 
 class CheckoutCountingPool(ConnectionPool):

@@ -39,9 +39,9 @@ __all__ = ["ScriptBatcher", "pack"]
 _Arg = str | bytes | int
 _Script = tuple[AsyncScript, Sequence[str], Sequence[_Arg]]
 _Parse = Callable[[Any], Any]
-# One command called: packed, the script it runs (to load it if Redis does not have it), its caller's future, and
-# what makes the reply the future's result (None: the reply itself).
-_Call = tuple[bytes, _Script | None, "asyncio.Future[Any]", _Parse | None]
+# One command called: packed, the script it runs (to load it if Redis does not have it), its future, what makes the
+# reply the future's result (None: the reply itself), and the caller's waiter, settled with it (None: no other).
+_Call = tuple[bytes, _Script | None, "asyncio.Future[Any]", _Parse | None, "asyncio.Future[Any] | None"]
 
 
 def _pack_python(args: tuple[_Arg, ...]) -> bytes:
@@ -148,25 +148,36 @@ class ScriptBatcher:
 
     async def run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[_Arg]) -> Any:
         """Runs ``script`` with ``keys`` and ``args``; returns its reply, or raises what Redis answered."""
-        return await self._enqueue(_evalsha(script, keys, args), (script, keys, args), None)
+        return await self._enqueue(_evalsha(script, keys, args), (script, keys, args), None, None)
 
     async def command(self, *args: _Arg) -> Any:
         """Runs one command whose reply redis-py would hand over as it came (``HGET``, ``HMGET``: no parsing)."""
-        return await self._enqueue(pack(args), None, None)
+        return await self._enqueue(pack(args), None, None, None)
 
     def submit(
-        self, script: AsyncScript, keys: Sequence[str], args: Sequence[_Arg], parse: _Parse | None = None
+        self,
+        script: AsyncScript,
+        keys: Sequence[str],
+        args: Sequence[_Arg],
+        parse: _Parse | None = None,
+        waiter: asyncio.Future[Any] | None = None,
     ) -> asyncio.Future[Any]:
         """Sends ``script`` with the others called in this turn of the loop (at once if none is on its way) and
         returns the future of its reply, passed through ``parse``. The future is settled whether or not anyone
         still waits for it (a callback on it runs once the script ran); cancelling it before the turn ends leaves
-        the script out."""
-        return self._enqueue(_evalsha(script, keys, args), (script, keys, args), parse)
+        the script out.
 
-    def _enqueue(self, packed: bytes, script: _Script | None, parse: _Parse | None) -> asyncio.Future[Any]:
+        ``waiter`` gets the same outcome at the same moment. A caller that awaits it rather than the future can be
+        cancelled without cancelling the script, and wakes in the turn after the reply: ``asyncio.shield`` would
+        pass the outcome on through a callback of its own, a turn of the loop later."""
+        return self._enqueue(_evalsha(script, keys, args), (script, keys, args), parse, waiter)
+
+    def _enqueue(
+        self, packed: bytes, script: _Script | None, parse: _Parse | None, waiter: asyncio.Future[Any] | None
+    ) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        call = (packed, script, future, parse)
+        call = (packed, script, future, parse, waiter)
         pipe = self._pipe
         if not self._pending and pipe is not None and pipe.open and not pipe.busy:
             self._write(pipe, [call])  # nothing on its way: at once
@@ -196,24 +207,24 @@ class ScriptBatcher:
             return
         unloaded: list[_Call] = []
         for call, reply in zip(batch, replies, strict=True):
-            _, script, future, parse = call
+            _, script, future, parse, waiter = call
             if isinstance(reply, NoScriptError) and script is not None:
                 unloaded.append(call)
             else:
-                _settle(future, reply, parse)
+                _settle(future, reply, parse, waiter)
         if unloaded:
             self._spawn(self._load_and_run(unloaded))
 
     async def _load_and_run(self, calls: list[_Call]) -> None:
         # Not loaded (after a Redis restart or SCRIPT FLUSH): AsyncScript loads each and runs it again.
-        for _, script, future, parse in calls:
+        for _, script, future, parse, waiter in calls:
             assert script is not None
             run, keys, args = script
             try:
                 reply = await run(keys=list(keys), args=list(args))
             except Exception as error:
                 reply = error
-            _settle(future, reply, parse)
+            _settle(future, reply, parse, waiter)
 
     async def _connect_and_write(self, batch: list[_Call]) -> None:
         try:
@@ -221,6 +232,8 @@ class ScriptBatcher:
         except asyncio.CancelledError:
             for call in batch:
                 call[2].cancel()
+                if call[4] is not None:
+                    call[4].cancel()
             raise
         except Exception as error:  # Redis unreachable, say
             _fail(batch, error)
@@ -273,7 +286,7 @@ def _evalsha(script: AsyncScript, keys: Sequence[str], args: Sequence[_Arg]) -> 
     return pack(("EVALSHA", script.sha, len(keys), *keys, *args))
 
 
-def _settle(future: asyncio.Future[Any], reply: Any, parse: _Parse | None) -> None:
+def _settle(future: asyncio.Future[Any], reply: Any, parse: _Parse | None, waiter: asyncio.Future[Any] | None) -> None:
     if future.done():
         return  # its caller gave up
     if parse is not None and not isinstance(reply, Exception):
@@ -281,13 +294,17 @@ def _settle(future: asyncio.Future[Any], reply: Any, parse: _Parse | None) -> No
             reply = parse(reply)
         except Exception as error:
             reply = error
-    if isinstance(reply, Exception):
-        future.set_exception(reply)
-    else:
-        future.set_result(reply)
+    for each in (future, waiter):
+        if each is None or each.done():
+            continue  # no waiter, or it was cancelled
+        if isinstance(reply, Exception):
+            each.set_exception(reply)
+        else:
+            each.set_result(reply)
 
 
 def _fail(batch: list[_Call], error: BaseException) -> None:
     for call in batch:
-        if not call[2].done():
-            call[2].set_exception(error)
+        for each in (call[2], call[4]):
+            if each is not None and not each.done():
+                each.set_exception(error)

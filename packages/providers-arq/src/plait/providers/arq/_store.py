@@ -371,10 +371,11 @@ class Store:
         done: bool = False,
         cancelled: bytes | None = None,
         jobs: Sequence[Enqueue] = (),
+        waiter: asyncio.Future[Conflict | None] | None = None,
     ) -> asyncio.Future[Conflict | None]:
         """Sends the compare-and-set of ``state`` on ``version``; returns its future: ``None`` once ``state`` is
         written, else the current state. The commit goes, and its future is settled, whether or not anyone awaits
-        it.
+        it; ``waiter`` is settled with it (see :meth:`ScriptBatcher.submit`).
 
         Args:
             change: the items, events, timer and listing status that go with the state.
@@ -426,7 +427,7 @@ class Store:
         commit_keys = self._writer_keys(flow_id, workflow)
         if change.old_status is not None and change.old_status != status:
             commit_keys += keys.status_indexes(workflow, change.old_status) + keys.status_indexes(workflow, status)
-        return self._scripts.submit(self._commit, commit_keys, args, _conflict)
+        return self._scripts.submit(self._commit, commit_keys, args, _conflict, waiter)
 
     def _writer_keys(self, flow_id: str, workflow: str) -> list[str]:
         """The first keys of the scripts that write a flow's state (commit, fail_unreadable), in their order."""

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import math
 import os
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from plait.core import (
     ConsumerOptions,
@@ -405,3 +406,43 @@ async def test_a_model_that_overrides_model_dump_is_stored_as_its_model_dump_say
     handle = await provider.execute(masked, Data())
     await handle.result()
     assert provider.get_state(handle.id).results["a"] == {"card": "****4242"}
+
+
+class _Ratios(BaseModel):
+    nan: float
+    inf: float
+    ratio: float
+
+
+class _Constants(_Ratios):
+    model_config = ConfigDict(ser_json_inf_nan="constants")
+
+
+@pytest.mark.parametrize(
+    ("model", "stored"),
+    [
+        (_Ratios, {"nan": None, "inf": None, "ratio": 0.30000000000000004}),  # pydantic's default: null
+        (_Constants, {"nan": "nan", "inf": "inf", "ratio": 0.30000000000000004}),  # NaN and Infinity, read as floats
+    ],
+)
+async def test_an_output_is_stored_as_its_json_reads_back_as_a_durable_provider_would(
+    provider: InProcessWorkflowProvider, model: type[_Ratios], stored: dict[str, Any]
+) -> None:
+    ratios = Workflow.define(name="ratios", data=Data, result=Res).steps(lambda s: s.sequential(s.step("a", model)))
+
+    async def run(ctx: StepContext[Data]) -> _Ratios:
+        return model(nan=math.nan, inf=math.inf, ratio=0.1 + 0.2)
+
+    class Ratios(IWorkflowConsumer[Data, Res]):
+        steps = {"a": StepHandler(execute=run)}
+
+        async def on_complete(self, ctx: WorkflowContext[Data]) -> Res:
+            return Res(steps=list(ctx.results))
+
+    provider.register(ratios, Ratios())
+    await provider.start()
+    handle = await provider.execute(ratios, Data())
+    await handle.result()
+    result = provider.get_state(handle.id).results["a"]
+    assert {key: str(value) if isinstance(value, float) and not math.isfinite(value) else value
+            for key, value in result.items()} == stored  # fmt: skip

@@ -454,8 +454,10 @@ class Runner(Generic[D, R]):
                 raise  # the handler's own TimeoutError (say, from an HTTP client): keep it as the cause
             raise TimeoutError(f"{what} timed out after {timeout:g}s") from error
 
-    def _check_size(self, value: Any, what: str, name: str = "") -> None:
-        size = json_size(value)
+    def _check_size(self, value: Any, what: str, name: str = "", size: int | None = None) -> None:
+        """Raises ``PayloadTooLargeError`` if ``value`` (its JSON taking ``size`` bytes, when known) is too large."""
+        if size is None:
+            size = json_size(value)
         if size > self.max_payload_size:  # what names the value; formatted with name only then
             raise PayloadTooLargeError(f"The {what.format(name)}", size, self.max_payload_size)
 
@@ -482,8 +484,8 @@ class Runner(Generic[D, R]):
         output_model = self._outputs[step]
         try:
             model = out if type(out) is output_model else output_model.model_validate(_plain(out))  # type: ignore[union-attr]
-            output = json_form(model)
-            self._check_size(output, "output of step '{}'", step)
+            output, size = json_form(model)
+            self._check_size(output, "output of step '{}'", step, size)
         except _FAILURES as error:
             # A handler that returns the wrong shape, or a value JSON cannot hold, will do so again: no retry.
             # The model's own validators and serializers run here, and may raise any BaseException.
@@ -532,8 +534,8 @@ class Runner(Generic[D, R]):
             return CompleteRaised(error_record(error), error)
         try:
             model = out if type(out) is result_model else result_model.model_validate(_plain(out))
-            result = json_form(model)
-            self._check_size(result, "result")
+            result, size = json_form(model)
+            self._check_size(result, "result", "", size)
         except _FAILURES as error:
             _reraise_cancellation(error)
             view.exceptions["complete", None, None] = error

@@ -80,8 +80,11 @@ async def emit(redis_url: str, n: int, slow_step: str, slow: float) -> list[str]
 async def test_a_sigkilled_worker_loses_no_flow_and_later_steps_run_once(
     redis_url: str, redis_client: redis.Redis, workers: Workers, emitter: ArqWorkflowProvider
 ) -> None:
-    first, second = workers.start(), workers.start(console_script=True)
+    # One on asyncio's event loop, one on uvloop's (the default): they share the flows.
+    first, second = workers.start(args=("--loop", "asyncio")), workers.start(console_script=True)
     await workers.ready(first, second)
+    assert "on asyncio's event loop" in workers.log(first)
+    assert "on uvloop's event loop" in workers.log(second)
     flow_ids = await emit(redis_url, 12, "charge", 2.0)
     assert len(flow_ids) == 12
 

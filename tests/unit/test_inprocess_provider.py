@@ -378,6 +378,29 @@ async def test_a_started_flow_holds_few_objects_the_garbage_collector_tracks(
     assert per_flow <= 17, per_flow
 
 
+async def _stored_output(provider: InProcessWorkflowProvider, output: BaseModel) -> Any:
+    """What the state records of ``output``, returned by the only step of a flow."""
+    model = type(output)
+    one_step = Workflow.define(name=f"returns-{model.__name__.lower()}", data=Data, result=Res).steps(
+        lambda s: s.sequential(s.step("a", model))
+    )
+
+    async def run(ctx: StepContext[Data]) -> BaseModel:
+        return output
+
+    class Returns(IWorkflowConsumer[Data, Res]):
+        steps = {"a": StepHandler(execute=run)}
+
+        async def on_complete(self, ctx: WorkflowContext[Data]) -> Res:
+            return Res(steps=list(ctx.results))
+
+    provider.register(one_step, Returns())
+    await provider.start()
+    handle = await provider.execute(one_step, Data())
+    await handle.result()
+    return provider.get_state(handle.id).results["a"]
+
+
 async def test_a_model_that_overrides_model_dump_is_stored_as_its_model_dump_says(
     provider: InProcessWorkflowProvider,
 ) -> None:
@@ -390,22 +413,7 @@ async def test_a_model_that_overrides_model_dump_is_stored_as_its_model_dump_say
             dumped["card"] = "****" + dumped["card"][-4:]
             return dumped
 
-    masked = Workflow.define(name="masked", data=Data, result=Res).steps(lambda s: s.sequential(s.step("a", Masked)))
-
-    async def run(ctx: StepContext[Data]) -> Masked:
-        return Masked(card="4242424242424242")
-
-    class Card(IWorkflowConsumer[Data, Res]):
-        steps = {"a": StepHandler(execute=run)}
-
-        async def on_complete(self, ctx: WorkflowContext[Data]) -> Res:
-            return Res(steps=list(ctx.results))
-
-    provider.register(masked, Card())
-    await provider.start()
-    handle = await provider.execute(masked, Data())
-    await handle.result()
-    assert provider.get_state(handle.id).results["a"] == {"card": "****4242"}
+    assert await _stored_output(provider, Masked(card="4242424242424242")) == {"card": "****4242"}
 
 
 class _Ratios(BaseModel):
@@ -428,21 +436,6 @@ class _Constants(_Ratios):
 async def test_an_output_is_stored_as_its_json_reads_back_as_a_durable_provider_would(
     provider: InProcessWorkflowProvider, model: type[_Ratios], stored: dict[str, Any]
 ) -> None:
-    ratios = Workflow.define(name="ratios", data=Data, result=Res).steps(lambda s: s.sequential(s.step("a", model)))
-
-    async def run(ctx: StepContext[Data]) -> _Ratios:
-        return model(nan=math.nan, inf=math.inf, ratio=0.1 + 0.2)
-
-    class Ratios(IWorkflowConsumer[Data, Res]):
-        steps = {"a": StepHandler(execute=run)}
-
-        async def on_complete(self, ctx: WorkflowContext[Data]) -> Res:
-            return Res(steps=list(ctx.results))
-
-    provider.register(ratios, Ratios())
-    await provider.start()
-    handle = await provider.execute(ratios, Data())
-    await handle.result()
-    result = provider.get_state(handle.id).results["a"]
+    result = await _stored_output(provider, model(nan=math.nan, inf=math.inf, ratio=0.1 + 0.2))
     assert {key: str(value) if isinstance(value, float) and not math.isfinite(value) else value
             for key, value in result.items()} == stored  # fmt: skip

@@ -121,8 +121,11 @@ def validate(model: type[M], value: object, *, workflow: str, what: str, max_siz
         PayloadTooLargeError: its JSON is larger than ``max_size`` bytes.
     """
     try:
-        if isinstance(value, BaseModel):
-            value = value.model_dump(warnings=False)
+        if isinstance(value, BaseModel):  # its fields, as model_dump(warnings=False) gives them
+            if type(value).model_dump is _MODEL_DUMP:
+                value = value.__pydantic_serializer__.to_python(value, warnings=False)
+            else:
+                value = value.model_dump(warnings=False)
         validated = model.model_validate(value)
         payload, size = json_form(validated)
     except (ValidationError, ValueError, TypeError, RecursionError) as error:

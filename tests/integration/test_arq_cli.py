@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from plait.providers.arq import ArqWorkflowProvider
-from plait.providers.arq._cli import _loop_factory, find_provider, load_target, main
+from plait.providers.arq._cli import find_provider, load_target, main
 from tests.integration.apps import cli_targets
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,18 +107,6 @@ def test_plait_worker_help_has_an_example(capsys: pytest.CaptureFixture[str]) ->
     assert "plait worker myservice.app:app" in out
     assert "--connect-timeout SECONDS" in out
     assert "one WARNING line per try" in out
-
-
-def test_the_event_loop_is_uvloops_when_installed_unless_asyncio_is_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
-    import uvloop
-
-    assert _loop_factory("auto") is uvloop.new_event_loop
-    assert _loop_factory("uvloop") is uvloop.new_event_loop
-    assert _loop_factory("asyncio") is None
-    monkeypatch.setitem(sys.modules, "uvloop", None)  # as if it were not installed
-    assert _loop_factory("auto") is None
-    with pytest.raises(ValueError, match="uvloop is not installed"):
-        _loop_factory("uvloop")
 
 
 def test_asking_for_uvloop_where_it_is_not_installed_is_refused_in_one_line(

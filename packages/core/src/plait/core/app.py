@@ -26,6 +26,7 @@ from plait.core.consumer import IWorkflowConsumer
 from plait.core.container import Dependency, ServiceGraph
 from plait.core.errors import DefinitionError, PlaitError, ProviderNotStartedError
 from plait.core.executor import CorrelatedExecutor
+from plait.core.loops import LoopChoice, run
 from plait.core.options import ConsumerOptions
 from plait.core.provider import EventHook, WorkflowExecutor, WorkflowProvider
 from plait.core.routing import (
@@ -502,10 +503,15 @@ class Application:
         finally:
             await self.stop()
 
-    def listen(self, port: int = 8000, host: str = "127.0.0.1") -> None:
-        """Serves the application with uvicorn on ``host:port`` until interrupted (Ctrl-C); blocks."""
+    def listen(self, port: int = 8000, host: str = "127.0.0.1", *, loop: LoopChoice = "auto") -> None:
+        """Serves the application with uvicorn on ``host:port`` until interrupted (Ctrl-C); blocks.
+
+        Args:
+            loop: the event loop: ``auto`` (uvloop's when it is installed, as uvicorn itself chooses), ``uvloop``
+                or ``asyncio`` (see :mod:`plait.core.loops`).
+        """
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(self.serve(port=port, host=host))
+            run(self.serve(port=port, host=host), loop)
 
     def __repr__(self) -> str:
         state = "started" if self._started else "stopped"

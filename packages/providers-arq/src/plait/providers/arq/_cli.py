@@ -28,12 +28,13 @@ import os
 import platform
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
 from typing import Protocol, runtime_checkable
 
 from plait.core import Application, PlaitError, ProviderUnavailableError, WorkflowProvider
+from plait.core.loops import loop_factory, run
 from plait.providers.arq.provider import ArqWorkflowProvider
 
 __all__ = ["find_provider", "load_target", "main"]
@@ -209,23 +210,6 @@ def _version() -> str:
     return f"plait ({', '.join(found)}; Python {platform.python_version()})"
 
 
-def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """The event loop ``--loop`` asks for: uvloop's (``auto``: when it is installed), or ``None`` for asyncio's.
-
-    Raises:
-        ValueError: ``uvloop`` was asked for and is not installed.
-    """
-    if choice == "asyncio":
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        if choice == "uvloop":
-            raise ValueError("--loop uvloop: uvloop is not installed (pip install uvloop)") from None
-        return None
-    return uvloop.new_event_loop
-
-
 def _seconds(text: str) -> float:
     value = float(text)
     if not value >= 0:
@@ -268,14 +252,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     worker.add_argument("--version", action="version", version=_version())
     args = parser.parse_args(argv)
     try:
-        loop_factory = _loop_factory(args.loop)
+        loop_factory(args.loop)
     except ValueError as error:
-        worker.error(str(error))
+        worker.error(f"--loop {args.loop}: {error}")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sys.path.insert(0, os.path.abspath(args.app_dir))
     try:
-        with asyncio.Runner(loop_factory=loop_factory) as runner:
-            runner.run(_run(args.target, args.connect_timeout))
+        run(_run(args.target, args.connect_timeout), args.loop)
     except asyncio.CancelledError:
         return 1
     return 0

@@ -35,6 +35,7 @@ from plait.core import (
     WorkflowProvider,
     WorkflowTimeoutError,
 )
+from plait.core.engine import event_fields
 from plait.providers.arq import ArqSettings, ArqWorkflowProvider
 from plait.providers.arq._keys import Job, Keys, loads
 from plait.providers.arq._store import Store, script
@@ -455,6 +456,28 @@ async def test_subscribe_skips_a_stream_entry_plait_did_not_write(
     assert events[0].type == "flow_started" and events[-1].type == "flow_completed"
     assert [event.seq for event in events] == list(range(1, len(events) + 1))
     assert sum("not a Plait event" in r.getMessage() for r in caplog.records) == 2
+
+
+async def test_events_are_stored_as_json_arrays_and_streams_written_as_objects_still_read(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    worker = ArqWorkflowProvider(redis_url)
+    worker.register(LINE, Recorder(("a", "b")))
+    async with started(worker):
+        handle = await worker.execute(LINE, Data(key="k"))
+        await handle.result(timeout=5)
+        stream = Keys("workflow").events(handle.id)
+        entries = cast(list[tuple[bytes, dict[bytes, bytes]]], redis_client.xrange(stream))
+        stored = [json.loads(fields[b"e"]) for _, fields in entries]
+        assert stored[0][:2] == ["flow_started", 1] and stored[1][:2] == ["step_started", 2]
+        assert stored[1][3:] == ["a", 1]  # its own fields: step, attempt (no item index)
+        # A flow's stream as an earlier version wrote it: one JSON object per event.
+        redis_client.delete(stream)
+        for record in stored:
+            redis_client.xadd(stream, {"e": json.dumps(event_fields(record))})
+        events = [event async for event in worker.subscribe(handle.id)]
+    assert [(event.type, event.seq) for event in events] == [(record[0], record[1]) for record in stored]
+    assert events[1].type == "step_started" and events[1].step == "a" and events[1].index is None
 
 
 async def test_listing_indexes_forget_flows_once_their_retention_expired(

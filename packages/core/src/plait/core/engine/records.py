@@ -193,8 +193,7 @@ EventRecord = tuple[Any, ...]
 fields in the order :data:`EVENT_FIELDS` lists for its type, any at the end that do not apply left out (the item
 ``index`` of a step that is not a for-each, say). A tuple of plain values, not a dict: it is cheaper to make and to
 ``marshal``, the garbage collector stops tracking it at its first pass, and a provider stores it as a short JSON
-array. :func:`event_fields` names its
-fields; ``plait.core.events.event_from_record`` makes it a typed event.
+array. :func:`event_fields` names its fields; ``plait.core.events.event_from_record`` makes it a typed event.
 """
 
 _FLOW_END_FIELDS = ("error", "reason")

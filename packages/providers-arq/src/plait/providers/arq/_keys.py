@@ -6,7 +6,8 @@ With the queue prefix ``P`` (``"workflow"`` by default):
   ``st`` its status, ``wf`` its workflow, ``n`` the ``P:ends:<owner>`` channel of the provider that started it (if
   any). It has no expiry until the flow ends; then it expires after the retention.
   Fields ``i:<node>:<index>`` hold for-each items, one record each (the engine keeps them apart from the state).
-- ``P:events:{F}`` (stream): the flow's events, one entry each (field ``e``: the event record as JSON).
+- ``P:events:{F}`` (stream): the flow's events, one entry each (field ``e``: the event record as a JSON array,
+  ``[type, seq, at, ...]``; an object in streams written before records were tuples).
 - ``arq:job:P:{F}:<kind>[:<name>]`` (string): one job in arq's format, as JSON:
   ``{"f": "plait.step", "a": [F, kind, step, attempt, extra], "k": {}, "t": try, "et": enqueued ms}``.
 - ``P.<workflow>`` (sorted set): the arq queue of flow jobs (start, on_complete, on_error, child flows,

@@ -441,18 +441,24 @@ async def test_without_recorded_events_a_flow_has_no_stream_but_hooks_see_every_
     assert seen.count("step_completed") == 2
 
 
-async def test_subscribe_skips_a_stream_entry_plait_did_not_write(
-    redis_url: str, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
-) -> None:
+@asynccontextmanager
+async def ended_line_flow(redis_url: str) -> AsyncIterator[tuple[ArqWorkflowProvider, str, str]]:
+    """A started provider, one of its flows that has ended, and the key of that flow's event stream."""
     worker = ArqWorkflowProvider(redis_url)
     worker.register(LINE, Recorder(("a", "b")))
     async with started(worker):
         handle = await worker.execute(LINE, Data(key="k"))
         await handle.result(timeout=5)
-        stream = Keys("workflow").events(handle.id)
+        yield worker, handle.id, Keys("workflow").events(handle.id)
+
+
+async def test_subscribe_skips_a_stream_entry_plait_did_not_write(
+    redis_url: str, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with ended_line_flow(redis_url) as (worker, flow_id, stream):
         redis_client.xadd(stream, {"x": "not an event"})
         redis_client.xadd(stream, {"e": "[1, 2]"})
-        events = [event async for event in worker.subscribe(handle.id)]
+        events = [event async for event in worker.subscribe(flow_id)]
     assert events[0].type == "flow_started" and events[-1].type == "flow_completed"
     assert [event.seq for event in events] == list(range(1, len(events) + 1))
     assert sum("not a Plait event" in r.getMessage() for r in caplog.records) == 2
@@ -461,12 +467,7 @@ async def test_subscribe_skips_a_stream_entry_plait_did_not_write(
 async def test_events_are_stored_as_json_arrays_and_streams_written_as_objects_still_read(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
-    worker = ArqWorkflowProvider(redis_url)
-    worker.register(LINE, Recorder(("a", "b")))
-    async with started(worker):
-        handle = await worker.execute(LINE, Data(key="k"))
-        await handle.result(timeout=5)
-        stream = Keys("workflow").events(handle.id)
+    async with ended_line_flow(redis_url) as (worker, flow_id, stream):
         entries = cast(list[tuple[bytes, dict[bytes, bytes]]], redis_client.xrange(stream))
         stored = [json.loads(fields[b"e"]) for _, fields in entries]
         assert stored[0][:2] == ["flow_started", 1] and stored[1][:2] == ["step_started", 2]
@@ -475,7 +476,7 @@ async def test_events_are_stored_as_json_arrays_and_streams_written_as_objects_s
         redis_client.delete(stream)
         for record in stored:
             redis_client.xadd(stream, {"e": json.dumps(event_fields(record))})
-        events = [event async for event in worker.subscribe(handle.id)]
+        events = [event async for event in worker.subscribe(flow_id)]
     assert [(event.type, event.seq) for event in events] == [(record[0], record[1]) for record in stored]
     assert events[1].type == "step_started" and events[1].step == "a" and events[1].index is None
 

@@ -38,7 +38,7 @@ from plait.core import (
 from plait.core.engine import event_fields
 from plait.providers.arq import ArqSettings, ArqWorkflowProvider
 from plait.providers.arq._keys import Job, Keys, loads
-from plait.providers.arq._store import Store, script
+from plait.providers.arq._store import Claimed, Rejected, Store, script
 from tests.garbage import plait_cycles
 
 
@@ -398,6 +398,147 @@ async def test_a_timeout_cancels_a_step_running_in_another_worker(redis_url: str
     steps = [c for c in calls if c.kind == "step"]
     assert {c.provider for c in steps} == {"one", "two"}
     assert {c.outcome for c in steps} == {"cancelled"}
+
+
+# -- new flows handed to idle workers --
+
+
+def start_job_id(flow_id: str) -> str:
+    return Keys("workflow").job_id(Job("start", LINE.name, flow_id))
+
+
+async def test_a_new_flow_is_handed_with_its_state_to_a_worker_waiting_idle(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    emitter = ArqWorkflowProvider(redis_url)
+    emitter.register(LINE)
+    async with started(emitter), arq_pool(redis_url) as pool:
+        idle = Store(pool, Keys("workflow"), retention=3600, lease=2.0, owner="idle")
+        assert await idle.claim(LINE.name, 2, idle_for=5.0) == ([], [], None)  # nothing due: two slots wait
+        began = time.time()
+        first, second, third = [await emitter.execute(LINE, Data(key=key)) for key in ("1", "2", "3")]
+        # The first two went straight to the idle worker, leased to it; the third found no slot and is queued.
+        assert redis_client.zrange("workflow.it-line", 0, -1) == [start_job_id(third.id).encode()]
+        assert redis_client.zcard("workflow.it-line:idle") == 0
+        handed = await idle.wait_for_work(LINE.name, 1.0)
+        assert isinstance(handed, Claimed)
+        assert (handed.job.kind, handed.job.flow_id, handed.job_id) == ("start", first.id, start_job_id(first.id))
+        assert (handed.state, handed.version) == (redis_client.hget(f"workflow:flow:{{{first.id}}}", "s"), b"1")
+        assert handed.lease_end is not None and began + 2.0 <= handed.lease_end + 0.002 <= time.time() + 2.0
+        record = cast(bytes, redis_client.hget("workflow:lease-info", handed.job_id))
+        assert json.loads(record) == ["workflow.it-line", "workflow.it-line:wake", "idle"]
+        # A claim takes what is left in the inbox first (leased already), then the queue.
+        claimed, _, _ = await idle.claim(LINE.name, 5, idle_for=5.0)
+        assert [(c.job.flow_id, c.lease_end is None) for c in claimed] == [(second.id, False), (third.id, True)]
+        # Three slots were left: the claim registered them.
+        assert redis_client.zrange("workflow.it-line:idle", 0, -1, withscores=True) == [(b"2000:idle", 3.0)]
+        # Stopping withdraws the registration and returns what was handed meanwhile.
+        fourth = await emitter.execute(LINE, Data(key="4"))
+        [left] = await idle.leave(LINE.name)
+        assert isinstance(left, Claimed) and left.job.flow_id == fourth.id
+        assert redis_client.zcard("workflow.it-line:idle") == redis_client.zcard("workflow.it-line:idle-until") == 0
+        assert not redis_client.exists("workflow.it-line:inbox:idle")
+        fifth = await emitter.execute(LINE, Data(key="5"))
+        assert redis_client.zrange("workflow.it-line", 0, -1) == [start_job_id(fifth.id).encode()]
+
+
+async def test_a_registration_that_ran_out_is_never_handed_a_flow(redis_url: str, redis_client: redis.Redis) -> None:
+    emitter = ArqWorkflowProvider(redis_url)
+    emitter.register(LINE)
+    async with started(emitter), arq_pool(redis_url) as pool:
+        idle = Store(pool, Keys("workflow"), retention=3600, lease=2.0, owner="gone")
+        await idle.claim(LINE.name, 2, idle_for=0.05)
+        await asyncio.sleep(0.1)
+        handle = await emitter.execute(LINE, Data(key="k"))
+        assert redis_client.zrange("workflow.it-line", 0, -1) == [start_job_id(handle.id).encode()]
+        assert redis_client.lrange("workflow.it-line:wake", 0, -1) == [b"1"]
+        assert redis_client.zcard("workflow.it-line:idle") == redis_client.zcard("workflow.it-line:idle-until") == 0
+
+
+async def test_a_garbage_inbox_entry_is_rejected_not_run(redis_url: str, redis_client: redis.Redis) -> None:
+    async with arq_pool(redis_url) as pool:
+        idle = Store(pool, Keys("workflow"), retention=3600, lease=2.0, owner="idle")
+        redis_client.rpush("workflow.it-line:inbox:idle", b"no newline here", b"1\nworkflow:{f}:step:a:1\n{}\n{}")
+        first, second = [await idle.wait_for_work(LINE.name, 1.0) for _ in range(2)]
+        assert isinstance(first, Rejected) and (first.reason, first.leased) == ("not an inbox entry", False)
+        assert isinstance(second, Rejected) and second.leased
+        assert second.job_id == b"workflow:{f}:step:a:1"
+
+
+async def test_a_new_flow_handed_to_a_worker_that_died_runs_elsewhere(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    consumer = Recorder(("a", "b"))
+    emitter = ArqWorkflowProvider(redis_url)
+    emitter.register(LINE)
+    worker = ArqWorkflowProvider(redis_url, stall_interval=0.5)
+    worker.register(LINE, consumer)
+    async with started(emitter), arq_pool(redis_url) as pool:
+        # A worker registers as idle and dies: the flow is leased to it, and nobody renews the lease.
+        await Store(pool, Keys("workflow"), retention=3600, lease=0.5, owner="dead").claim(LINE.name, 10, idle_for=5)
+        handle = await emitter.execute(LINE, Data(key="k"))
+        record = cast(bytes, redis_client.hget("workflow:lease-info", start_job_id(handle.id)))
+        assert json.loads(record)[2] == "dead"
+        began = time.monotonic()
+        async with started(worker):
+            result = await handle.result(timeout=5)
+        assert time.monotonic() - began < 0.5 + 0.25 + 1.0
+    assert result.steps == ["a", "b"]
+    assert [c.step for c in consumer.of("step")] == ["a", "b"]
+
+
+async def test_a_start_job_taken_from_the_inbox_after_its_lease_ran_out_is_left_to_the_reconciler(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    consumer = Recorder(("a", "b"))
+    emitter = ArqWorkflowProvider(redis_url)
+    emitter.register(LINE)
+    worker = ArqWorkflowProvider(redis_url, stall_interval=0.5)
+    worker.register(LINE, consumer)
+    async with started(emitter), arq_pool(redis_url) as pool:
+        slow = Store(pool, Keys("workflow"), retention=3600, lease=0.05, owner="slow")
+        await slow.claim(LINE.name, 1, idle_for=5)
+        handle = await emitter.execute(LINE, Data(key="k"))
+        await asyncio.sleep(0.1)
+        late = await slow.wait_for_work(LINE.name, 1.0)  # an event loop held up past the lease, say
+        assert isinstance(late, Claimed)
+        async with started(worker):
+            internal = worker._worker
+            assert internal is not None
+            assert await internal._take(internal.runtimes[LINE.name], [late], 0.0) == []
+            assert late.job_id not in internal.leases.owned
+            assert (await handle.result(timeout=5)).steps == ["a", "b"]  # handed back by the reconciler
+    assert len(consumer.of("step")) == 2
+
+
+async def test_a_stopping_worker_hands_back_the_new_flows_it_was_handed(
+    redis_url: str, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    consumer = Recorder(("a", "b"))
+    emitter = ArqWorkflowProvider(redis_url)
+    emitter.register(LINE)
+    first = ArqWorkflowProvider(redis_url, provider_id="first")
+    first.register(LINE, Recorder(("a", "b")))
+    second = ArqWorkflowProvider(redis_url, provider_id="second")
+    second.register(LINE, consumer)
+
+    async def deaf(self: Store, workflow: str, timeout: float) -> None:
+        await asyncio.sleep(timeout)  # registered as idle, but never looks at its inbox
+
+    async with started(emitter):
+        with monkeypatch.context() as patch:
+            patch.setattr(Store, "wait_for_work", deaf)
+            async with started(first):
+                await eventually(lambda: asyncio.sleep(0, result=redis_client.zcard("workflow.it-line:idle") == 1))
+                handle = await emitter.execute(LINE, Data(key="k"))
+                assert redis_client.zcard("workflow.it-line") == 0  # handed, not queued
+        # first stopped: the start job is back in the queue, no longer leased, and first is no longer registered.
+        assert redis_client.zrange("workflow.it-line", 0, -1) == [start_job_id(handle.id).encode()]
+        assert not redis_client.hexists("workflow:lease-info", start_job_id(handle.id))
+        assert redis_client.zcard("workflow.it-line:idle") == 0
+        async with started(second):
+            assert (await handle.result(timeout=5)).steps == ["a", "b"]
+    assert len(consumer.of("step")) == 2
 
 
 # -- quiet when idle --

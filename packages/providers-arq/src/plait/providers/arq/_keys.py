@@ -15,6 +15,11 @@ With the queue prefix ``P`` (``"workflow"`` by default):
   the same millisecond start in the order they were stored); ``P.<workflow>.steps``: steps, rollbacks and
   evaluations.
 - ``P.<workflow>:wake`` (list): wake-up tokens that idle workers of the workflow block on.
+- ``P.<workflow>:idle`` and ``P.<workflow>:idle-until`` (sorted sets): the workflow's workers that wait idle,
+  each as ``"<lease ms>:<owner>"``, scored by their free slots and by when the registration runs out (ms). A new
+  flow's start job is leased straight to the one with the most free slots and pushed to its inbox,
+  ``P.<workflow>:inbox:<owner>`` (list), as ``"<lease end ms>\n<job id>\n<payload>\n<state>"``, instead of
+  queued: it starts without a claim's round trip.
 - ``P.<workflow>:timers`` (sorted set): flows of the workflow scored by their next wake-up in ms.
 - ``P:index`` and ``P:index:wf:<workflow>``, ``P:index:st:<status>``, ``P:index:wfst:<workflow>:<status>``,
   ``P:index:parent:{F}`` (sorted sets): flow ids scored by creation time in seconds (exactly the state's), for
@@ -348,6 +353,18 @@ class Keys:
     def wake(self, workflow: str) -> str:
         """The list idle workers of ``workflow`` block on."""
         return f"{self.prefix}.{workflow}:wake"
+
+    def idle(self, workflow: str) -> str:
+        """The sorted set of the workflow's idle workers, ``"<lease ms>:<owner>"`` scored by their free slots."""
+        return f"{self.prefix}.{workflow}:idle"
+
+    def idle_until(self, workflow: str) -> str:
+        """The sorted set of the workflow's idle workers scored by when their registration runs out (ms)."""
+        return f"{self.prefix}.{workflow}:idle-until"
+
+    def inbox_prefix(self, workflow: str) -> str:
+        """The start of the inbox names of the workflow's idle workers (the owner's id follows)."""
+        return f"{self.prefix}.{workflow}:inbox:"
 
     def timers(self, workflow: str) -> str:
         """The sorted set of the workflow's flows scored by their next wake-up (a sleep, a signal's timeout, a

@@ -106,13 +106,19 @@ def script(name: str) -> str:
 class Claimed:
     """A job taken from a queue, with its flow's stored state and version as they were (``None`` if the flow is
     gone), and the record of the for-each item it names, if any. The bytes are as stored: they may not be
-    readable."""
+    readable.
+
+    ``lease_end``: for a start job handed to this worker while it waited idle, when the lease the handing took
+    for it runs out (seconds since the epoch); ``None`` for a job this worker claimed (its lease runs from the
+    claim's request).
+    """
 
     job_id: str
     job: Job
     state: bytes | None
     version: bytes | None
     item: bytes | None = None
+    lease_end: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,23 +239,25 @@ class Store:
         keys = self.keys
         job_id = keys.job_id(start)
         now = queue_ms()
-        index_keys = [
+        create_keys = [
+            keys.flow(flow_id),
+            keys.queue(workflow),
+            keys.job_key(job_id),
+            keys.wake(workflow),
+            keys.timers(workflow),
             keys.index,
             keys.index_workflow(workflow),
             *keys.status_indexes(workflow, "pending"),
+            keys.idle(workflow),
+            keys.idle_until(workflow),
+            keys.leases,
+            keys.lease_info,
         ]
         if parent_id is not None:
-            index_keys.append(keys.index_parent(parent_id))
+            create_keys.append(keys.index_parent(parent_id))
         existing = await self._scripts.run(
             self._create,
-            [
-                keys.flow(flow_id),
-                keys.queue(workflow),
-                keys.job_key(job_id),
-                keys.wake(workflow),
-                keys.timers(workflow),
-                *index_keys,
-            ],
+            create_keys,
             [
                 state,
                 workflow,
@@ -262,6 +270,8 @@ class Store:
                 "pending",
                 repr(created_at),
                 ends,
+                int(now),
+                keys.inbox_prefix(workflow),
             ],
         )
         return cast(bytes | None, existing)
@@ -309,8 +319,15 @@ class Store:
 
     # -- jobs --
 
-    async def claim(self, workflow: str, limit: int) -> tuple[list[Claimed], list[Rejected], float | None]:
+    async def claim(
+        self, workflow: str, limit: int, *, idle_for: float | None = None
+    ) -> tuple[list[Claimed], list[Rejected], float | None]:
         """Leases up to ``limit`` due jobs of ``workflow`` (steps first) to this store's owner.
+
+        Args:
+            idle_for: for a worker that waits for work next: also take the start jobs handed to it while it
+                waited (see :meth:`wait_for_work`), and if a slot is left after all, register it as idle for
+                about this many seconds, so that new flows' start jobs are handed to it.
 
         Returns:
             The jobs; those that are not jobs of this workflow this worker can run, and why (the script deleted
@@ -320,9 +337,14 @@ class Store:
         keys = self.keys
         now = queue_ms()
         steps_queue, flow_queue = keys.steps_queue(workflow), keys.queue(workflow)
-        jobs, garbage, due = await self._scripts.run(
+        claim_keys = [steps_queue, flow_queue, keys.wake(workflow), keys.leases, keys.lease_info]
+        idle: list[str | int] = []
+        if idle_for is not None:
+            claim_keys += [keys.idle(workflow), keys.idle_until(workflow), self._inbox(workflow)]
+            idle = [self._idle_member, int(now + idle_for * 1000)]
+        jobs, garbage, due, handed = await self._scripts.run(
             self._claim,
-            [steps_queue, flow_queue, keys.wake(workflow), keys.leases, keys.lease_info],
+            claim_keys,
             [
                 repr(now),
                 limit,
@@ -333,10 +355,17 @@ class Store:
                 self._record(steps_queue, workflow),
                 self._record(flow_queue, workflow),
                 keys.item_prefix,
+                *idle,
             ],
         )
         rejected = [Rejected(job_id, reason.decode(), leased=False) for job_id, reason in garbage]
         claimed: list[Claimed] = []
+        for entry in handed:
+            taken = self._handed(workflow, entry)
+            if isinstance(taken, Claimed):
+                claimed.append(taken)
+            else:
+                rejected.append(taken)
         for raw_id, payload, state, version, flow_workflow, queue_number, item in jobs:
             job_id = _text(raw_id)
             try:
@@ -577,10 +606,49 @@ class Store:
             record = self._records[queue] = self.keys.lease_record(queue, workflow, self.owner)
         return record
 
-    async def wait_for_work(self, workflow: str, timeout: float) -> bool:
-        """Blocks until a wake-up token for ``workflow`` arrives or ``timeout`` seconds pass."""
-        reply = await self.command("BLPOP", self.keys.wake(workflow), f"{max(timeout, 0.01):.3f}")
-        return reply is not None
+    async def wait_for_work(self, workflow: str, timeout: float) -> Claimed | Rejected | None:
+        """Blocks until a start job is handed to this worker (see :meth:`claim`'s ``idle_for``) or a wake-up token
+        for ``workflow`` arrives, or ``timeout`` seconds pass; returns the handed job, if any."""
+        inbox = self._inbox(workflow)
+        reply = await self.command("BLPOP", inbox, self.keys.wake(workflow), f"{max(timeout, 0.01):.3f}")
+        if reply is None or reply[0] != inbox.encode():
+            return None
+        return self._handed(workflow, reply[1])
+
+    async def leave(self, workflow: str) -> list[Claimed | Rejected]:
+        """Stops waiting idle for ``workflow``: no start job is handed to this worker any more; returns those handed
+        to it meanwhile (still leased to it)."""
+        keys = self.keys
+        inbox = self._inbox(workflow)
+        member = self._idle_member
+        async with self.redis.pipeline(transaction=True) as leaving:
+            leaving.zrem(keys.idle(workflow), member)
+            leaving.zrem(keys.idle_until(workflow), member)
+            leaving.lrange(inbox, 0, -1)
+            leaving.delete(inbox)
+            replies = await leaving.execute()
+        return [self._handed(workflow, entry) for entry in replies[2]]
+
+    @property
+    def _idle_member(self) -> str:
+        return f"{int(self.lease * 1000)}:{self.owner}"
+
+    def _inbox(self, workflow: str) -> str:
+        return f"{self.keys.inbox_prefix(workflow)}{self.owner}"
+
+    def _handed(self, workflow: str, entry: bytes) -> Claimed | Rejected:
+        """An entry of this worker's inbox (see ``create.lua``): the start job it names, leased to this worker."""
+        parts = entry.split(b"\n", 3)
+        if len(parts) != 4 or not parts[0].isdigit():
+            return Rejected(entry[:200], "not an inbox entry", leased=False)
+        lease_end, raw_id, payload, state = parts
+        try:
+            job = Job.parse(workflow, payload)
+            if job.kind != "start" or self.keys.job_id(job) != raw_id.decode():
+                raise MalformedJobError(f"not the start job its entry names ({shorten(raw_id)})")
+        except (MalformedJobError, UnicodeDecodeError) as error:
+            return Rejected(raw_id, str(error), leased=True)
+        return Claimed(raw_id.decode(), job, state, b"1", lease_end=int(lease_end) / 1000)
 
     async def command(self, *args: str | bytes | int | float) -> Any:
         """Runs one Redis command and returns its raw reply."""

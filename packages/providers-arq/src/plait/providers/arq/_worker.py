@@ -2,7 +2,9 @@
 what happened to the engine, commit what it decides.
 
 One loop per workflow claims due jobs (up to the workflow's concurrency) and blocks on the workflow's wake-up
-list when there are none. Each claimed job runs in a task; when the engine answers with a job that can start at
+list when there are none, registered as idle with its free slots: a new flow's start job is then leased
+straight to it and pushed to its own list (which it blocks on too), with the flow's state, so that it starts
+without a claim. Each claimed job runs in a task; when the engine answers with a job that can start at
 once, the same task runs it too, leased to this process in the same commit (a sequential flow costs one commit
 per step and no queue round trip). The others go to the queues, where any worker picks them up.
 
@@ -65,7 +67,7 @@ from plait.providers.arq._flows import Exceptions, Plan, StoredFlow, UnreadableS
 from plait.providers.arq._keys import Job, Keys, dumps, loads, shorten
 from plait.providers.arq._leases import Leases
 from plait.providers.arq._notify import Notifier
-from plait.providers.arq._store import UNAVAILABLE, Change, Claimed, Conflict, Outage, Store
+from plait.providers.arq._store import UNAVAILABLE, Change, Claimed, Conflict, Outage, Rejected, Store
 
 __all__ = ["Worker", "WorkflowRuntime"]
 
@@ -216,6 +218,11 @@ class Worker:
         await asyncio.gather(*loops, return_exceptions=True)
         for runtime in self.runtimes.values():
             runtime.loop = None
+            try:
+                # Start jobs handed to this worker as it waited are its own: they are handed back with the rest.
+                await self._take(runtime, await self.store.leave(runtime.name), asyncio.get_running_loop().time())
+            except _REDIS_ERRORS as error:
+                _log.warning("Could not stop waiting for jobs of '%s' (%s)", runtime.name, error)
         if self._chains:
             await asyncio.wait(set(self._chains), timeout=self.stop_grace)
         chains = set(self._chains)
@@ -275,20 +282,46 @@ class Worker:
                 continue  # there may be more: claim again once a slot is free
             if claimed:
                 await asyncio.sleep(0)  # the jobs' first steps (their commits on their way) before waiting for more
-            wait = _IDLE_WAIT if due is None else min(_IDLE_WAIT, due - time.time())
-            if wait <= 0.001:
-                continue
+            await self._wait(runtime, time.time() + (_IDLE_WAIT if due is None else min(_IDLE_WAIT, due - time.time())))
+
+    async def _wait(self, runtime: WorkflowRuntime, until: float) -> None:
+        """Waits for work until ``until`` (seconds since the epoch) or a wake-up token. A new flow's start job handed
+        to this worker as it waits (leased to it already) starts at once, without a claim of its own, and the
+        wait goes on."""
+        while (wait := until - time.time()) > 0.001 and runtime.busy < runtime.capacity:
             try:
-                await store.wait_for_work(runtime.name, wait)
+                handed = await self.store.wait_for_work(runtime.name, wait)
             except _REDIS_ERRORS as error:
                 self._outage.failed(f"waiting for jobs of '{runtime.name}'", error)
                 await asyncio.sleep(_RETRY)
+                return
+            if handed is None:
+                return
+            for each in await self._take(runtime, [handed], asyncio.get_running_loop().time()):
+                self._spawn(runtime, each)
 
     async def _claim(self, runtime: WorkflowRuntime, limit: int) -> tuple[list[Claimed], float | None]:
         sent = asyncio.get_running_loop().time()
-        claimed, rejected, due = await self.store.claim(runtime.name, limit)
-        for each in claimed:
-            self.leases.own(each.job_id, each.job, sent)
+        claimed, rejected, due = await self.store.claim(runtime.name, limit, idle_for=_IDLE_WAIT + 1)
+        return await self._take(runtime, [*claimed, *rejected], sent), due
+
+    async def _take(self, runtime: WorkflowRuntime, taken: list[Claimed | Rejected], sent: float) -> list[Claimed]:
+        """Owns the leases of the jobs taken (claimed at event loop time ``sent``, or handed to this worker), and
+        drops those it cannot run; returns those to run."""
+        claimed: list[Claimed] = []
+        rejected: list[Rejected] = []
+        for each in taken:
+            if isinstance(each, Rejected):
+                rejected.append(each)
+            elif each.lease_end is None:
+                self.leases.own(each.job_id, each.job, sent)
+                claimed.append(each)
+            else:
+                left = each.lease_end - time.time()
+                if left <= 0:
+                    continue  # held up past its lease: the reconciler hands it back, to run elsewhere
+                self.leases.own(each.job_id, each.job, asyncio.get_running_loop().time() + left - self.stall_interval)
+                claimed.append(each)
         for bad in rejected:
             _log.warning("Dropped job %s from the queues of '%s': %s", bad.name, runtime.name, bad.reason)
         leased = [bad for bad in rejected if bad.leased]
@@ -301,7 +334,7 @@ class Worker:
                 _log.warning(
                     "Could not drop %d job(s) (%s); they come back when their leases run out", len(leased), error
                 )
-        return claimed, due
+        return claimed
 
     def _spawn(self, runtime: WorkflowRuntime, claimed: Claimed) -> None:
         runtime.busy += 1

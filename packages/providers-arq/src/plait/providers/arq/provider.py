@@ -14,7 +14,9 @@ Why it looks like this (arq 0.28):
   try. Plait claims due jobs with one Lua script, and an idle workflow loop blocks on a Plait wake-up list
   (``BLPOP <prefix>.<workflow>:wake``, pushed by every enqueue) with a 10 s timeout: a hop costs a round trip,
   and an idle worker sends about 3 commands a second, its reconciler's scan included (see BENCHMARKS.md for
-  both measured against raw arq). An arq ``Worker`` pointed at these queues would see jobs it can decode but
+  both measured against raw arq). A worker waiting idle is registered (by the claim that found nothing), and a
+  new flow's start job is leased straight to it and pushed, with the flow's state, to its own list, which it
+  blocks on too: the flow starts without a claim's round trip. An arq ``Worker`` pointed at these queues would see jobs it can decode but
   functions it does not know; the format is arq's so that arq's tools can inspect them. Swapping arq out means
   rewriting :mod:`~plait.providers.arq._keys` (the job format) and the queue parts of
   :mod:`~plait.providers.arq._store`.

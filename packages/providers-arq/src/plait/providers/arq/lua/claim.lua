@@ -4,18 +4,27 @@
 -- a string) is deleted here and reported, never leased: one garbage job must not fail the whole claim. The
 -- caller checks the rest of each job and drops, through release.lua, those it cannot run.
 --
--- Returns {jobs, rejected, due}:
+-- A worker that waits for work next also takes what create.lua handed it in its inbox (already leased to it),
+-- and, when no ready job is left and it has slots free, registers as idle for create.lua to hand it new flows'
+-- start jobs: as the member "<lease ms>:<owner>" of the idle set, scored by its free slots, and of the
+-- idle-until set, scored by when the registration runs out. A worker with no slot left is unregistered.
+--
+-- Returns {jobs, rejected, due, handed}:
 --   jobs: {job id, payload, state, version, workflow, queue number (1: steps queue, 2: flow queue), item} per
 --         leased job; state, version and workflow are false when the flow no longer exists; item is the record of
 --         the for-each item a step or rollback job names (false for other jobs)
 --   rejected: {job id, reason} per job deleted here
 --   due: when no ready job is left, the score of the next job (ms), else false
+--   handed: the entries taken from the caller's inbox (see create.lua), oldest first
 
 local steps_queue = KEYS[1]
 local flow_queue = KEYS[2]
 local wake = KEYS[3]
 local leases = KEYS[4]
 local lease_info = KEYS[5]
+local idle = KEYS[6]  -- these three only for a worker that waits for work next
+local idle_until = KEYS[7]
+local inbox = KEYS[8]
 
 local now_ms = tonumber(ARGV[1])
 local left = tonumber(ARGV[2])
@@ -26,6 +35,15 @@ local flow_key_suffix = ARGV[6]
 local steps_record = ARGV[7]  -- the lease record of a job from the steps queue, and from the flow queue
 local flow_record = ARGV[8]
 local item_field_prefix = ARGV[9]  -- a for-each item's field in its flow's hash is prefix .. node .. ':' .. index
+local idle_member = ARGV[10]  -- with idle: "<lease ms>:<owner>", and when its registration runs out (ms)
+local idle_until_ms = ARGV[11]
+
+local handed = {}
+if inbox then
+  handed = redis.call('LRANGE', inbox, 0, -1)
+  if #handed > 0 then redis.call('DEL', inbox) end
+  left = left - #handed
+end
 
 -- Garbage does not use up `left`, so a flood of it is bounded separately.
 local rejects_left = 1000
@@ -89,4 +107,18 @@ if left > 0 then
     if first[2] and (not due or tonumber(first[2]) < tonumber(due)) then due = first[2] end
   end
 end
-return {jobs, rejected, due}
+if idle then
+  if left > 0 then
+    redis.call('ZADD', idle, left, idle_member)
+    redis.call('ZADD', idle_until, idle_until_ms, idle_member)
+  else
+    redis.call('ZREM', idle, idle_member)
+    redis.call('ZREM', idle_until, idle_member)
+  end
+  -- Registrations that ran out (their workers died) go too, a few at a time.
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', idle_until, '-inf', now_ms, 'LIMIT', 0, 8)) do
+    redis.call('ZREM', idle, member)
+    redis.call('ZREM', idle_until, member)
+  end
+end
+return {jobs, rejected, due, handed}

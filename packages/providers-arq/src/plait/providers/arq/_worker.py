@@ -257,7 +257,6 @@ class Worker:
     # -- claiming --
 
     async def _loop(self, runtime: WorkflowRuntime) -> None:
-        store = self.store
         while True:
             free = runtime.capacity - runtime.busy
             if free <= 0:

@@ -16,10 +16,10 @@ Why it looks like this (arq 0.28):
   and an idle worker sends about 3 commands a second, its reconciler's scan included (see BENCHMARKS.md for
   both measured against raw arq). A worker waiting idle is registered (by the claim that found nothing), and a
   new flow's start job is leased straight to it and pushed, with the flow's state, to its own list, which it
-  blocks on too: the flow starts without a claim's round trip. An arq ``Worker`` pointed at these queues would see jobs it can decode but
-  functions it does not know; the format is arq's so that arq's tools can inspect them. Swapping arq out means
-  rewriting :mod:`~plait.providers.arq._keys` (the job format) and the queue parts of
-  :mod:`~plait.providers.arq._store`.
+  blocks on too: the flow starts without a claim's round trip. An arq ``Worker`` pointed at these queues would
+  see jobs it can decode but functions it does not know; the format is arq's so that arq's tools can inspect
+  them. Swapping arq out means rewriting :mod:`~plait.providers.arq._keys` (the job format) and the queue parts
+  of :mod:`~plait.providers.arq._store`.
 * **One commit per event.** A worker runs a job through the core ``Runner``, hands the event to ``Engine.handle``
   and commits the outcome with one Lua compare-and-set on the flow's version (see ``_store``): new state, jobs
   to enqueue, job finished, cancellations, end-of-flow announcement. Job ids are deterministic

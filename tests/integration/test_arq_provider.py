@@ -455,6 +455,26 @@ async def test_a_registration_that_ran_out_is_never_handed_a_flow(redis_url: str
         assert redis_client.zcard("workflow.it-line:idle") == redis_client.zcard("workflow.it-line:idle-until") == 0
 
 
+async def test_a_new_flow_waits_its_turn_behind_due_jobs_even_with_a_worker_idle(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    emitter = ArqWorkflowProvider(redis_url)
+    emitter.register(LINE)
+    async with started(emitter), arq_pool(redis_url) as pool:
+        idle = Store(pool, Keys("workflow"), retention=3600, lease=2.0, owner="idle")
+        await idle.claim(LINE.name, 10, idle_for=5.0)
+        # A job fell due after the claim looked (a clock a little behind, say): steps go first, then flows in order.
+        for queue in ("workflow.it-line.steps", "workflow.it-line"):
+            redis_client.zadd(queue, {"ahead": 0})
+            handle = await emitter.execute(LINE, Data(key=queue))
+            assert redis_client.zscore("workflow.it-line", start_job_id(handle.id)) is not None  # queued, not handed
+            redis_client.delete("workflow.it-line.steps", "workflow.it-line")
+        handle = await emitter.execute(LINE, Data(key="now"))
+        assert redis_client.zcard("workflow.it-line") == 0
+        handed = await idle.wait_for_work(LINE.name, 1.0)
+        assert isinstance(handed, Claimed) and handed.job.flow_id == handle.id
+
+
 async def test_a_garbage_inbox_entry_is_rejected_not_run(redis_url: str, redis_client: redis.Redis) -> None:
     async with arq_pool(redis_url) as pool:
         idle = Store(pool, Keys("workflow"), retention=3600, lease=2.0, owner="idle")

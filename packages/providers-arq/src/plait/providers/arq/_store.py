@@ -194,6 +194,7 @@ class Store:
         "_scripts",
         "_timers",
         "_trim",
+        "_waits",
         "keys",
         "lease",
         "owner",
@@ -209,6 +210,7 @@ class Store:
         self.owner = owner
         self._records: dict[str, bytes] = {}  # queue -> the lease record of its jobs leased here
         self._scripts = ScriptBatcher(redis)
+        self._waits: dict[str, ScriptBatcher] = {}  # workflow -> the connection its loop blocks on
         self._create = redis.register_script(script("create"))
         self._claim = redis.register_script(script("claim"))
         self._commit = redis.register_script(script("commit"))
@@ -252,6 +254,7 @@ class Store:
             keys.idle_until(workflow),
             keys.leases,
             keys.lease_info,
+            keys.steps_queue(workflow),
         ]
         if parent_id is not None:
             create_keys.append(keys.index_parent(parent_id))
@@ -610,7 +613,11 @@ class Store:
         """Blocks until a start job is handed to this worker (see :meth:`claim`'s ``idle_for``) or a wake-up token
         for ``workflow`` arrives, or ``timeout`` seconds pass; returns the handed job, if any."""
         inbox = self._inbox(workflow)
-        reply = await self.command("BLPOP", inbox, self.keys.wake(workflow), f"{max(timeout, 0.01):.3f}")
+        # On a pipelined connection of the loop's own: a blocked command would hold up the commits behind it.
+        waits = self._waits.get(workflow)
+        if waits is None:
+            waits = self._waits[workflow] = ScriptBatcher(self.redis)
+        reply = await waits.command("BLPOP", inbox, self.keys.wake(workflow), f"{max(timeout, 0.01):.3f}")
         if reply is None or reply[0] != inbox.encode():
             return None
         return self._handed(workflow, reply[1])

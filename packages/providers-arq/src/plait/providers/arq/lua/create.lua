@@ -4,7 +4,8 @@
 -- When a worker of the workflow waits idle (claim.lua registered it), the start job is leased to it at once and
 -- pushed to its inbox with the flow's state, instead of queued: the worker runs it without a claim of its own. An
 -- idle worker is a member "<lease ms>:<owner>" of the idle set, scored by its free slots, and of the idle-until
--- set, scored by when its registration runs out (ms); the one with the most free slots gets the job.
+-- set, scored by when its registration runs out (ms); the one with the most free slots gets the job. Not while
+-- jobs are due in the workflow's queues, though: those go first (steps first, then flows in the order stored).
 -- An inbox entry is "<lease end ms>\n<job id>\n<payload>\n<state>" (neither a job id nor JSON holds a newline).
 --
 -- Returns false, or the existing flow's state when the id is taken (the caller compares it).
@@ -22,7 +23,8 @@ local idle = KEYS[10]
 local idle_until = KEYS[11]
 local leases = KEYS[12]
 local lease_info = KEYS[13]
-local index_parent = KEYS[14]  -- only for a child flow
+local steps_queue = KEYS[14]
+local index_parent = KEYS[15]  -- only for a child flow
 
 local state = ARGV[1]
 local workflow = ARGV[2]
@@ -45,7 +47,14 @@ if ends_channel ~= '' then redis.call('HSET', flow_key, 'n', ends_channel) end
 -- No expiry: a flow is kept while it has not ended, however long it waits; its retention starts when it ends.
 redis.call('SET', job_key, payload, 'PX', retention_ms)
 local handed = false
-for _, member in ipairs(redis.call('ZREVRANGE', idle, 0, 2)) do
+local idle_workers = redis.call('ZREVRANGE', idle, 0, 2)
+if #idle_workers > 0 and (
+  #redis.call('ZRANGEBYSCORE', queue, '-inf', due_ms, 'LIMIT', 0, 1) > 0
+  or #redis.call('ZRANGEBYSCORE', steps_queue, '-inf', now_ms, 'LIMIT', 0, 1) > 0
+) then
+  idle_workers = {}  -- jobs are due: they go first
+end
+for _, member in ipairs(idle_workers) do
   local registered_until = tonumber(redis.call('ZSCORE', idle_until, member))
   local lease_ms, owner = string.match(member, '^(%d+):(.+)$')
   if lease_ms and registered_until and registered_until > now_ms then

@@ -475,6 +475,23 @@ async def test_a_new_flow_waits_its_turn_behind_due_jobs_even_with_a_worker_idle
         assert isinstance(handed, Claimed) and handed.job.flow_id == handle.id
 
 
+async def test_leaving_ends_a_wait_still_blocked_in_redis(redis_url: str, redis_client: redis.Redis) -> None:
+    async with arq_pool(redis_url) as pool:
+        idle = Store(pool, Keys("workflow"), retention=3600, lease=2.0, owner="idle")
+        await idle.claim(LINE.name, 1, idle_for=5.0)
+
+        def blocked() -> int:
+            return int(cast(dict[str, Any], redis_client.info("clients"))["blocked_clients"])
+
+        waiting = asyncio.create_task(idle.wait_for_work(LINE.name, 5.0))
+        await eventually(lambda: asyncio.sleep(0, result=blocked() == 1))
+        waiting.cancel()  # as a stopping worker cancels its loop: the command itself still blocks in Redis
+        assert await idle.leave(LINE.name) == []
+        assert blocked() == 0
+        redis_client.lpush("workflow.it-line:wake", "1")
+        assert redis_client.llen("workflow.it-line:wake") == 1  # nobody took it
+
+
 async def test_a_garbage_inbox_entry_is_rejected_not_run(redis_url: str, redis_client: redis.Redis) -> None:
     async with arq_pool(redis_url) as pool:
         idle = Store(pool, Keys("workflow"), retention=3600, lease=2.0, owner="idle")

@@ -276,6 +276,14 @@ class ScriptBatcher:
         self._pipe = pipe
         return pipe
 
+    async def close(self) -> None:
+        """Closes the connection, if open, and hands it back to the pool: a command still on its way (a blocking
+        one, say) ends there, with a connection error for whoever still awaits it."""
+        pipe, self._pipe = self._pipe, None
+        if pipe is not None:
+            await pipe.connection.disconnect(nowait=True)
+            await self._redis.connection_pool.release(pipe.connection)
+
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
         self._tasks.add(task)

@@ -628,6 +628,9 @@ class Store:
         keys = self.keys
         inbox = self._inbox(workflow)
         member = self._idle_member
+        waits = self._waits.pop(workflow, None)
+        if waits is not None:
+            await waits.close()  # a wait still blocked in Redis would take what comes next
         async with self.redis.pipeline(transaction=True) as leaving:
             leaving.zrem(keys.idle(workflow), member)
             leaving.zrem(keys.idle_until(workflow), member)

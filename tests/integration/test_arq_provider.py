@@ -303,12 +303,18 @@ async def test_flow_keys_share_a_hash_tag_and_expire_after_the_retention(
 # -- crashes and duplicates --
 
 
+def line_emitter_and_worker(url: str, consumer: Recorder) -> tuple[ArqWorkflowProvider, ArqWorkflowProvider]:
+    """A provider that only starts LINE flows, and one that runs them with a short stall interval (0.5 s)."""
+    emitter = ArqWorkflowProvider(url)
+    emitter.register(LINE)
+    worker = ArqWorkflowProvider(url, stall_interval=0.5)
+    worker.register(LINE, consumer)
+    return emitter, worker
+
+
 async def test_a_job_whose_worker_died_runs_again_after_the_stall_interval(redis_url: str) -> None:
     consumer = Recorder(("a", "b"))
-    emitter = ArqWorkflowProvider(redis_url)
-    emitter.register(LINE)
-    worker = ArqWorkflowProvider(redis_url, stall_interval=0.5)
-    worker.register(LINE, consumer)
+    emitter, worker = line_emitter_and_worker(redis_url, consumer)
     async with started(emitter), arq_pool(redis_url) as pool:
         handle = await emitter.execute(LINE, Data(key="k"))
         # A worker claims the start job and dies at once: no heartbeat, no commit.
@@ -407,13 +413,21 @@ def start_job_id(flow_id: str) -> str:
     return Keys("workflow").job_id(Job("start", LINE.name, flow_id))
 
 
+@asynccontextmanager
+async def line_emitter_and_store(
+    url: str, owner: str, lease: float = 2.0
+) -> AsyncIterator[tuple[ArqWorkflowProvider, Store]]:
+    """A started provider that only starts LINE flows, and a store standing in for worker ``owner``."""
+    emitter = ArqWorkflowProvider(url)
+    emitter.register(LINE)
+    async with started(emitter), arq_pool(url) as pool:
+        yield emitter, Store(pool, Keys("workflow"), retention=3600, lease=lease, owner=owner)
+
+
 async def test_a_new_flow_is_handed_with_its_state_to_a_worker_waiting_idle(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
-    emitter = ArqWorkflowProvider(redis_url)
-    emitter.register(LINE)
-    async with started(emitter), arq_pool(redis_url) as pool:
-        idle = Store(pool, Keys("workflow"), retention=3600, lease=2.0, owner="idle")
+    async with line_emitter_and_store(redis_url, "idle") as (emitter, idle):
         assert await idle.claim(LINE.name, 2, idle_for=5.0) == ([], [], None)  # nothing due: two slots wait
         began = time.time()
         first, second, third = [await emitter.execute(LINE, Data(key=key)) for key in ("1", "2", "3")]
@@ -424,7 +438,8 @@ async def test_a_new_flow_is_handed_with_its_state_to_a_worker_waiting_idle(
         assert isinstance(handed, Claimed)
         assert (handed.job.kind, handed.job.flow_id, handed.job_id) == ("start", first.id, start_job_id(first.id))
         assert (handed.state, handed.version) == (redis_client.hget(f"workflow:flow:{{{first.id}}}", "s"), b"1")
-        assert handed.lease_end is not None and began + 2.0 <= handed.lease_end + 0.002 <= time.time() + 2.0
+        # The lease ends 2 s after the flow was stored, in whole milliseconds (floored).
+        assert handed.lease_end is not None and began + 2.0 - 0.001 <= handed.lease_end <= time.time() + 2.0
         record = cast(bytes, redis_client.hget("workflow:lease-info", handed.job_id))
         assert json.loads(record) == ["workflow.it-line", "workflow.it-line:wake", "idle"]
         # A claim takes what is left in the inbox first (leased already), then the queue.
@@ -443,10 +458,7 @@ async def test_a_new_flow_is_handed_with_its_state_to_a_worker_waiting_idle(
 
 
 async def test_a_registration_that_ran_out_is_never_handed_a_flow(redis_url: str, redis_client: redis.Redis) -> None:
-    emitter = ArqWorkflowProvider(redis_url)
-    emitter.register(LINE)
-    async with started(emitter), arq_pool(redis_url) as pool:
-        idle = Store(pool, Keys("workflow"), retention=3600, lease=2.0, owner="gone")
+    async with line_emitter_and_store(redis_url, "gone") as (emitter, idle):
         await idle.claim(LINE.name, 2, idle_for=0.05)
         await asyncio.sleep(0.1)
         handle = await emitter.execute(LINE, Data(key="k"))
@@ -458,10 +470,7 @@ async def test_a_registration_that_ran_out_is_never_handed_a_flow(redis_url: str
 async def test_a_new_flow_waits_its_turn_behind_due_jobs_even_with_a_worker_idle(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
-    emitter = ArqWorkflowProvider(redis_url)
-    emitter.register(LINE)
-    async with started(emitter), arq_pool(redis_url) as pool:
-        idle = Store(pool, Keys("workflow"), retention=3600, lease=2.0, owner="idle")
+    async with line_emitter_and_store(redis_url, "idle") as (emitter, idle):
         await idle.claim(LINE.name, 10, idle_for=5.0)
         # A job fell due after the claim looked (a clock a little behind, say): steps go first, then flows in order.
         for queue in ("workflow.it-line.steps", "workflow.it-line"):
@@ -506,10 +515,7 @@ async def test_a_new_flow_handed_to_a_worker_that_died_runs_elsewhere(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
     consumer = Recorder(("a", "b"))
-    emitter = ArqWorkflowProvider(redis_url)
-    emitter.register(LINE)
-    worker = ArqWorkflowProvider(redis_url, stall_interval=0.5)
-    worker.register(LINE, consumer)
+    emitter, worker = line_emitter_and_worker(redis_url, consumer)
     async with started(emitter), arq_pool(redis_url) as pool:
         # A worker registers as idle and dies: the flow is leased to it, and nobody renews the lease.
         await Store(pool, Keys("workflow"), retention=3600, lease=0.5, owner="dead").claim(LINE.name, 10, idle_for=5)
@@ -528,10 +534,7 @@ async def test_a_start_job_taken_from_the_inbox_after_its_lease_ran_out_is_left_
     redis_url: str, redis_client: redis.Redis
 ) -> None:
     consumer = Recorder(("a", "b"))
-    emitter = ArqWorkflowProvider(redis_url)
-    emitter.register(LINE)
-    worker = ArqWorkflowProvider(redis_url, stall_interval=0.5)
-    worker.register(LINE, consumer)
+    emitter, worker = line_emitter_and_worker(redis_url, consumer)
     async with started(emitter), arq_pool(redis_url) as pool:
         slow = Store(pool, Keys("workflow"), retention=3600, lease=0.05, owner="slow")
         await slow.claim(LINE.name, 1, idle_for=5)

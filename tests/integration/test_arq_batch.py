@@ -77,14 +77,26 @@ async def test_scripts_called_together_share_one_pipeline_each_with_its_reply(re
     incr = redis.register_script(INCR)
     await batcher.run(incr, ["warm"], [1])  # loads the script
     redis.trips.clear()
-    # The first goes at once, alone; the 29 called while it is on its way share one round trip.
+    # The first goes at once, alone; the 29 called while it is on its way share round trips, 16 at the most.
     replies = await asyncio.gather(*(batcher.run(incr, [f"k{i % 3}"], [i]) for i in range(30)))
-    assert redis.trips == [1, 29]
+    assert redis.trips == [1, 16, 13]
     # Each caller gets its own script's reply, and the scripts ran in the order they were called.
     totals = {f"k{k}": 0 for k in range(3)}
     for i, reply in enumerate(replies):
         totals[f"k{i % 3}"] += i
         assert reply == totals[f"k{i % 3}"]
+
+
+async def test_sixteen_scripts_waiting_go_before_the_turn_ends(redis: CountingRedis) -> None:
+    batcher = ScriptBatcher(redis)
+    incr = redis.register_script(INCR)
+    await batcher.run(incr, ["n"], [0])  # loads the script
+    redis.trips.clear()
+    futures = [batcher.submit(incr, ["n"], [1]) for _ in range(40)]
+    # Still in the turn that called them: the first went at once, then each 16 as soon as they were there.
+    assert redis.trips == [1, 16, 16]
+    assert await asyncio.gather(*futures) == list(range(1, 41))
+    assert redis.trips == [1, 16, 16, 7]  # the rest at the end of the turn
 
 
 async def test_a_script_called_while_nothing_is_in_flight_goes_at_once(redis: CountingRedis) -> None:

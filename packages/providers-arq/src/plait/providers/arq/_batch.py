@@ -1,13 +1,14 @@
-"""Scripts (and state reads) sent in the same turn of the event loop go to Redis together, in one write, on one
-pipelined connection.
+"""Scripts (and state reads) sent in the same turn of the event loop go to Redis together, in writes of up to
+sixteen, on one pipelined connection.
 
 A worker running a hundred flows commits many of them at about the same moment; each commit on its own costs a
 system call each way and a reply parse in both Redis and this process. Sent together they cost one of each. Every
 script stays its own atomic ``EVALSHA``, with its own reply or error for its caller: only the round trip is shared.
-A caller that gives up (is cancelled) before its turn ends is left out of the batch.
+A caller that gives up (is cancelled) before its batch is written is left out of it.
 
 Batching waits for the end of the turn, so a script called while nothing is on its way to Redis goes at once: a
-lone flow's steps pay no extra turn of the loop, and scripts called while it is in flight share the next trip.
+lone flow's steps pay no extra turn of the loop, and scripts called while it is in flight share the next trip;
+but sixteen of them go as soon as they are there, so that Redis runs them while the turn goes on.
 
 The commands are packed by hiredis (a dependency of this package) in C: redis-py's own packing is pure Python, and
 a commit has a score of arguments. They go on one connection of the client's pool, checked out once and kept: its
@@ -69,6 +70,10 @@ _NAMED_CHECKOUT = (
     inspect.signature(ConnectionPool.get_connection).parameters["command_name"].default is inspect.Parameter.empty
 )
 _MORE = object()  # what hiredis returns while a reply is incomplete
+# Calls gathered while others are on their way are written once this many wait, without waiting for the turn to
+# end: Redis runs them while this process goes on with the turn (a worker's turn that hands a hundred replies to
+# their flows makes a hundred commits). Measured: 8 to 32 alike, a sixth more flows/s than one write per turn.
+_FLUSH_AT = 16
 _Done = Callable[["list[Any] | BaseException"], None]
 
 
@@ -164,8 +169,8 @@ class ScriptBatcher:
     ) -> asyncio.Future[Any]:
         """Sends ``script`` with the others called in this turn of the loop (at once if none is on its way) and
         returns the future of its reply, passed through ``parse``. The future is settled whether or not anyone
-        still waits for it (a callback on it runs once the script ran); cancelling it before the turn ends leaves
-        the script out.
+        still waits for it (a callback on it runs once the script ran); cancelling it before it is written (at the
+        end of the turn, or once sixteen wait) leaves the script out.
 
         ``waiter`` gets the same outcome at the same moment. A caller that awaits it rather than the future can be
         cancelled without cancelling the script, and wakes in the turn after the reply: ``asyncio.shield`` would
@@ -182,9 +187,12 @@ class ScriptBatcher:
         if not self._pending and pipe is not None and pipe.open and not pipe.busy:
             self._write(pipe, [call])  # nothing on its way: at once
         else:
-            if not self._pending:
+            pending = self._pending
+            if not pending:
                 loop.call_soon(self._flush)
-            self._pending.append(call)
+            pending.append(call)
+            if len(pending) >= _FLUSH_AT and pipe is not None and pipe.open:
+                self._flush()  # Redis starts on these while this turn goes on
         return future
 
     def _flush(self) -> None:

@@ -286,7 +286,7 @@ class Worker:
     async def _wait(self, runtime: WorkflowRuntime, until: float) -> None:
         """Waits for work until ``until`` (seconds since the epoch) or a wake-up token. A new flow's start job handed
         to this worker as it waits (leased to it already) starts at once, without a claim of its own, and the
-        wait goes on."""
+        wait goes on (unless other jobs run here too: see below)."""
         while (wait := until - time.time()) > 0.001 and runtime.busy < runtime.capacity:
             try:
                 handed = await self.store.wait_for_work(runtime.name, wait)
@@ -298,6 +298,11 @@ class Worker:
                 return
             for each in await self._take(runtime, [handed], asyncio.get_running_loop().time()):
                 self._spawn(runtime, each)
+            if runtime.busy > 1:
+                # Busy with other jobs too: starts are coming in a burst. The claim takes all those handed
+                # meanwhile in one round trip, rather than one wait each.
+                await asyncio.sleep(0)  # this start's first commit on its way first
+                return
 
     async def _claim(self, runtime: WorkflowRuntime, limit: int) -> tuple[list[Claimed], float | None]:
         sent = asyncio.get_running_loop().time()

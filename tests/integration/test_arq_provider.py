@@ -303,13 +303,18 @@ async def test_flow_keys_share_a_hash_tag_and_expire_after_the_retention(
 # -- crashes and duplicates --
 
 
-def line_emitter_and_worker(url: str, consumer: Recorder) -> tuple[ArqWorkflowProvider, ArqWorkflowProvider]:
-    """A provider that only starts LINE flows, and one that runs them with a short stall interval (0.5 s)."""
-    emitter = ArqWorkflowProvider(url)
-    emitter.register(LINE)
+def line_worker(url: str, consumer: Recorder) -> ArqWorkflowProvider:
+    """A provider that runs LINE flows with ``consumer`` and a short stall interval (0.5 s)."""
     worker = ArqWorkflowProvider(url, stall_interval=0.5)
     worker.register(LINE, consumer)
-    return emitter, worker
+    return worker
+
+
+def line_emitter_and_worker(url: str, consumer: Recorder) -> tuple[ArqWorkflowProvider, ArqWorkflowProvider]:
+    """A provider that only starts LINE flows, and :func:`line_worker`."""
+    emitter = ArqWorkflowProvider(url)
+    emitter.register(LINE)
+    return emitter, line_worker(url, consumer)
 
 
 async def test_a_job_whose_worker_died_runs_again_after_the_stall_interval(redis_url: str) -> None:
@@ -515,10 +520,10 @@ async def test_a_new_flow_handed_to_a_worker_that_died_runs_elsewhere(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
     consumer = Recorder(("a", "b"))
-    emitter, worker = line_emitter_and_worker(redis_url, consumer)
-    async with started(emitter), arq_pool(redis_url) as pool:
+    worker = line_worker(redis_url, consumer)
+    async with line_emitter_and_store(redis_url, "dead", lease=0.5) as (emitter, dead):
         # A worker registers as idle and dies: the flow is leased to it, and nobody renews the lease.
-        await Store(pool, Keys("workflow"), retention=3600, lease=0.5, owner="dead").claim(LINE.name, 10, idle_for=5)
+        await dead.claim(LINE.name, 10, idle_for=5)
         handle = await emitter.execute(LINE, Data(key="k"))
         record = cast(bytes, redis_client.hget("workflow:lease-info", start_job_id(handle.id)))
         assert json.loads(record)[2] == "dead"
@@ -534,9 +539,8 @@ async def test_a_start_job_taken_from_the_inbox_after_its_lease_ran_out_is_left_
     redis_url: str, redis_client: redis.Redis
 ) -> None:
     consumer = Recorder(("a", "b"))
-    emitter, worker = line_emitter_and_worker(redis_url, consumer)
-    async with started(emitter), arq_pool(redis_url) as pool:
-        slow = Store(pool, Keys("workflow"), retention=3600, lease=0.05, owner="slow")
+    worker = line_worker(redis_url, consumer)
+    async with line_emitter_and_store(redis_url, "slow", lease=0.05) as (emitter, slow):
         await slow.claim(LINE.name, 1, idle_for=5)
         handle = await emitter.execute(LINE, Data(key="k"))
         await asyncio.sleep(0.1)

@@ -27,17 +27,20 @@ from plait.core import (
     FlowEvent,
     FlowStatus,
     IWorkflowConsumer,
+    NonRetryableError,
     StepContext,
     StepHandler,
     Workflow,
+    WorkflowCancelledError,
     WorkflowContext,
     WorkflowNotRegisteredError,
     WorkflowProvider,
+    WorkflowStepError,
     WorkflowTimeoutError,
 )
-from plait.core.engine import event_fields
+from plait.core.engine import Cancel, Engine, RunOnError, event_fields
 from plait.providers.arq import ArqSettings, ArqWorkflowProvider
-from plait.providers.arq._keys import Job, Keys, loads
+from plait.providers.arq._keys import Job, Keys, decode_state, dumps, loads
 from plait.providers.arq._store import Claimed, Rejected, Store, script
 from tests.garbage import plait_cycles
 
@@ -583,6 +586,135 @@ async def test_a_stopping_worker_hands_back_the_new_flows_it_was_handed(
         async with started(second):
             assert (await handle.result(timeout=5)).steps == ["a", "b"]
     assert len(consumer.of("step")) == 2
+
+
+# -- the closing handler rides with the last commit --
+
+
+def flow_version(redis_client: redis.Redis, flow_id: str) -> int:
+    """How many times the flow's state was written (its version)."""
+    return int(cast(bytes, redis_client.hget(f"workflow:flow:{{{flow_id}}}", "v")))
+
+
+class Closing(Recorder):
+    """A :class:`Recorder` whose ``on_complete`` reports progress, then runs ``during`` (if set), then, with
+    ``wait``, waits for ``release``. Step "b" raises when the flow's key is "fail"."""
+
+    def __init__(self, *, wait: bool = False, during: Callable[[str], None] | None = None) -> None:
+        super().__init__(("a", "b"))
+        self.wait = wait
+        self.during = during
+        self.waiting = asyncio.Event()
+        self.release = asyncio.Event()
+        self.cancelled = False
+
+    async def run(self, ctx: StepContext[Data]) -> Out:
+        if ctx.step_name == "b" and ctx.data.key == "fail":
+            raise NonRetryableError("b fails")
+        return await super().run(ctx)
+
+    async def on_complete(self, ctx: WorkflowContext[Data]) -> Result:
+        await ctx.progress(0.5, "closing")
+        if self.during is not None:
+            self.during(ctx.flow_id)
+        if self.wait:
+            self.waiting.set()
+            try:
+                await self.release.wait()
+            except asyncio.CancelledError:
+                self.cancelled = True
+                raise
+            await ctx.progress(1.0, "closed")
+        return await super().on_complete(ctx)
+
+
+@pytest.mark.parametrize(
+    ("wait", "key", "versions"),
+    [
+        # created 1, started 2, a 3, then b with on_complete (or on_error) and the end: 4
+        (False, "k", 4),
+        (False, "fail", 4),
+        # on_complete waits: b alone 4, then the progress it reported before it waited 5, and after 6, its end 7
+        (True, "k", 7),
+    ],
+    ids=["on_complete returns at once", "on_error returns at once", "on_complete waits"],
+)
+async def test_a_closing_handler_that_returns_at_once_is_committed_with_the_outcome_before_it(
+    redis_url: str, redis_client: redis.Redis, wait: bool, key: str, versions: int
+) -> None:
+    consumer = Closing(wait=wait)
+    worker = line_worker(redis_url, consumer)
+    async with started(worker):
+        handle = await worker.execute(LINE, Data(key=key))
+        if wait:
+            await asyncio.wait_for(consumer.waiting.wait(), 5)
+            # What came before it is committed while it waits, as if it had not started.
+            await eventually(lambda: asyncio.sleep(0, result=flow_version(redis_client, handle.id) >= 5))
+            state = await worker.get_status(handle.id)
+            assert state == FlowStatus.RUNNING
+            consumer.release.set()
+        if key == "fail":
+            with pytest.raises(WorkflowStepError):
+                await handle.result(timeout=5)
+        else:
+            assert await handle.result(timeout=5) == Result(key=key, steps=["a", "b"])
+        events = [event async for event in worker.subscribe(handle.id)]
+    assert flow_version(redis_client, handle.id) == versions
+    kinds = [event.type for event in events]
+    if key == "fail":
+        assert kinds[-2:] == ["step_failed", "flow_failed"]
+        assert [c.kind for c in consumer.calls] == ["step", "on_error"]
+    else:
+        progress = ["progress", "progress"] if wait else ["progress"]
+        assert kinds[-2 - len(progress) :] == ["step_completed", *progress, "flow_completed"]
+        assert [c.kind for c in consumer.calls] == ["step", "step", "complete"]
+
+
+async def test_a_closing_handler_run_before_a_lost_race_counts_once_the_flow_still_asks_for_it(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    def another_process_commits(flow_id: str) -> None:  # the same state, one version on
+        redis_client.hincrby(f"workflow:flow:{{{flow_id}}}", "v", 1)
+
+    consumer = Closing(during=another_process_commits)
+    worker = line_worker(redis_url, consumer)
+    async with started(worker):
+        handle = await worker.execute(LINE, Data(key="k"))
+        assert await handle.result(timeout=5) == Result(key="k", steps=["a", "b"])
+    assert flow_version(redis_client, handle.id) == 5
+    assert len(consumer.of("complete")) == 1
+
+
+@pytest.mark.parametrize("wait", [False, True], ids=["returns at once", "waits"])
+async def test_a_closing_handler_run_before_a_lost_race_is_dropped_once_the_flow_moved_on(
+    redis_url: str, redis_client: redis.Redis, wait: bool
+) -> None:
+    def another_process_cancels(flow_id: str) -> None:  # before b's outcome reached Redis
+        key = f"workflow:flow:{{{flow_id}}}"
+        state = decode_state(flow_id, cast(bytes, redis_client.hget(key, "s")))
+        actions = Engine(LINE).handle(state, Cancel("by another process"), time.time())
+        assert actions[-1] == RunOnError()
+        redis_client.hset(key, mapping={"s": dumps(state.to_dict())})
+        redis_client.hincrby(key, "v", 1)
+        job = Job("on_error", LINE.name, flow_id)
+        job_id = Keys("workflow").job_id(job)
+        redis_client.set(f"arq:job:{job_id}", job.payload(0))
+        redis_client.zadd("workflow.it-line", {job_id: 0})
+        redis_client.lpush("workflow.it-line:wake", 1)
+
+    consumer = Closing(during=another_process_cancels, wait=wait)
+    worker = line_worker(redis_url, consumer)
+    async with started(worker):
+        handle = await worker.execute(LINE, Data(key="k"))
+        with pytest.raises(WorkflowCancelledError):
+            await handle.result(timeout=5)
+        events = [event async for event in worker.subscribe(handle.id)]
+    # One that waits is cancelled once its flow is known to have moved on: it never gets to return.
+    closed = [] if wait else ["complete"]
+    assert [c.kind for c in consumer.calls] == ["step", "step", *closed, "on_error"]
+    assert consumer.cancelled == wait
+    kinds = [event.type for event in events]
+    assert "progress" not in kinds and kinds[-1] == "flow_cancelled"
 
 
 # -- quiet when idle --

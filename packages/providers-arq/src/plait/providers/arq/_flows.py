@@ -8,6 +8,7 @@ fan-outs to stop, the end to announce.
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -59,6 +60,8 @@ class StoredFlow:
         items: the stored records of the for-each items at hand, by ``(node, index)``.
         complete: the for-each nodes all of whose items are at hand.
         view: the view handlers of this flow read, kept on the current state whenever it is replaced.
+        closing: the task of the flow's closing handler, when it started before the job that runs it was
+            committed: that job's handler (see ``Worker.advance``).
     """
 
     state: FlowState
@@ -67,6 +70,7 @@ class StoredFlow:
     items: dict[tuple[str, int], bytes] = field(default_factory=dict)
     complete: set[str] = field(default_factory=set)
     view: FlowView[Any] | None = None
+    closing: asyncio.Task[Any] | None = None
 
     @classmethod
     def read(

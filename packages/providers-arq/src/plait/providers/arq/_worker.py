@@ -6,7 +6,9 @@ list when there are none, registered as idle with its free slots: a new flow's s
 straight to it and pushed to its own list (which it blocks on too), with the flow's state, so that it starts
 without a claim. Each claimed job runs in a task; when the engine answers with a job that can start at
 once, the same task runs it too, leased to this process in the same commit (a sequential flow costs one commit
-per step and no queue round trip). The others go to the queues, where any worker picks them up.
+per step and no queue round trip). The others go to the queues, where any worker picks them up. The flow's
+closing handler (``on_complete``, ``on_error``) runs before the commit of the outcome that asked for it, and goes
+in the same commit when it returns without waiting on anything (see :meth:`Worker.advance`).
 
 Every change to a flow goes through :meth:`Worker.advance`: a job's outcome, a timer's tick, and the operations
 any process applies (a signal, a cancellation, an undo: :meth:`Worker.apply`). It is a compare-and-set on the
@@ -33,13 +35,14 @@ import functools
 import logging
 import time
 import weakref
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
 from plait.core.engine import (
+    Action,
     Cancel,
     ChildSettled,
     Compensate,
@@ -54,6 +57,8 @@ from plait.core.engine import (
     Progress,
     RetryCompensation,
     RollbackRaised,
+    RunComplete,
+    RunOnError,
     StepRaised,
     Tick,
     Unrunnable,
@@ -113,6 +118,31 @@ class WorkflowRuntime:
     def engine(self) -> Engine:
         """The workflow's engine."""
         return self.runner.engine
+
+
+@dataclass(eq=False, slots=True)
+class _Held:
+    """A flow's state with a job's outcome applied but not committed: the engine asked for the flow's closing
+    handler (``action``) alone, to be run first (see ``closing`` in :meth:`Worker.advance`)."""
+
+    state: FlowState
+    old_status: str
+    old_wake: float | None
+    action: RunComplete | RunOnError
+
+
+@dataclass(eq=False, slots=True)
+class _Closer:
+    """A closing handler started before the commit of the outcome that asked for it (see ``closing`` in
+    :meth:`Worker.advance`): its task, and the progress it reported meanwhile."""
+
+    task: asyncio.Task[Event]
+    kept: list[Event]
+
+
+def _closes(actions: Sequence[Action]) -> bool:
+    """Whether ``actions`` are the flow's closing handler alone."""
+    return len(actions) == 1 and type(actions[0]) in (RunComplete, RunOnError)
 
 
 class _LeaseRanOut(Exception):
@@ -359,6 +389,7 @@ class Worker:
         job_id, job = claimed.job_id, claimed.job
         current = asyncio.current_task()
         assert current is not None
+        flow: StoredFlow | None = None
         try:
             if claimed.state is None:
                 await self._drop(job_id)  # the flow expired or was deleted
@@ -419,6 +450,9 @@ class Worker:
             # validator) must not end this task silently, let alone the process.
             _log.error("Internal error running job %s; handing it back", shorten(job_id), exc_info=error)
             await self._give_up(job_id)
+        finally:
+            if flow is not None and flow.closing is not None:  # its job was not run here after all
+                flow.closing.cancel()
 
     async def _run(
         self, runtime: WorkflowRuntime, flow: StoredFlow, view: FlowView[Any], job_id: str, job: Job
@@ -444,10 +478,14 @@ class Worker:
         assert task is not None
         self.leases.performing(job_id, task)
         try:
-            event = await self._perform(runtime, view, job)
+            if flow.closing is not None:  # started before this job was committed: its task is this job's handler
+                closer, flow.closing = flow.closing, None
+                event = await closer  # cancelling this task cancels it too
+            else:
+                event = await self._perform(runtime, view, job)
         finally:
             self.leases.performed(job_id)
-        return await self.advance(engine, flow, event, finished=job_id)
+        return await self.advance(engine, flow, event, finished=job_id, closing=runtime)
 
     async def _perform(self, runtime: WorkflowRuntime, view: FlowView[Any], job: Job) -> Event:
         runner = runtime.runner
@@ -465,19 +503,62 @@ class Worker:
                     flow_id, ("rollback", job.step, job.index), undo_event.exception, undo_event.error
                 )
             return undo_event
-        if kind == "complete":
-            complete_event = await runner.run_complete(view)
-            if isinstance(complete_event, CompleteRaised) and complete_event.exception is not None:
-                self.exceptions.record(
-                    flow_id, ("complete", None, None), complete_event.exception, complete_event.error
-                )
-            return complete_event
         if kind == "eval":
             action = job.action()
             assert isinstance(action, Evaluate)
             return await runner.evaluate(view, action.eval_id, action.targets)
+        return await self._close(runner, view, RunComplete() if kind == "complete" else RunOnError())
+
+    async def _close(self, runner: Runner[Any, Any], view: FlowView[Any], action: RunComplete | RunOnError) -> Event:
+        """Runs the flow's closing handler: ``on_complete`` or ``on_error``."""
+        if type(action) is RunComplete:
+            event = await runner.run_complete(view)
+            if isinstance(event, CompleteRaised) and event.exception is not None:
+                self.exceptions.record(view.state.flow_id, ("complete", None, None), event.exception, event.error)
+            return event
         view.exceptions = self.exceptions.matching(view.state)
         return await runner.run_on_error(view)
+
+    def _may_close_early(self, state: FlowState, finished: str | None, now: float) -> bool:
+        """Whether the closing handler the engine asked for with job ``finished``'s outcome may run before that
+        outcome is committed: not if the job was cancelled or its lease lost (the flow moved on, as far as this
+        process knows), nor past its lease's end or the flow's deadline, nor while this worker stops."""
+        if finished is None or self._stopping or finished in self._cancelled or self.leases.lost(finished):
+            return False
+        lease_end = self.leases.end(finished)
+        if lease_end is not None and lease_end <= asyncio.get_running_loop().time():
+            return False
+        return state.deadline is None or state.deadline > now
+
+    async def _close_early(
+        self, runner: Runner[Any, Any], view: FlowView[Any], action: RunComplete | RunOnError
+    ) -> _Closer:
+        """Starts the closing handler the engine asked for with a job's outcome, before that outcome is committed
+        (see ``closing`` in :meth:`advance`), and returns once it has returned or waits on something.
+
+        It runs in a task of its own, so that, should it wait, it goes on while the outcome is committed. Its
+        progress reports until then are kept, not committed: they go with its outcome, or after the commit.
+        """
+        loop = asyncio.get_running_loop()
+        kept: list[Event] = []
+
+        async def keep(
+            view: FlowView[Any], step: str | None, index: int | None, fraction: float, message: str | None
+        ) -> None:
+            kept.append(Progress(step, fraction, message, index))
+
+        sink, view.sink = view.sink, keep
+        task = loop.create_task(self._close(runner, view, action))
+        first = loop.create_future()
+        loop.call_soon(first.set_result, None)  # runs right after the task's first step
+        try:
+            await first
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        finally:
+            view.sink = sink
+        return _Closer(task, kept)
 
     async def _operate(
         self, runtime: WorkflowRuntime, flow: StoredFlow, view: FlowView[Any], job_id: str, job: Job
@@ -598,12 +679,20 @@ class Worker:
         finished: str | None,
         runner: Runner[Any, Any] | None = None,
         tick: bool = False,
+        closing: WorkflowRuntime | None = None,
     ) -> Job | None:
         """Applies ``event`` (``None``: start the flow with ``runner``) and commits; retries on a lost race.
 
         Args:
             finished: the id of the job whose outcome this is (its lease ends with the commit).
             tick: the event is a timer's: set the flow's timer anew even if nothing changed.
+            closing: when the engine answers ``event`` with the flow's closing handler alone (``on_complete`` or
+                ``on_error``), run it with this runtime's consumer before committing, and commit its outcome with
+                ``event``'s: one commit, and one round trip, less per flow. Only for a job's outcome: the job's lease
+                is held until the commit, so a worker that dies meanwhile leaves the job to run again elsewhere,
+                as it would have while the job ran. The handler has no undo, so running it is never left
+                unrecorded in a way that matters: if the flow moved on meanwhile (it was cancelled, say), its
+                outcome is dropped, as it would have been had the cancellation found it running.
 
         Returns:
             The job this task should run next, already leased to this process, or ``None``.
@@ -622,7 +711,33 @@ class Worker:
         latest.users += 1
         try:
             async with latest.lock:
-                return await self._advance(engine, flow, event, latest, finished=finished, runner=runner, tick=tick)
+                done = await self._advance(engine, flow, event, latest, finished=finished, runner=runner, tick=tick,
+                                           hold=closing is not None)  # fmt: skip
+            if not isinstance(done, _Held):
+                return done
+            assert closing is not None and flow.view is not None
+            closer = await self._close_early(closing.runner, flow.view, done.action)
+            task = closer.task
+            if task.done():  # it returned without waiting on anything: its outcome goes with this commit
+                outcome = [*closer.kept, task.result()]
+                async with latest.lock:
+                    after = await self._advance(engine, flow, event, latest, finished=finished, runner=runner,
+                                                tick=tick, held=done, closing=outcome)  # fmt: skip
+                assert not isinstance(after, _Held)
+                return after
+            # It waits on something: commit the job's outcome first, as if the handler had not started, and let
+            # the job that runs it (kept by this task) take the handler over.
+            async with latest.lock:
+                after = await self._advance(engine, flow, event, latest, finished=finished, runner=runner, tick=tick,
+                                            held=done)  # fmt: skip
+            assert not isinstance(after, _Held)
+            if after is None or after.action() != done.action:
+                task.cancel()  # the flow moved on meanwhile (it was cancelled, say)
+                return after
+            flow.closing = task
+            for progress in closer.kept:
+                await self.advance(engine, flow, progress, finished=None)
+            return after
         finally:
             latest.users -= 1
             if not latest.users:
@@ -638,26 +753,53 @@ class Worker:
         finished: str | None,
         runner: Runner[Any, Any] | None,
         tick: bool,
-    ) -> Job | None:
+        hold: bool = False,
+        held: _Held | None = None,
+        closing: list[Event] | None = None,
+    ) -> Job | _Held | None:
+        """:meth:`advance` under the flow's lock.
+
+        Args:
+            hold: when the engine answers ``event`` with the flow's closing handler alone, return a :class:`_Held`
+                rather than commit (see ``closing`` in :meth:`advance`).
+            held: what an earlier call held: its state, if still this flow's, has ``event`` applied already.
+            closing: the events of the closing handler ``held`` asked for, to apply after ``event`` if the engine
+                still asks for that handler alone (``None``: it still runs; its job is committed as usual).
+        """
         workflow = engine.definition.name
         while True:
             if latest.raw is not None and int(latest.version) > int(flow.version):
                 # Another task of this process committed since this one read the flow: go on from there.
                 flow.replace(StoredFlow.read(flow.state.flow_id, latest.raw, latest.version.encode()))
             state = flow.state
-            old_status = state.status.value
-            old_wake = state.wake_at
             now = time.time()
-            try:
-                if event is None:
-                    assert runner is not None
-                    actions = runner.start(state, now)
-                else:
-                    actions = engine.handle(state, event, now)
-            except ItemsNeeded as needed:
-                await self._load_items(flow, needed)
-                flow.reread()
-                continue
+            if held is not None and held.state is state:  # nothing replaced it: event is applied already
+                old_status, old_wake = held.old_status, held.old_wake
+                actions: list[Action] = [held.action]
+            else:
+                old_status = state.status.value
+                old_wake = state.wake_at
+                try:
+                    if event is None:
+                        assert runner is not None
+                        actions = runner.start(state, now)
+                    else:
+                        actions = engine.handle(state, event, now)
+                except ItemsNeeded as needed:
+                    await self._load_items(flow, needed)
+                    flow.reread()
+                    continue
+                if hold and _closes(actions) and self._may_close_early(state, finished, now):
+                    return _Held(state, old_status, old_wake, actions[0])  # type: ignore[arg-type]
+            if closing is not None and held is not None and _closes(actions) and type(actions[0]) is type(held.action):
+                # Else the flow moved on while the handler ran (it was cancelled, say): its outcome is dropped.
+                try:
+                    for later in closing:
+                        actions = engine.handle(state, later, now)
+                except ItemsNeeded as needed:
+                    await self._load_items(flow, needed)
+                    flow.reread()
+                    continue
             records = state.take_events()
             raw = dumps(state.to_dict())
             if raw == flow.raw and not state.items_changed:

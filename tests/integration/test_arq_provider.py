@@ -717,6 +717,26 @@ async def test_a_closing_handler_run_before_a_lost_race_is_dropped_once_the_flow
     assert "progress" not in kinds and kinds[-1] == "flow_cancelled"
 
 
+async def test_a_worker_that_stops_while_its_closing_handler_waits_hands_the_handler_to_another(
+    redis_url: str,
+) -> None:
+    closing = Closing(wait=True)
+    first = ArqWorkflowProvider(redis_url, provider_id="first", stop_grace=0.1)
+    first.register(LINE, closing)
+    other = Recorder(("a", "b"))
+    second = ArqWorkflowProvider(redis_url, provider_id="second")
+    second.register(LINE, other)
+    async with started(first):
+        handle = await first.execute(LINE, Data(key="k"))
+        await asyncio.wait_for(closing.waiting.wait(), 5)
+    assert closing.cancelled
+    async with started(second):
+        result = await (await second.get_handle(handle.id)).result(timeout=5)
+    assert result == Result(key="k", steps=["a", "b"])
+    assert [(c.kind, c.provider) for c in closing.calls] == [("step", "first"), ("step", "first")]
+    assert [(c.kind, c.provider) for c in other.calls] == [("complete", "second")]
+
+
 # -- quiet when idle --
 
 

@@ -140,9 +140,12 @@ class _Closer:
     kept: list[Event]
 
 
-def _closes(actions: Sequence[Action]) -> bool:
-    """Whether ``actions`` are the flow's closing handler alone."""
-    return len(actions) == 1 and type(actions[0]) in (RunComplete, RunOnError)
+def _closes(actions: Sequence[Action], like: Action | None = None) -> bool:
+    """Whether ``actions`` are the flow's closing handler alone (the same as ``like``, if given)."""
+    if len(actions) != 1:
+        return False
+    kind = type(actions[0])
+    return kind is type(like) if like is not None else kind in (RunComplete, RunOnError)
 
 
 class _LeaseRanOut(Exception):
@@ -773,33 +776,31 @@ class Worker:
                 flow.replace(StoredFlow.read(flow.state.flow_id, latest.raw, latest.version.encode()))
             state = flow.state
             now = time.time()
-            if held is not None and held.state is state:  # nothing replaced it: event is applied already
-                old_status, old_wake = held.old_status, held.old_wake
-                actions: list[Action] = [held.action]
+            applied = held if held is not None and held.state is state else None  # event is applied already
+            if applied is not None:
+                old_status, old_wake = applied.old_status, applied.old_wake
             else:
                 old_status = state.status.value
                 old_wake = state.wake_at
-                try:
-                    if event is None:
-                        assert runner is not None
-                        actions = runner.start(state, now)
-                    else:
-                        actions = engine.handle(state, event, now)
-                except ItemsNeeded as needed:
-                    await self._load_items(flow, needed)
-                    flow.reread()
-                    continue
-                if hold and _closes(actions) and self._may_close_early(state, finished, now):
-                    return _Held(state, old_status, old_wake, actions[0])  # type: ignore[arg-type]
-            if closing is not None and held is not None and _closes(actions) and type(actions[0]) is type(held.action):
-                # Else the flow moved on while the handler ran (it was cancelled, say): its outcome is dropped.
-                try:
+            try:
+                if applied is not None:
+                    actions: list[Action] = [applied.action]
+                elif event is None:
+                    assert runner is not None
+                    actions = runner.start(state, now)
+                else:
+                    actions = engine.handle(state, event, now)
+                    if hold and _closes(actions) and self._may_close_early(state, finished, now):
+                        return _Held(state, old_status, old_wake, actions[0])  # type: ignore[arg-type]
+                # The closing handler's outcome counts only if the flow still asks for that handler alone: else
+                # the flow moved on while it ran (it was cancelled, say), and its outcome is dropped.
+                if closing is not None and held is not None and _closes(actions, like=held.action):
                     for later in closing:
                         actions = engine.handle(state, later, now)
-                except ItemsNeeded as needed:
-                    await self._load_items(flow, needed)
-                    flow.reread()
-                    continue
+            except ItemsNeeded as needed:
+                await self._load_items(flow, needed)
+                flow.reread()
+                continue
             records = state.take_events()
             raw = dumps(state.to_dict())
             if raw == flow.raw and not state.items_changed:

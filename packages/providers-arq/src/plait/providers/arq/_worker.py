@@ -689,13 +689,15 @@ class Worker:
         Args:
             finished: the id of the job whose outcome this is (its lease ends with the commit).
             tick: the event is a timer's: set the flow's timer anew even if nothing changed.
-            closing: when the engine answers ``event`` with the flow's closing handler alone (``on_complete`` or
-                ``on_error``), run it with this runtime's consumer before committing, and commit its outcome with
-                ``event``'s: one commit, and one round trip, less per flow. Only for a job's outcome: the job's lease
-                is held until the commit, so a worker that dies meanwhile leaves the job to run again elsewhere,
-                as it would have while the job ran. The handler has no undo, so running it is never left
-                unrecorded in a way that matters: if the flow moved on meanwhile (it was cancelled, say), its
-                outcome is dropped, as it would have been had the cancellation found it running.
+            closing: when the engine answers ``event`` (a job's outcome) with the flow's closing handler alone
+                (``on_complete`` or ``on_error``), start it with this runtime's consumer before committing. If it
+                returns without waiting on anything, its outcome goes in the same commit as ``event``'s: one commit,
+                and one round trip, less per flow. If it waits, ``event``'s outcome is committed at once, as if the
+                handler had not started, and the job that runs the handler takes its task over. The job's lease
+                is held until the commit, so a worker that dies meanwhile leaves the job to run again elsewhere. The
+                handler has no undo, so running it early leaves nothing unrecorded that matters: if the flow moved
+                on meanwhile (it was cancelled, say), its outcome is dropped, as it would have been had the
+                cancellation found it running.
 
         Returns:
             The job this task should run next, already leased to this process, or ``None``.
@@ -734,7 +736,7 @@ class Worker:
                 after = await self._advance(engine, flow, event, latest, finished=finished, runner=runner, tick=tick,
                                             held=done)  # fmt: skip
             assert not isinstance(after, _Held)
-            if after is None or after.action() != done.action:
+            if after is None or after.kind not in ("complete", "on_error") or after.action() != done.action:
                 task.cancel()  # the flow moved on meanwhile (it was cancelled, say)
                 return after
             flow.closing = task

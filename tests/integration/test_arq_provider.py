@@ -639,7 +639,7 @@ class Closing(Recorder):
     ],
     ids=["on_complete returns at once", "on_error returns at once", "on_complete waits"],
 )
-async def test_a_closing_handler_that_returns_at_once_is_committed_with_the_outcome_before_it(
+async def test_a_closing_handler_shares_the_last_commit_only_when_it_returns_without_waiting(
     redis_url: str, redis_client: redis.Redis, wait: bool, key: str, versions: int
 ) -> None:
     consumer = Closing(wait=wait)

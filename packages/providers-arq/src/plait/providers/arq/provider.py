@@ -13,7 +13,7 @@ Why it looks like this (arq 0.28):
   for good on any exception, and re-runs a killed job only after its in-progress key expires while spending a
   try. Plait claims due jobs with one Lua script, and an idle workflow loop blocks on a Plait wake-up list
   (``BLPOP <prefix>.<workflow>:wake``, pushed by every enqueue) with a 10 s timeout: a hop costs a round trip,
-  and an idle worker sends about 3 commands a second, its reconciler's scan included (see BENCHMARKS.md for
+  and an idle worker sends about 8 commands a second, its reconciler's scan included (see BENCHMARKS.md for
   both measured against raw arq). A worker waiting idle is registered (by the claim that found nothing), and a
   new flow's start job is leased straight to it and pushed, with the flow's state, to its own list, which it
   blocks on too: the flow starts without a claim's round trip. An arq ``Worker`` pointed at these queues would
@@ -25,7 +25,9 @@ Why it looks like this (arq 0.28):
   to enqueue, job finished, cancellations, end-of-flow announcement. Job ids are deterministic
   (``<prefix>:{<flow>}:step:<name>:<attempt>``), so a job is created once and a duplicate event changes nothing.
   When the engine answers with a job that can start now, the same worker keeps it (leased in that commit), so a
-  sequential flow costs one commit per step; parallel siblings go through the queue to any worker.
+  sequential flow costs one commit per step; parallel siblings go through the queue to any worker. The flow's
+  closing handler (``on_complete``, ``on_error``) starts before the commit of the outcome that asked for it, and
+  its own outcome goes in that commit when it returns without waiting on anything.
 * **Crashes.** Plait runs retries, backoff and timeouts itself (never raising into arq). A claimed job carries
   a lease of ``stall_interval`` seconds, renewed by a heartbeat; any worker's reconciler (one at a time, through
   a short Redis lock) hands jobs whose lease ran out back to their queue. A crash costs no attempt; a handler may

@@ -60,7 +60,7 @@ for _, member in ipairs(idle_workers) do
   if lease_ms and registered_until and registered_until > now_ms then
     local lease_end_ms = now_ms + tonumber(lease_ms)
     redis.call('ZADD', leases, lease_end_ms, job_id)
-    redis.call('HSET', lease_info, job_id, cjson.encode({queue, wake, owner}))
+    redis.call('HSET', lease_info, job_id, cjson.encode({queue, wake, owner}))  -- as Keys.lease_record writes it
     local inbox = inbox_prefix .. owner
     redis.call('RPUSH', inbox, lease_end_ms .. '\n' .. job_id .. '\n' .. payload .. '\n' .. state)
     -- A dead worker's inbox goes a minute after its last lease ran out (the reconciler hands those jobs back).

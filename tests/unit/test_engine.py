@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Collection
 from typing import Any
@@ -11,6 +12,7 @@ from pydantic import BaseModel
 
 from plait.core import (
     Backoff,
+    ConsumerOptions,
     FlowStatus,
     IWorkflowConsumer,
     RemoteError,
@@ -599,6 +601,33 @@ async def test_the_runner_reports_a_flow_whose_data_no_longer_validates_as_unrun
     assert isinstance(event, Unrunnable)
     assert "no longer validate" in event.error["message"]
     assert isinstance(await runner.run_complete(runner.view(state)), Unrunnable)
+
+
+async def test_a_runner_timeout_names_the_handler_it_stopped() -> None:
+    async def slow(ctx: WorkflowContext[Data]) -> Any:
+        await asyncio.sleep(5)
+
+    class Consumer(IWorkflowConsumer[Data, Res]):
+        def __init__(self) -> None:
+            self.steps = {name: StepHandler(execute=slow, rollback=slow) for name in ("a", "b", "c")}
+
+        async def on_complete(self, ctx: WorkflowContext[Data]) -> Res:
+            return await slow(ctx)  # type: ignore[no-any-return]
+
+    runner = Runner(LINE, Consumer(), ConsumerOptions(step_timeout=0.01))
+    state = runner.engine.new_state("flow-t", {"n": 1})
+    runner.start(state, 0.0)
+    view = runner.view(state)
+    step = await runner.run_step(view, "a", 1)
+    assert isinstance(step, StepRaised)
+    assert step.error["message"] == "Step 'a' timed out after 0.01s"
+    state.results["a"] = {"v": 1}
+    rollback = await runner.run_rollback(view, "a", 1)
+    assert isinstance(rollback, RollbackRaised)
+    assert rollback.error["message"] == "Rollback of step 'a' timed out after 0.01s"
+    complete = await runner.run_complete(view)
+    assert isinstance(complete, CompleteRaised)
+    assert complete.error["message"] == "on_complete timed out after 0.01s"
 
 
 # --- persistence ----------------------------------------------------------------------------------------

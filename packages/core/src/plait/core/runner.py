@@ -406,29 +406,33 @@ class Runner(Generic[D, R]):
             None if view.sink is None else view.progress,
         )
 
-    def _invoke(self, what: str, fn: Any, ctx: WorkflowContext[D], *extra: object) -> Any:
-        """Calls a handler. When nothing needs doing around it (no step timeout, no tracing, and the flow's
-        correlation id already current: see :func:`correlate`), returns what it returned, an awaitable if it is
-        async: the common case costs no coroutine of its own. Else returns a coroutine that does it all."""
-        if self.step_timeout is None and current_correlation_id.get() == ctx.correlation_id and not telemetry.enabled():
-            return fn(ctx, *extra)
-        return self._guarded(what, fn, ctx, *extra)
+    def _bare(self, ctx: WorkflowContext[D]) -> bool:
+        """Whether a handler can be called as it is: no step timeout, no tracing, and the flow's correlation id
+        already current (see :func:`correlate`). Then an async handler's coroutine is awaited where it is made, and
+        costs no coroutine of the runner's own; else :meth:`_guarded` does it all."""
+        if self.step_timeout is not None or current_correlation_id.get() != ctx.correlation_id:
+            return False
+        return not telemetry.enabled()
 
-    async def _call(self, what: str, fn: Any, ctx: WorkflowContext[D], *extra: object) -> Any:
-        out = self._invoke(what, fn, ctx, *extra)
+    async def _call(self, what: str, name: str, fn: Any, ctx: WorkflowContext[D], *extra: object) -> Any:
+        """Calls a handler and awaits what it returns, if it is awaitable. ``what`` names the handler in the error of
+        a timeout, formatted with ``name`` only then."""
+        if not self._bare(ctx):
+            return await self._guarded(what, name, fn, ctx, *extra)
+        out = fn(ctx, *extra)
         return await out if type(out) is CoroutineType or inspect.isawaitable(out) else out
 
-    async def _guarded(self, what: str, fn: Any, ctx: WorkflowContext[D], *extra: object) -> Any:
+    async def _guarded(self, what: str, name: str, fn: Any, ctx: WorkflowContext[D], *extra: object) -> Any:
         # A flow that a handler starts through the application's executor carries this flow's correlation id.
         token = current_correlation_id.set(ctx.correlation_id)
         try:
             if not telemetry.enabled():
-                return await self._await(what, fn, ctx, *extra)
+                return await self._await(what, name, fn, ctx, *extra)
             with telemetry.handler_span(
                 ctx.kind, ctx.flow_id, ctx.workflow, ctx.meta, ctx.step_name, getattr(ctx, "attempt", None), ctx.index
             ) as span:
                 try:
-                    out = await self._await(what, fn, ctx, *extra)
+                    out = await self._await(what, name, fn, ctx, *extra)
                 except BaseException as error:
                     telemetry.set_outcome(
                         span, "cancelled" if isinstance(error, asyncio.CancelledError) else "error", error
@@ -439,7 +443,7 @@ class Runner(Generic[D, R]):
         finally:
             current_correlation_id.reset(token)
 
-    async def _await(self, what: str, fn: Any, ctx: WorkflowContext[D], *extra: object) -> Any:
+    async def _await(self, what: str, name: str, fn: Any, ctx: WorkflowContext[D], *extra: object) -> Any:
         timeout = self.step_timeout
         if timeout is None:
             out = fn(ctx, *extra)
@@ -452,7 +456,7 @@ class Runner(Generic[D, R]):
         except TimeoutError as error:
             if not scope.expired():
                 raise  # the handler's own TimeoutError (say, from an HTTP client): keep it as the cause
-            raise TimeoutError(f"{what} timed out after {timeout:g}s") from error
+            raise TimeoutError(f"{what.format(name)} timed out after {timeout:g}s") from error
 
     def _check_size(self, value: Any, what: str, name: str = "", size: int | None = None) -> None:
         """Raises ``PayloadTooLargeError`` if ``value`` (its JSON taking ``size`` bytes, when known) is too large."""
@@ -472,9 +476,13 @@ class Runner(Generic[D, R]):
         except ValidationError as error:
             return _unrunnable(error)
         try:
-            out = self._invoke(f"Step '{step}'", self._executes[step], ctx)  # _call's lines: no coroutine of its own
-            if type(out) is CoroutineType or inspect.isawaitable(out):
-                out = await out
+            # _call's lines, without its coroutine
+            if self._bare(ctx):
+                out: Any = self._executes[step](ctx)
+                if type(out) is CoroutineType or inspect.isawaitable(out):
+                    out = await out
+            else:
+                out = await self._guarded("Step '{}'", step, self._executes[step], ctx)
         except _FAILURES as error:
             _reraise_cancellation(error)
             view.exceptions["step", step, index] = error
@@ -485,7 +493,8 @@ class Runner(Generic[D, R]):
         try:
             model = out if type(out) is output_model else output_model.model_validate(_plain(out))  # type: ignore[union-attr]
             output, size = json_form(model)
-            self._check_size(output, "output of step '{}'", step, size)
+            if size > self.max_payload_size:  # checked here, not in _check_size: a frame less per step
+                self._check_size(output, "output of step '{}'", step, size)
         except _FAILURES as error:
             # A handler that returns the wrong shape, or a value JSON cannot hold, will do so again: no retry.
             # The model's own validators and serializers run here, and may raise any BaseException.
@@ -512,7 +521,7 @@ class Runner(Generic[D, R]):
         except ValidationError as error:
             return _unrunnable(error)
         try:
-            await self._call(f"Rollback of step '{step}'", rollback, ctx)
+            await self._call("Rollback of step '{}'", step, rollback, ctx)
         except _FAILURES as error:
             _reraise_cancellation(error)
             view.exceptions["rollback", step, index] = error
@@ -527,7 +536,7 @@ class Runner(Generic[D, R]):
             return _unrunnable(error)
         result_model = self.definition.result
         try:
-            out = await self._call("on_complete", self.consumer.on_complete, ctx)
+            out = await self._call("on_complete", "", self.consumer.on_complete, ctx)
         except _FAILURES as error:
             _reraise_cancellation(error)
             view.exceptions["complete", None, None] = error
@@ -552,7 +561,7 @@ class Runner(Generic[D, R]):
             return _unrunnable(invalid)
         flow_error = build_error(view.state, view.exceptions)
         try:
-            await self._call("on_error", self.consumer.on_error, ctx, flow_error)
+            await self._call("on_error", "", self.consumer.on_error, ctx, flow_error)
         except _FAILURES as error:
             _reraise_cancellation(error)
             ctx.log.exception("on_error raised; the flow still fails with its original error")
@@ -584,7 +593,7 @@ class Runner(Generic[D, R]):
             except ValidationError as error:
                 return _unrunnable(error)
             try:
-                value = await self._call(f"{what}() of '{name}'", fn, ctx)
+                value = await self._call(what + "() of '{}'", name, fn, ctx)
                 values[key] = self._to_json(what, name, value)
             except _FAILURES as error:
                 _reraise_cancellation(error)

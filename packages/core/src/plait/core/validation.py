@@ -7,6 +7,7 @@ value too large to keep, or an id that could reach another flow's keys, channels
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pydantic_core
@@ -100,11 +101,21 @@ def json_form(model: BaseModel) -> tuple[Any, int]:
     Raises:
         ValueError: the model cannot be written as JSON.
     """
-    if type(model).model_dump is _MODEL_DUMP:
-        raw = model.__pydantic_serializer__.to_json(model)
-    else:
-        raw = _to_json(model.model_dump(mode="json"))
-    return pydantic_core.from_json(raw), len(raw)
+    kind = type(model)
+    write = _WRITERS.get(kind)
+    if write is None:
+        write = _WRITERS[kind] = kind.__pydantic_serializer__.to_json if kind.model_dump is _MODEL_DUMP else _dumped
+    raw = write(model)
+    return _from_json(raw), len(raw)
+
+
+def _dumped(model: BaseModel) -> bytes:
+    return _to_json(model.model_dump(mode="json"))
+
+
+# How json_form writes a model of each class: straight through its serializer, or through its own model_dump.
+_WRITERS: dict[type[BaseModel], Callable[[BaseModel], bytes]] = {}
+_from_json = pydantic_core.from_json
 
 
 def validate(model: type[M], value: object, *, workflow: str, what: str, max_size: int) -> tuple[M, Any]:

@@ -114,6 +114,8 @@ def _dumped(model: BaseModel) -> bytes:
 
 
 # How json_form writes a model of each class: straight through its serializer, or through its own model_dump.
+# One entry per model class this process writes, found by the class: a class rebuilt with
+# model_rebuild(force=True) after its first write keeps the serializer it was first written with.
 _WRITERS: dict[type[BaseModel], Callable[[BaseModel], bytes]] = {}
 _from_json = pydantic_core.from_json
 

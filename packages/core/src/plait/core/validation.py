@@ -7,7 +7,6 @@ value too large to keep, or an id that could reach another flow's keys, channels
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pydantic_core
@@ -102,21 +101,16 @@ def json_form(model: BaseModel) -> tuple[Any, int]:
         ValueError: the model cannot be written as JSON.
     """
     kind = type(model)
-    write = _WRITERS.get(kind)
-    if write is None:
-        write = _WRITERS[kind] = kind.__pydantic_serializer__.to_json if kind.model_dump is _MODEL_DUMP else _dumped
-    raw = write(model)
+    direct = _DIRECT.get(kind)
+    if direct is None:
+        direct = _DIRECT[kind] = kind.model_dump is _MODEL_DUMP
+    raw = model.__pydantic_serializer__.to_json(model) if direct else _to_json(model.model_dump(mode="json"))
     return _from_json(raw), len(raw)
 
 
-def _dumped(model: BaseModel) -> bytes:
-    return _to_json(model.model_dump(mode="json"))
-
-
-# How json_form writes a model of each class: straight through its serializer, or through its own model_dump.
-# One entry per model class this process writes, found by the class: a class rebuilt with
-# model_rebuild(force=True) after its first write keeps the serializer it was first written with.
-_WRITERS: dict[type[BaseModel], Callable[[BaseModel], bytes]] = {}
+# Whether json_form writes a model of each class straight through its serializer (the class keeps pydantic's
+# model_dump), by class: a class attribute of a model costs more to look up than a dict entry.
+_DIRECT: dict[type[BaseModel], bool] = {}
 _from_json = pydantic_core.from_json
 
 
